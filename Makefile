@@ -1,0 +1,53 @@
+# parley: the two commands of README.md are `make demo` and `make test`.
+# Both create/update .venv from requirements.lock (exact, tested versions) and install ffmpeg when missing.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+SHARED ?= $(abspath ../shared)
+export PARLEY_ASSETS ?= $(SHARED)/assets
+CLIPS ?= $(wildcard $(SHARED)/data/clips/*.mp4)
+DEMO_OUT ?= demo_out
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck bench lock clean env
+
+$(STAMP): requirements.lock pyproject.toml overrides.txt
+	@command -v ffmpeg >/dev/null || (echo "installing ffmpeg (apt)"; \
+	  (apt-get update -qq && apt-get install -y -qq ffmpeg) >/dev/null || \
+	  (echo "ffmpeg is missing and could not be installed: install it with your package manager" >&2; exit 1))
+	@command -v uv >/dev/null || $(PYTHON) -m pip install -q uv
+	@test -x $(VENV)/bin/python || uv venv -q --python $(PYTHON) $(VENV)
+	# torch/torchvision come from PyPI (the CUDA build runs on CPU too); no local index, no find-links.
+	VIRTUAL_ENV=$(VENV) uv pip install -q --no-config --index-url https://pypi.org/simple -r requirements.lock
+	VIRTUAL_ENV=$(VENV) uv pip install -q --no-config --no-deps -e .
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	@if [ -z "$(CLIPS)" ]; then echo "no clips: put the shared folder at $(SHARED) or run make demo CLIPS='a.mp4 b.mp4'" >&2; exit 1; fi
+	$(VENV)/bin/parley -v extract $(CLIPS) --output $(DEMO_OUT) --threads 1
+	@echo "rows: $(DEMO_OUT)/frames/identity=*/  clip table: $(DEMO_OUT)/clips/  contact sheets: $(DEMO_OUT)/qc/*.png"
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/preprocess.py $(firstword $(CLIPS))
+
+# Regenerate the lock after changing dependencies in pyproject.toml.
+lock:
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 --override overrides.txt \
+	  --no-config --index-url https://pypi.org/simple -o requirements.lock
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache .mypy_cache

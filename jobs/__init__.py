@@ -1,0 +1,1 @@
+"""Entrypoints: the `parley` CLI, Ray Tune fan-out, MLflow tracking and registry, rendering."""

@@ -1,0 +1,1 @@
+"""Avatar models, rendering, training and metrics. Never imports ray or mlflow."""

@@ -1,0 +1,1 @@
+"""Ray Data plans, Parquet schemas, storage, QC and exporters."""

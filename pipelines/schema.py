@@ -1,0 +1,129 @@
+"""Parquet schemas of the dataset tables (``clips/``, ``frames/``). Column names are a contract.
+
+Arrays are stored flattened in fixed-size lists; their shapes are in :data:`FRAME_SHAPES`. Pixel
+coordinates are in the person crop (``image_size`` x ``image_size``) unless a column says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+N_MESH = 478
+N_BLENDSHAPES = 52
+N_EXPRESSION = 57
+AUDIO_WINDOW = 16
+AUDIO_MELS = 80
+
+FRAME_SHAPES: dict[str, tuple[int, ...]] = {
+    "bbox": (4,),
+    "crop_box": (4,),
+    "landmarks_2d": (68, 2),
+    "landmarks_mesh": (N_MESH, 3),
+    "pose_c2w": (4, 4),
+    "expression": (N_EXPRESSION,),
+    "blendshapes": (N_BLENDSHAPES,),
+    "lips_rect": (4,),
+    "face_rect": (4,),
+    "audio_features": (AUDIO_WINDOW, AUDIO_MELS),
+}
+
+
+def _fixed(t: pa.DataType, shape: tuple[int, ...]) -> pa.DataType:
+    return pa.list_(t, int(np.prod(shape)))
+
+
+FRAME_SCHEMA = pa.schema(
+    [
+        pa.field("identity", pa.string(), nullable=False),
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("person", pa.int16(), nullable=False),
+        pa.field("frame_index", pa.int32(), nullable=False),
+        pa.field("time_s", pa.float64()),
+        pa.field("role", pa.string()),  # speaker / listener / solo (null until assigned)
+        pa.field("speaking", pa.bool_()),
+        pa.field("face_found", pa.bool_()),
+        pa.field("error", pa.string()),  # why the face features are null
+        pa.field("image_jpeg", pa.binary()),
+        pa.field("image_size", pa.int32()),
+        pa.field("crop_box", _fixed(pa.int32(), (4,))),  # source-frame pixels
+        pa.field("bbox", _fixed(pa.float32(), (4,))),
+        pa.field("landmarks_2d", _fixed(pa.float32(), (68, 2))),
+        pa.field("landmarks_mesh", _fixed(pa.float32(), (N_MESH, 3))),
+        pa.field("pose_c2w", _fixed(pa.float32(), (4, 4))),
+        pa.field("focal", pa.float32()),
+        pa.field("cx", pa.float32()),
+        pa.field("cy", pa.float32()),
+        pa.field("expression", _fixed(pa.float32(), (N_EXPRESSION,))),
+        pa.field("blendshapes", _fixed(pa.float32(), (N_BLENDSHAPES,))),
+        pa.field("eye_ratio", pa.float32()),
+        pa.field("mouth_opening", pa.float32()),
+        pa.field("lips_rect", _fixed(pa.int32(), (4,))),
+        pa.field("face_rect", _fixed(pa.int32(), (4,))),
+        pa.field("parsing_png", pa.binary()),
+        pa.field("reprojection_error", pa.float32()),
+        pa.field("audio_features", _fixed(pa.float32(), (AUDIO_WINDOW, AUDIO_MELS))),
+        pa.field("audio_valid", pa.bool_()),
+        pa.field("zcr", pa.float32()),
+        pa.field("rms", pa.float32()),
+    ]
+)
+
+CLIP_SCHEMA = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # ok / failed
+        pa.field("error", pa.string()),
+        pa.field("warning", pa.string()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("fps", pa.float64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("has_audio", pa.bool_()),
+        pa.field("sample_rate", pa.int32()),
+        pa.field("audio_duration_s", pa.float64()),
+        pa.field("n_frames", pa.int32()),
+        pa.field("n_people", pa.int32()),
+        pa.field("builder_version", pa.string()),
+        pa.field("backend", pa.string()),
+        pa.field("config_json", pa.string()),
+        pa.field("probe_s", pa.float64()),
+        pa.field("audio_decode_s", pa.float64()),
+        pa.field("landmarks_s", pa.float64()),
+        pa.field("audio_features_s", pa.float64()),
+        pa.field("fit_s", pa.float64()),
+        pa.field("parse_encode_s", pa.float64()),
+        pa.field("total_s", pa.float64()),
+    ]
+)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.reshape(-1).tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def frames_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """A ``frames/`` Arrow table from worker rows (arrays are flattened)."""
+    cols = {f.name: [_cell(r.get(f.name)) for r in rows] for f in FRAME_SCHEMA}
+    return pa.Table.from_pydict(cols, schema=FRAME_SCHEMA)
+
+
+def clips_table(summaries: list[dict[str, Any]]) -> pa.Table:
+    """A ``clips/`` Arrow table from clip summaries (with ``status`` and ``error`` set)."""
+    cols = {f.name: [_cell(s.get(f.name)) for s in summaries] for f in CLIP_SCHEMA}
+    return pa.Table.from_pydict(cols, schema=CLIP_SCHEMA)
+
+
+def array(row: dict[str, Any], column: str) -> np.ndarray | None:
+    """A stored array column of one row, reshaped to its documented shape."""
+    value = row.get(column)
+    if value is None:
+        return None
+    return np.asarray(value).reshape(FRAME_SHAPES[column])

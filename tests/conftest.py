@@ -1,0 +1,44 @@
+"""Shared fixtures: the ../shared folder (real clips and model files) and processed real clips."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PARLEY_SHARED", ROOT.parent / "shared"))
+CLIPS = sorted((SHARED / "data" / "clips").glob("*.mp4"))
+CONVERSATION = SHARED / "data" / "conversation" / "video_call_interview.mp4"
+
+if not os.environ.get("PARLEY_ASSETS"):
+    os.environ["PARLEY_ASSETS"] = str(SHARED / "assets")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test needs the shared folder: fail loudly (not skip) when it is missing."""
+    if not (SHARED / "assets").is_dir():
+        raise pytest.UsageError(f"the shared folder is missing at {SHARED} (set PARLEY_SHARED)")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The shared folder with real clips and model files."""
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def processor():
+    """One default ClipProcessor for the session (models load once)."""
+    from workers.clip import ClipProcessor
+
+    p = ClipProcessor()
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="session")
+def processed(processor):
+    """The three shared talking-head clips, each processed once: {stem: ClipResult}."""
+    return {path.stem: processor(path) for path in CLIPS}

@@ -1,0 +1,349 @@
+"""The per-clip worker: one clip in, per-frame rows of every person and a clip summary out.
+
+Two streaming passes over the decoded frames keep memory bounded whatever the clip length:
+
+1. landmarks (and blendshapes, head transform) of every frame, faces tracked into people;
+   then, per person, one square crop for the clip and the 3DMM / pose / focal fit;
+2. per person and frame: the crop (JPEG), person segmentation -> head/neck/torso/background
+   parsing (PNG), and samples for the clip's background image.
+
+Audio features (mel windows, ZCR, RMS) are computed once from the clip's audio track.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from workers import audio as audio_mod
+from workers import geometry, media, parsing
+from workers.errors import ClipError
+from workers.landmarks import Face, FaceTracker, LandmarkBackend, make_backend
+from workers.morphable import FaceModel, FitConfig, FitResult, fit_clip
+
+BUILDER_VERSION = "0.1.0"
+"""Version of the per-frame features; a dataset row built by another version is rebuilt."""
+
+
+def clip_id_for(source_uri: str) -> str:
+    """A stable id of a clip: the first 16 hex digits of the sha1 of its source URI."""
+    return hashlib.sha1(str(source_uri).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """Settings of the per-clip extraction."""
+
+    backend: str = "mediapipe"
+    """Landmark backend: ``mediapipe`` (default) or ``fan``."""
+    max_people: int = 1
+    """Most people kept per clip (2 for two-person conversations)."""
+    fps: float = media.TARGET_FPS
+    """Frame rate the clip is resampled to."""
+    crop_size: int = 512
+    """Side (px) of the square person crop stored per frame."""
+    crop_scale: float = 3.0
+    """Crop side in face sizes (capped by the frame)."""
+    jpeg_quality: int = 95
+    """JPEG quality of the stored crops."""
+    min_track_fraction: float = 0.2
+    """A tracked face must be seen in this fraction of frames to count as a person."""
+    store_mesh: bool = True
+    """Store MediaPipe's 478-point mesh per frame (``landmarks_mesh``)."""
+    background_samples: int = 24
+    """Frames sampled for the background image."""
+    max_frames: int | None = None
+    """Process at most this many frames (None: the whole clip)."""
+    fit: FitConfig = field(default_factory=FitConfig)
+    """3DMM / pose fit settings."""
+    audio: audio_mod.AudioFeatureConfig = field(default_factory=audio_mod.AudioFeatureConfig)
+    """Audio feature settings."""
+
+
+@dataclass
+class PersonSummary:
+    """What one person of a clip contributes to their identity."""
+
+    identity: str
+    person: int
+    n_frames: int
+    """Frames in which this person's face was found."""
+    crop_box: list[int]
+    """Crop in source pixels (x0, y0, x1, y1)."""
+    focal: float
+    """Focal length in crop pixels."""
+    cx: float
+    cy: float
+    near: float
+    far: float
+    identity_coeffs: list[float]
+    reprojection_error_px: float
+    """Median over frames of the mean landmark reprojection error (crop pixels)."""
+    background_png: bytes = b""
+    """RGB background image of the crop (PNG)."""
+
+
+@dataclass
+class ClipResult:
+    """Everything extracted from one clip."""
+
+    summary: dict[str, Any]
+    """One row of the ``clips/`` table (without ``status`` bookkeeping done by the pipeline)."""
+    rows: list[dict[str, Any]]
+    """Rows of the ``frames/`` table: one per frame and person."""
+    people: list[PersonSummary]
+
+
+@dataclass
+class _Detections:
+    frames: int = 0
+    per_frame: list[list[tuple[int, Face]]] = field(default_factory=list)
+
+
+class ClipProcessor:
+    """Turns one clip into per-frame rows. Loads its models once; call it once per clip.
+
+    Args:
+        config: extraction settings.
+        landmarker: a ready landmark backend (default: built from ``config.backend``).
+    """
+
+    def __init__(self, config: ClipConfig | None = None, landmarker: LandmarkBackend | None = None):
+        self.config = config or ClipConfig()
+        self.landmarker = landmarker or make_backend(self.config.backend, max_faces=self.config.max_people)
+        self.segmenter = parsing.PersonSegmenter()
+        self.face_model = FaceModel(n_identity=self.config.fit.n_identity)
+
+    def close(self) -> None:
+        """Release native resources of the models."""
+        self.landmarker.close()
+        self.segmenter.close()
+
+    def __call__(
+        self, path: str | Path, identity: str | None = None, clip_id: str | None = None,
+        source_uri: str | None = None,
+    ) -> ClipResult:
+        """Extract one clip.
+
+        Args:
+            path: local path of the clip.
+            identity: identity name (default: the file stem); with several people, ``<identity>_p<k>``.
+            clip_id: stable id (default: :func:`clip_id_for` of ``source_uri``).
+            source_uri: where the clip came from (default: ``path``).
+
+        Returns:
+            The :class:`ClipResult`.
+
+        Raises:
+            ClipError: the clip cannot be read, has no video, or no face in any frame.
+        """
+        cfg = self.config
+        path = str(path)
+        source_uri = source_uri or path
+        clip_id = clip_id or clip_id_for(source_uri)
+        identity = identity or Path(path).stem
+        timings: dict[str, float] = {}
+
+        t = time.perf_counter()
+        info = media.probe(path)
+        timings["probe_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        samples = np.zeros(0, np.float32)
+        audio_note = None
+        if info.has_audio:
+            try:
+                samples = media.read_audio(path, cfg.audio.sample_rate)
+            except ClipError as exc:
+                audio_note = f"audio track unreadable ({exc.reason}); audio features are empty"
+        else:
+            audio_note = "no audio stream; audio features are empty"
+        timings["audio_decode_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        det = self._detect(path, info)
+        timings["landmarks_s"] = time.perf_counter() - t
+        n = det.frames
+
+        t = time.perf_counter()
+        fa = audio_mod.frame_features(samples, n, cfg.fps, cfg.audio)
+        speaking = audio_mod.speaking_mask(fa.rms, fa.valid, cfg.fps)
+        timings["audio_features_s"] = time.perf_counter() - t
+
+        people = self._people(det, n)
+        if not people:
+            raise ClipError(path, f"no face detected in any of the {n} frames")
+
+        t = time.perf_counter()
+        fits: list[tuple[np.ndarray, np.ndarray, FitResult, np.ndarray]] = []
+        for tid in people:
+            frames = np.array([i for i in range(n) if any(k == tid for k, _ in det.per_frame[i])])
+            faces = [next(f for k, f in det.per_frame[i] if k == tid) for i in frames]
+            boxes = np.stack([f.bbox for f in faces])
+            crop = geometry.person_crop_box(boxes, info.width, info.height, cfg.crop_scale)
+            lms = np.stack([f.landmarks_68 for f in faces])
+            exp0 = rot0 = None
+            if all(f.blendshapes is not None for f in faces):
+                exp0 = self.face_model.expression_from_blendshapes(np.stack([f.blendshapes for f in faces]))
+            if all(f.transform is not None for f in faces):
+                rot0 = np.stack([f.transform[:3, :3] for f in faces])
+            fit = fit_clip(self.face_model, lms, info.width, info.height, exp0, rot0, cfg.fit)
+            fits.append((frames, crop, fit, boxes))
+        timings["fit_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        rows, summaries = self._render_rows(path, info, det, people, fits, fa, speaking, identity, clip_id, n)
+        timings["parse_encode_s"] = time.perf_counter() - t
+
+        summary = {
+            "clip_id": clip_id,
+            "source_uri": source_uri,
+            "duration_s": info.duration_s,
+            "fps": info.fps,
+            "width": info.width,
+            "height": info.height,
+            "has_audio": info.has_audio,
+            "sample_rate": info.sample_rate,
+            "audio_duration_s": len(samples) / cfg.audio.sample_rate if info.has_audio else None,
+            "n_frames": n,
+            "n_people": len(people),
+            "builder_version": BUILDER_VERSION,
+            "backend": self.landmarker.name,
+            "warning": audio_note,
+            "config_json": _config_json(cfg),
+            **timings,
+            "total_s": sum(timings.values()),
+        }
+        return ClipResult(summary, rows, summaries)
+
+    # pass 1 -----------------------------------------------------------------------------------
+    def _detect(self, path: str, info: media.ClipInfo) -> _Detections:
+        self.landmarker.reset()
+        tracker = FaceTracker()
+        det = _Detections()
+        step_ms = 1000.0 / self.config.fps
+        for i, frame in enumerate(media.iter_frames(path, info, self.config.fps, self.config.max_frames)):
+            faces = self.landmarker.detect(frame, int(round(i * step_ms)))
+            ids = tracker.update(i, faces)
+            det.per_frame.append(list(zip(ids, faces, strict=True)))
+            det.frames += 1
+        self.landmarker.reset()
+        return det
+
+    def _people(self, det: _Detections, n: int) -> list[int]:
+        """Track ids kept as people, ordered left to right."""
+        counts: dict[int, int] = {}
+        xs: dict[int, list[float]] = {}
+        for faces in det.per_frame:
+            for tid, f in faces:
+                counts[tid] = counts.get(tid, 0) + 1
+                xs.setdefault(tid, []).append(float(f.bbox[0] + f.bbox[2]) / 2)
+        keep = [t for t, c in counts.items() if c >= max(1, self.config.min_track_fraction * n)]
+        keep = sorted(keep, key=lambda t: -counts[t])[: self.config.max_people]
+        return sorted(keep, key=lambda t: float(np.median(xs[t])))
+
+    # pass 2 -----------------------------------------------------------------------------------
+    def _render_rows(self, path, info, det, people, fits, fa, speaking, identity, clip_id, n):
+        cfg = self.config
+        size = cfg.crop_size
+        multi = len(people) > 1
+        names = [f"{identity}_p{k}" if multi else identity for k in range(len(people))]
+        by_frame = []
+        for frames, _, _, _ in fits:
+            by_frame.append({int(f): j for j, f in enumerate(frames)})
+        bg = [parsing.BackgroundAccumulator((size, size), cfg.background_samples) for _ in people]
+        bg_stride = max(n // cfg.background_samples, 1)
+        rows: list[dict[str, Any]] = []
+        encode = [int(cv2.IMWRITE_JPEG_QUALITY), cfg.jpeg_quality]
+        for i, frame in enumerate(media.iter_frames(path, info, cfg.fps, n)):
+            for k, tid in enumerate(people):
+                frames, crop, fit, boxes = fits[k]
+                x0, y0, x1, y1 = (int(v) for v in crop)
+                s = size / float(x1 - x0)
+                img = cv2.resize(frame[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA if s < 1 else
+                                 cv2.INTER_LINEAR)
+                ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), encode)
+                row: dict[str, Any] = {
+                    "identity": names[k],
+                    "clip_id": clip_id,
+                    "person": k,
+                    "frame_index": i,
+                    "time_s": i / cfg.fps,
+                    "role": "solo" if not multi else None,
+                    "speaking": bool(speaking[i]) if not multi and fa.valid[i] else None,
+                    "image_jpeg": jpg.tobytes(),
+                    "image_size": size,
+                    "crop_box": [x0, y0, x1, y1],
+                    "audio_features": fa.mel[i].reshape(-1),
+                    "audio_valid": bool(fa.valid[i]),
+                    "zcr": float(fa.zcr[i]),
+                    "rms": float(fa.rms[i]),
+                }
+                j = by_frame[k].get(i)
+                if j is None:
+                    row.update(_empty_face("no face detected"))
+                    rows.append(row)
+                    continue
+                face = next(f for t, f in det.per_frame[i] if t == tid)
+                lms = (face.landmarks_68 - [x0, y0]) * s
+                person = self.segmenter(img)
+                labels = parsing.parse(person, lms)
+                if i % bg_stride == 0:
+                    bg[k].add(img, labels)
+                row.update(
+                    {
+                        "face_found": True,
+                        "error": None,
+                        "bbox": ((face.bbox - [x0, y0, x0, y0]) * s).astype(np.float32),
+                        "landmarks_2d": lms.astype(np.float32).reshape(-1),
+                        "landmarks_mesh": (((face.mesh - [x0, y0, 0]) * s).astype(np.float32).reshape(-1)
+                                           if cfg.store_mesh and face.mesh is not None else None),
+                        "pose_c2w": fit.pose_c2w[j].reshape(-1),
+                        "focal": fit.focal * s,
+                        "cx": (fit.cx - x0) * s,
+                        "cy": (fit.cy - y0) * s,
+                        "expression": fit.expression[j],
+                        "blendshapes": face.blendshapes,
+                        "eye_ratio": float(geometry.eye_ratio(lms)),
+                        "mouth_opening": float(geometry.mouth_opening(lms)),
+                        "lips_rect": geometry.lips_rect(lms, size, size),
+                        "face_rect": geometry.face_rect(lms, size, size),
+                        "parsing_png": parsing.encode_png(labels),
+                        "reprojection_error": float(fit.reprojection_error[j] * s),
+                    }
+                )
+                rows.append(row)
+        summaries = []
+        for k, (frames, crop, fit, _) in enumerate(fits):
+            s = size / float(crop[2] - crop[0])
+            bg_img = bg[k].result()
+            ok, png = cv2.imencode(".png", cv2.cvtColor(bg_img, cv2.COLOR_RGB2BGR))
+            summaries.append(
+                PersonSummary(
+                    identity=names[k], person=k, n_frames=len(frames), crop_box=[int(v) for v in crop],
+                    focal=fit.focal * s, cx=(fit.cx - crop[0]) * s, cy=(fit.cy - crop[1]) * s,
+                    near=fit.near, far=fit.far, identity_coeffs=[float(v) for v in fit.identity],
+                    reprojection_error_px=float(np.median(fit.reprojection_error) * s),
+                    background_png=png.tobytes(),
+                )
+            )
+        return rows, summaries
+
+
+def _empty_face(reason: str) -> dict[str, Any]:
+    keys = ("bbox", "landmarks_2d", "landmarks_mesh", "pose_c2w", "focal", "cx", "cy", "expression",
+            "blendshapes", "eye_ratio", "mouth_opening", "lips_rect", "face_rect", "parsing_png",
+            "reprojection_error")
+    return {"face_found": False, "error": reason, **{k: None for k in keys}}
+
+
+def _config_json(cfg: ClipConfig) -> str:
+    import json
+
+    return json.dumps(asdict(cfg), sort_keys=True)

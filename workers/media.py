@@ -1,0 +1,203 @@
+"""Probing and streaming decode of clips with ffmpeg: bounded memory, constant frame rate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from workers.errors import ClipError
+
+TARGET_FPS = 25.0
+AUDIO_SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """What ffprobe says about a clip."""
+
+    path: str
+    duration_s: float
+    """Duration of the container (or the longest stream), seconds."""
+    fps: float
+    """Source frame rate (average)."""
+    width: int
+    """Displayed width in pixels (after rotation metadata)."""
+    height: int
+    """Displayed height in pixels (after rotation metadata)."""
+    video_duration_s: float
+    has_audio: bool
+    sample_rate: int | None
+    """Source audio sample rate, None without audio."""
+    audio_duration_s: float | None
+    video_codec: str
+
+
+def _require(tool: str) -> str:
+    exe = shutil.which(tool)
+    if exe is None:
+        raise RuntimeError(f"`{tool}` is not installed; install ffmpeg (e.g. `apt-get install ffmpeg`).")
+    return exe
+
+
+def _float(value: object) -> float | None:
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _rate(value: str | None) -> float | None:
+    if not value or value in ("0/0", "0"):
+        return None
+    try:
+        r = float(Fraction(value))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return r if r > 0 else None
+
+
+def probe(path: str | Path) -> ClipInfo:
+    """Read a clip's streams with ffprobe.
+
+    Args:
+        path: a local file path.
+
+    Returns:
+        The clip's :class:`ClipInfo`.
+
+    Raises:
+        ClipError: the file is missing, empty, not a media file, or has no video stream.
+    """
+    path = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise ClipError(path, "file does not exist")
+    if p.is_dir():
+        raise ClipError(path, "is a directory, not a clip")
+    if p.stat().st_size == 0:
+        raise ClipError(path, "file is empty (0 bytes)")
+    cmd = [_require("ffprobe"), "-v", "error", "-show_streams", "-show_format", "-of", "json", path]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        msg = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise ClipError(path, f"not a readable media file ({msg})")
+    try:
+        meta = json.loads(proc.stdout or "{}")
+    except json.JSONDecodeError as exc:
+        raise ClipError(path, f"ffprobe output unreadable ({exc})") from exc
+    streams = meta.get("streams", [])
+    fmt = meta.get("format", {})
+    video = [s for s in streams if s.get("codec_type") == "video"
+             and not s.get("disposition", {}).get("attached_pic")]
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    if not video:
+        kind = "audio-only file" if audio else "no streams ffmpeg can decode"
+        raise ClipError(path, f"no video stream ({kind})")
+    v = video[0]
+    width, height = int(v.get("width") or 0), int(v.get("height") or 0)
+    if width <= 0 or height <= 0:
+        raise ClipError(path, "video stream has no frame size")
+    rotation = 0
+    for side in v.get("side_data_list", []) or []:
+        if "rotation" in side:
+            rotation = int(round(float(side["rotation"])))
+    if abs(rotation) % 180 == 90:
+        width, height = height, width
+    fps = _rate(v.get("avg_frame_rate")) or _rate(v.get("r_frame_rate"))
+    if fps is None:
+        raise ClipError(path, "video stream has no frame rate")
+    v_dur = _float(v.get("duration")) or _float(fmt.get("duration"))
+    if v_dur is None and v.get("nb_frames"):
+        v_dur = int(v["nb_frames"]) / fps
+    if v_dur is None or v_dur <= 0:
+        raise ClipError(path, "video stream has no duration (truncated or still image?)")
+    a = audio[0] if audio else None
+    a_dur = (_float(a.get("duration")) or _float(fmt.get("duration"))) if a else None
+    duration = _float(fmt.get("duration")) or max(v_dur, a_dur or 0.0)
+    return ClipInfo(
+        path=path,
+        duration_s=duration,
+        fps=fps,
+        width=width,
+        height=height,
+        video_duration_s=v_dur,
+        has_audio=a is not None,
+        sample_rate=int(a["sample_rate"]) if a and a.get("sample_rate") else None,
+        audio_duration_s=a_dur,
+        video_codec=str(v.get("codec_name", "")),
+    )
+
+
+def iter_frames(
+    path: str | Path, info: ClipInfo, fps: float = TARGET_FPS, max_frames: int | None = None
+) -> Iterator[np.ndarray]:
+    """Decode a clip at a constant frame rate, one RGB frame at a time.
+
+    Frames are read from an ffmpeg pipe, so memory stays at a few frames whatever the clip length.
+
+    Args:
+        path: local clip path.
+        info: the clip's probe result (for the frame size).
+        fps: output frame rate; frames are dropped or repeated by ffmpeg's ``fps`` filter.
+        max_frames: stop after this many frames.
+
+    Yields:
+        uint8 arrays ``[H, W, 3]`` (RGB).
+
+    Raises:
+        ClipError: ffmpeg fails before producing any frame.
+    """
+    cmd = [
+        _require("ffmpeg"), "-v", "error", "-nostdin", "-i", str(path),
+        "-map", "0:v:0", "-vf", f"fps={fps}", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+    ]
+    frame_bytes = info.width * info.height * 3
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes)
+    n = 0
+    try:
+        assert proc.stdout is not None
+        while max_frames is None or n < max_frames:
+            buf = proc.stdout.read(frame_bytes)
+            if len(buf) < frame_bytes:
+                break
+            n += 1
+            yield np.frombuffer(buf, np.uint8).reshape(info.height, info.width, 3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate()
+        if n == 0 and max_frames != 0:
+            msg = (err.decode(errors="replace").strip().splitlines() or ["no frames decoded"])[-1]
+            raise ClipError(str(path), f"no video frame could be decoded ({msg})")
+
+
+def read_audio(path: str | Path, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of a file to mono float32 at ``sample_rate``.
+
+    Args:
+        path: any file ffmpeg reads (wav, mp3, mp4, ...).
+        sample_rate: output rate in Hz.
+
+    Returns:
+        float32 array ``[S]`` in [-1, 1].
+
+    Raises:
+        ClipError: the file has no audio stream or it cannot be decoded.
+    """
+    cmd = [
+        _require("ffmpeg"), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0",
+        "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, timeout=600)
+    if proc.returncode != 0:
+        msg = (proc.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[-1]
+        raise ClipError(str(path), f"audio cannot be decoded ({msg})")
+    return np.frombuffer(proc.stdout, np.float32).copy()

@@ -87,6 +87,7 @@ CLIP_SCHEMA = pa.schema(
         pa.field("audio_duration_s", pa.float64()),
         pa.field("n_frames", pa.int32()),
         pa.field("n_people", pa.int32()),
+        pa.field("content_box", _fixed(pa.int32(), (4,))),  # picture area inside black borders
         pa.field("builder_version", pa.string()),
         pa.field("backend", pa.string()),
         pa.field("config_json", pa.string()),

@@ -60,6 +60,8 @@ class ClipConfig:
     """Frames sampled for the background image."""
     max_frames: int | None = None
     """Process at most this many frames (None: the whole clip)."""
+    remove_borders: bool = True
+    """Detect black borders (letter/pillar-boxing, video-call layouts) and work inside them."""
     fit: FitConfig = field(default_factory=FitConfig)
     """3DMM / pose fit settings."""
     audio: audio_mod.AudioFeatureConfig = field(default_factory=audio_mod.AudioFeatureConfig)
@@ -167,7 +169,9 @@ class ClipProcessor:
         timings["audio_decode_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        det = self._detect(path, info)
+        content = media.content_box(path, info, cfg.fps) if cfg.remove_borders else None
+        area = content or (0, 0, info.width, info.height)
+        det = self._detect(path, info, content)
         timings["landmarks_s"] = time.perf_counter() - t
         n = det.frames
 
@@ -175,6 +179,11 @@ class ClipProcessor:
         fa = audio_mod.frame_features(samples, n, cfg.fps, cfg.audio)
         speaking = audio_mod.speaking_mask(fa.rms, fa.valid, cfg.fps)
         timings["audio_features_s"] = time.perf_counter() - t
+
+        expected = int(info.video_duration_s * cfg.fps)
+        if cfg.max_frames is None and n < 0.9 * expected - 1:
+            note = f"decoded only {n} of ~{expected} frames (truncated or damaged file?)"
+            audio_note = f"{audio_note}; {note}" if audio_note else note
 
         people = self._people(det, n)
         if not people:
@@ -186,19 +195,21 @@ class ClipProcessor:
             frames = np.array([i for i in range(n) if any(k == tid for k, _ in det.per_frame[i])])
             faces = [next(f for k, f in det.per_frame[i] if k == tid) for i in frames]
             boxes = np.stack([f.bbox for f in faces])
-            crop = geometry.person_crop_box(boxes, info.width, info.height, cfg.crop_scale)
+            crop = geometry.person_crop_box(boxes, area[2] - area[0], area[3] - area[1], cfg.crop_scale)
             lms = np.stack([f.landmarks_68 for f in faces])
             exp0 = rot0 = None
             if all(f.blendshapes is not None for f in faces):
                 exp0 = self.face_model.expression_from_blendshapes(np.stack([f.blendshapes for f in faces]))
             if all(f.transform is not None for f in faces):
                 rot0 = np.stack([f.transform[:3, :3] for f in faces])
-            fit = fit_clip(self.face_model, lms, info.width, info.height, exp0, rot0, cfg.fit)
+            fit = fit_clip(self.face_model, lms, area[2] - area[0], area[3] - area[1], exp0, rot0, cfg.fit)
             fits.append((frames, crop, fit, boxes))
         timings["fit_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        rows, summaries = self._render_rows(path, info, det, people, fits, fa, speaking, identity, clip_id, n)
+        rows, summaries = self._render_rows(
+            path, info, content, det, people, fits, fa, speaking, identity, clip_id, n
+        )
         timings["parse_encode_s"] = time.perf_counter() - t
 
         summary = {
@@ -213,6 +224,7 @@ class ClipProcessor:
             "audio_duration_s": len(samples) / cfg.audio.sample_rate if info.has_audio else None,
             "n_frames": n,
             "n_people": len(people),
+            "content_box": list(content) if content else None,
             "builder_version": BUILDER_VERSION,
             "backend": self.landmarker.name,
             "warning": audio_note,
@@ -223,12 +235,12 @@ class ClipProcessor:
         return ClipResult(summary, rows, summaries)
 
     # pass 1 -----------------------------------------------------------------------------------
-    def _detect(self, path: str, info: media.ClipInfo) -> _Detections:
+    def _detect(self, path: str, info: media.ClipInfo, content) -> _Detections:
         self.landmarker.reset()
         tracker = FaceTracker()
         det = _Detections()
         step_ms = 1000.0 / self.config.fps
-        for i, frame in enumerate(media.iter_frames(path, info, self.config.fps, self.config.max_frames)):
+        for i, frame in enumerate(media.iter_frames(path, info, self.config.fps, self.config.max_frames, content)):
             faces = self.landmarker.detect(frame, int(round(i * step_ms)))
             ids = tracker.update(i, faces)
             det.per_frame.append(list(zip(ids, faces, strict=True)))
@@ -249,7 +261,7 @@ class ClipProcessor:
         return sorted(keep, key=lambda t: float(np.median(xs[t])))
 
     # pass 2 -----------------------------------------------------------------------------------
-    def _render_rows(self, path, info, det, people, fits, fa, speaking, identity, clip_id, n):
+    def _render_rows(self, path, info, content, det, people, fits, fa, speaking, identity, clip_id, n):
         cfg = self.config
         size = cfg.crop_size
         multi = len(people) > 1
@@ -261,7 +273,8 @@ class ClipProcessor:
         bg_stride = max(n // cfg.background_samples, 1)
         rows: list[dict[str, Any]] = []
         encode = [int(cv2.IMWRITE_JPEG_QUALITY), cfg.jpeg_quality]
-        for i, frame in enumerate(media.iter_frames(path, info, cfg.fps, n)):
+        ox, oy = (content[0], content[1]) if content else (0, 0)
+        for i, frame in enumerate(media.iter_frames(path, info, cfg.fps, n, content)):
             for k, tid in enumerate(people):
                 frames, crop, fit, boxes = fits[k]
                 x0, y0, x1, y1 = (int(v) for v in crop)
@@ -279,7 +292,7 @@ class ClipProcessor:
                     "speaking": bool(speaking[i]) if not multi and fa.valid[i] else None,
                     "image_jpeg": jpg.tobytes(),
                     "image_size": size,
-                    "crop_box": [x0, y0, x1, y1],
+                    "crop_box": [x0 + ox, y0 + oy, x1 + ox, y1 + oy],
                     "audio_features": fa.mel[i].reshape(-1),
                     "audio_valid": bool(fa.valid[i]),
                     "zcr": float(fa.zcr[i]),
@@ -326,7 +339,8 @@ class ClipProcessor:
             ok, png = cv2.imencode(".png", cv2.cvtColor(bg_img, cv2.COLOR_RGB2BGR))
             summaries.append(
                 PersonSummary(
-                    identity=names[k], person=k, n_frames=len(frames), crop_box=[int(v) for v in crop],
+                    identity=names[k], person=k, n_frames=len(frames),
+                    crop_box=[int(crop[0]) + ox, int(crop[1]) + oy, int(crop[2]) + ox, int(crop[3]) + oy],
                     focal=fit.focal * s, cx=(fit.cx - crop[0]) * s, cy=(fit.cy - crop[1]) * s,
                     near=fit.near, far=fit.far, identity_coeffs=[float(v) for v in fit.identity],
                     reprojection_error_px=float(np.median(fit.reprojection_error) * s),

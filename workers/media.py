@@ -137,7 +137,11 @@ def probe(path: str | Path) -> ClipInfo:
 
 
 def iter_frames(
-    path: str | Path, info: ClipInfo, fps: float = TARGET_FPS, max_frames: int | None = None
+    path: str | Path,
+    info: ClipInfo,
+    fps: float = TARGET_FPS,
+    max_frames: int | None = None,
+    crop: tuple[int, int, int, int] | None = None,
 ) -> Iterator[np.ndarray]:
     """Decode a clip at a constant frame rate, one RGB frame at a time.
 
@@ -148,18 +152,25 @@ def iter_frames(
         info: the clip's probe result (for the frame size).
         fps: output frame rate; frames are dropped or repeated by ffmpeg's ``fps`` filter.
         max_frames: stop after this many frames.
+        crop: (x0, y0, x1, y1) area of the source frame to keep (e.g. from :func:`content_box`).
 
     Yields:
-        uint8 arrays ``[H, W, 3]`` (RGB).
+        uint8 arrays ``[H, W, 3]`` (RGB), the crop's size when ``crop`` is given.
 
     Raises:
         ClipError: ffmpeg fails before producing any frame.
     """
+    width, height = info.width, info.height
+    vf = f"fps={fps}"
+    if crop is not None:
+        x0, y0, x1, y1 = crop
+        width, height = x1 - x0, y1 - y0
+        vf = f"crop={width}:{height}:{x0}:{y0},{vf}"
     cmd = [
         _require("ffmpeg"), "-v", "error", "-nostdin", "-i", str(path),
-        "-map", "0:v:0", "-vf", f"fps={fps}", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+        "-map", "0:v:0", "-vf", vf, "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
     ]
-    frame_bytes = info.width * info.height * 3
+    frame_bytes = width * height * 3
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes)
     n = 0
     try:
@@ -169,7 +180,7 @@ def iter_frames(
             if len(buf) < frame_bytes:
                 break
             n += 1
-            yield np.frombuffer(buf, np.uint8).reshape(info.height, info.width, 3)
+            yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -177,6 +188,39 @@ def iter_frames(
         if n == 0 and max_frames != 0:
             msg = (err.decode(errors="replace").strip().splitlines() or ["no frames decoded"])[-1]
             raise ClipError(str(path), f"no video frame could be decoded ({msg})")
+
+
+def content_box(
+    path: str | Path, info: ClipInfo, fps: float = TARGET_FPS, threshold: int = 24, min_border: float = 0.03
+) -> tuple[int, int, int, int] | None:
+    """The area of a frame that holds picture, when a clip has black borders (letter/pillar-boxing).
+
+    Video calls and re-uploads often pad the picture with black; faces then become too small for
+    the face detector. The box is the extent of pixels brighter than ``threshold`` over frames
+    sampled from the first 4 seconds.
+
+    Args:
+        path: local clip path.
+        info: the clip's probe result.
+        fps: sampling rate of the decode.
+        threshold: a pixel whose brightest channel exceeds this is picture.
+        min_border: borders thinner than this fraction of the frame are kept.
+
+    Returns:
+        (x0, y0, x1, y1) with even coordinates, or None when there is no border worth removing.
+    """
+    seen = np.zeros((info.height, info.width), bool)
+    for i, frame in enumerate(iter_frames(path, info, fps, max_frames=int(4 * fps))):
+        if i % 10 == 0:
+            seen |= frame.max(-1) > threshold
+    if not seen.any():
+        return None
+    ys, xs = np.where(seen.any(1))[0], np.where(seen.any(0))[0]
+    x0, x1 = int(xs[0]) // 2 * 2, min((int(xs[-1]) + 2) // 2 * 2, info.width)
+    y0, y1 = int(ys[0]) // 2 * 2, min((int(ys[-1]) + 2) // 2 * 2, info.height)
+    if (x1 - x0) > (1 - min_border) * info.width and (y1 - y0) > (1 - min_border) * info.height:
+        return None
+    return x0, y0, x1, y1
 
 
 def read_audio(path: str | Path, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:

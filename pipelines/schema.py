@@ -1,6 +1,6 @@
 """Parquet schemas of the dataset tables (``clips/``, ``frames/``). Column names are a contract.
 
-Arrays are stored flattened in fixed-size lists; their shapes are in :data:`FRAME_SHAPES`. Pixel
+Arrays are stored flattened in lists; their shapes are in :data:`FRAME_SHAPES`. Pixel
 coordinates are in the person crop (``image_size`` x ``image_size``) unless a column says otherwise.
 """
 
@@ -31,8 +31,10 @@ FRAME_SHAPES: dict[str, tuple[int, ...]] = {
 }
 
 
-def _fixed(t: pa.DataType, shape: tuple[int, ...]) -> pa.DataType:
-    return pa.list_(t, int(np.prod(shape)))
+def _fixed(t: pa.DataType, shape: tuple[int, ...]) -> pa.DataType:  # noqa: ARG001 (shape documents)
+    # Variable-size lists on purpose: pyarrow (<= 25) writes a null fixed_size_list entry that it
+    # cannot read back ("Expected all lists to be of size=N"), and frames without a face are null.
+    return pa.list_(t)
 
 
 FRAME_SCHEMA = pa.schema(

@@ -24,7 +24,10 @@ def pose_axes(pose_c2w: np.ndarray, focal: float, cx: float, cy: float, length: 
 
 def annotate(row: dict[str, Any]) -> np.ndarray:
     """One frame row drawn as RGB [S, S, 3]: crop, parsing tint, 68 landmarks, pose axes, eye ratio."""
-    img = cv2.cvtColor(cv2.imdecode(np.frombuffer(row["image_jpeg"], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    bgr = cv2.imdecode(np.frombuffer(row["image_jpeg"], np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"frame {row.get('frame_index')} of clip {row.get('clip_id')}: image_jpeg is not a JPEG")
+    img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if not row.get("face_found"):
         cv2.putText(img, str(row.get("error") or "no face"), (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 0, 0), 2)
         return img
@@ -34,14 +37,16 @@ def annotate(row: dict[str, Any]) -> np.ndarray:
         for k, c in _PARSING_TINT.items():
             tint[labels == k] = c
         img = cv2.addWeighted(img, 0.65, tint, 0.35, 0)
-    lms = array(row, "landmarks_2d")
+    lms, c2w, lips = array(row, "landmarks_2d"), array(row, "pose_c2w"), array(row, "lips_rect")
+    if lms is None or c2w is None or lips is None:
+        raise ValueError(f"frame {row.get('frame_index')}: face_found but landmarks/pose/lips are null")
     r = max(1, img.shape[0] // 256)
     for x, y in lms:
         cv2.circle(img, (int(round(x)), int(round(y))), r + 1, (255, 255, 0), -1, cv2.LINE_AA)
-    o, ax, ay, az = pose_axes(array(row, "pose_c2w"), row["focal"], row["cx"], row["cy"]).round().astype(int)
+    o, ax, ay, az = pose_axes(c2w, row["focal"], row["cx"], row["cy"]).round().astype(int)
     for tip, colour in ((ax, (255, 0, 0)), (ay, (0, 255, 0)), (az, (0, 128, 255))):
         cv2.line(img, tuple(o), tuple(tip), colour, 2 * r, cv2.LINE_AA)
-    x0, y0, x1, y1 = array(row, "lips_rect")
+    x0, y0, x1, y1 = lips
     cv2.rectangle(img, (int(x0), int(y0)), (int(x1), int(y1)), (255, 0, 255), r)
     label = f"#{row['frame_index']} eye {row['eye_ratio']:.2f} err {row['reprojection_error']:.1f}px"
     cv2.putText(img, label, (8, 24 * r), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * r, (255, 255, 255), r, cv2.LINE_AA)

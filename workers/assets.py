@@ -154,6 +154,8 @@ def verify(asset: Asset, path: Path) -> None:
 
 
 def _download(asset: Asset, dest: Path) -> None:
+    if not asset.url:
+        raise AssetError(f"asset '{asset.name}' has no public download URL")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
         tmp_path = Path(tmp.name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -111,7 +111,7 @@ class MediaPipeLandmarker:
         self.max_faces = max_faces
         self.model_path = str(model_path or assets.resolve("face_landmarker"))
         self.min_confidence = min_confidence
-        self._landmarker = None
+        self._landmarker: Any = None
         self._last_ts = -1
 
     def _create(self):
@@ -145,10 +145,11 @@ class MediaPipeLandmarker:
         if self._landmarker is None or timestamp_ms <= self._last_ts:
             self.close()
             self._landmarker = self._create()
+        landmarker = self._landmarker
         self._last_ts = timestamp_ms
         h, w = frame.shape[:2]
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
-        result = self._landmarker.detect_for_video(image, int(timestamp_ms))
+        result = landmarker.detect_for_video(image, int(timestamp_ms))
         faces = []
         for k, lms in enumerate(result.face_landmarks):
             mesh = np.array([(p.x * w, p.y * h, p.z * w) for p in lms], np.float32)

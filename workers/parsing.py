@@ -106,8 +106,15 @@ def encode_png(labels: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """uint8 labels [H, W] from PNG bytes."""
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    """uint8 labels [H, W] from PNG bytes.
+
+    Raises:
+        ValueError: the bytes are not an image.
+    """
+    labels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if labels is None:
+        raise ValueError("parsing_png does not hold a PNG image")
+    return labels
 
 
 def colourise(labels: np.ndarray) -> np.ndarray:

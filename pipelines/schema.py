@@ -31,7 +31,7 @@ FRAME_SHAPES: dict[str, tuple[int, ...]] = {
 }
 
 
-def _fixed(t: pa.DataType, shape: tuple[int, ...]) -> pa.DataType:  # noqa: ARG001 (shape documents)
+def _array(t: pa.DataType, shape: tuple[int, ...]) -> pa.DataType:  # noqa: ARG001 (shape documents)
     # Variable-size lists on purpose: pyarrow (<= 25) writes a null fixed_size_list entry that it
     # cannot read back ("Expected all lists to be of size=N"), and frames without a face are null.
     return pa.list_(t)
@@ -50,23 +50,23 @@ FRAME_SCHEMA = pa.schema(
         pa.field("error", pa.string()),  # why the face features are null
         pa.field("image_jpeg", pa.binary()),
         pa.field("image_size", pa.int32()),
-        pa.field("crop_box", _fixed(pa.int32(), (4,))),  # source-frame pixels
-        pa.field("bbox", _fixed(pa.float32(), (4,))),
-        pa.field("landmarks_2d", _fixed(pa.float32(), (68, 2))),
-        pa.field("landmarks_mesh", _fixed(pa.float32(), (N_MESH, 3))),
-        pa.field("pose_c2w", _fixed(pa.float32(), (4, 4))),
+        pa.field("crop_box", _array(pa.int32(), (4,))),  # source-frame pixels
+        pa.field("bbox", _array(pa.float32(), (4,))),
+        pa.field("landmarks_2d", _array(pa.float32(), (68, 2))),
+        pa.field("landmarks_mesh", _array(pa.float32(), (N_MESH, 3))),
+        pa.field("pose_c2w", _array(pa.float32(), (4, 4))),
         pa.field("focal", pa.float32()),
         pa.field("cx", pa.float32()),
         pa.field("cy", pa.float32()),
-        pa.field("expression", _fixed(pa.float32(), (N_EXPRESSION,))),
-        pa.field("blendshapes", _fixed(pa.float32(), (N_BLENDSHAPES,))),
+        pa.field("expression", _array(pa.float32(), (N_EXPRESSION,))),
+        pa.field("blendshapes", _array(pa.float32(), (N_BLENDSHAPES,))),
         pa.field("eye_ratio", pa.float32()),
         pa.field("mouth_opening", pa.float32()),
-        pa.field("lips_rect", _fixed(pa.int32(), (4,))),
-        pa.field("face_rect", _fixed(pa.int32(), (4,))),
+        pa.field("lips_rect", _array(pa.int32(), (4,))),
+        pa.field("face_rect", _array(pa.int32(), (4,))),
         pa.field("parsing_png", pa.binary()),
         pa.field("reprojection_error", pa.float32()),
-        pa.field("audio_features", _fixed(pa.float32(), (AUDIO_WINDOW, AUDIO_MELS))),
+        pa.field("audio_features", _array(pa.float32(), (AUDIO_WINDOW, AUDIO_MELS))),
         pa.field("audio_valid", pa.bool_()),
         pa.field("zcr", pa.float32()),
         pa.field("rms", pa.float32()),
@@ -89,7 +89,7 @@ CLIP_SCHEMA = pa.schema(
         pa.field("audio_duration_s", pa.float64()),
         pa.field("n_frames", pa.int32()),
         pa.field("n_people", pa.int32()),
-        pa.field("content_box", _fixed(pa.int32(), (4,))),  # picture area inside black borders
+        pa.field("content_box", _array(pa.int32(), (4,))),  # picture area inside black borders
         pa.field("builder_version", pa.string()),
         pa.field("backend", pa.string()),
         pa.field("config_json", pa.string()),

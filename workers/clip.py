@@ -158,14 +158,14 @@ class ClipProcessor:
 
         t = time.perf_counter()
         samples = np.zeros(0, np.float32)
-        audio_note = None
+        warnings: list[str] = []
         if info.has_audio:
             try:
                 samples = media.read_audio(path, cfg.audio.sample_rate)
             except ClipError as exc:
-                audio_note = f"audio track unreadable ({exc.reason}); audio features are empty"
+                warnings.append(f"audio track unreadable ({exc.reason}); audio features are empty")
         else:
-            audio_note = "no audio stream; audio features are empty"
+            warnings.append("no audio stream; audio features are empty")
         timings["audio_decode_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -182,8 +182,7 @@ class ClipProcessor:
 
         expected = int(info.video_duration_s * cfg.fps)
         if cfg.max_frames is None and n < 0.9 * expected - 1:
-            note = f"decoded only {n} of ~{expected} frames (truncated or damaged file?)"
-            audio_note = f"{audio_note}; {note}" if audio_note else note
+            warnings.append(f"decoded only {n} of ~{expected} frames (truncated or damaged file?)")
 
         people = self._people(det, n)
         if not people:
@@ -227,7 +226,7 @@ class ClipProcessor:
             "content_box": list(content) if content else None,
             "builder_version": BUILDER_VERSION,
             "backend": self.landmarker.name,
-            "warning": audio_note,
+            "warning": "; ".join(warnings) or None,
             "config_json": _config_json(cfg),
             **timings,
             "total_s": sum(timings.values()),
@@ -274,6 +273,7 @@ class ClipProcessor:
         rows: list[dict[str, Any]] = []
         encode = [int(cv2.IMWRITE_JPEG_QUALITY), cfg.jpeg_quality]
         ox, oy = (content[0], content[1]) if content else (0, 0)
+        source_boxes = [[int(c[0]) + ox, int(c[1]) + oy, int(c[2]) + ox, int(c[3]) + oy] for _, c, _, _ in fits]
         for i, frame in enumerate(media.iter_frames(path, info, cfg.fps, n, content)):
             for k, tid in enumerate(people):
                 frames, crop, fit, boxes = fits[k]
@@ -292,7 +292,7 @@ class ClipProcessor:
                     "speaking": bool(speaking[i]) if not multi and fa.valid[i] else None,
                     "image_jpeg": jpg.tobytes(),
                     "image_size": size,
-                    "crop_box": [x0 + ox, y0 + oy, x1 + ox, y1 + oy],
+                    "crop_box": source_boxes[k],
                     "audio_features": fa.mel[i].reshape(-1),
                     "audio_valid": bool(fa.valid[i]),
                     "zcr": float(fa.zcr[i]),
@@ -340,7 +340,7 @@ class ClipProcessor:
             summaries.append(
                 PersonSummary(
                     identity=names[k], person=k, n_frames=len(frames),
-                    crop_box=[int(crop[0]) + ox, int(crop[1]) + oy, int(crop[2]) + ox, int(crop[3]) + oy],
+                    crop_box=source_boxes[k],
                     focal=fit.focal * s, cx=(fit.cx - crop[0]) * s, cy=(fit.cy - crop[1]) * s,
                     near=fit.near, far=fit.far, identity_coeffs=[float(v) for v in fit.identity],
                     reprojection_error_px=float(np.median(fit.reprojection_error) * s),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipelines.qc import best_lag_correlation
 from pipelines.schema import FRAME_SHAPES, array, frames_table
 from tests.conftest import CLIPS, CONVERSATION
 from workers.parsing import BACKGROUND, HEAD, NECK, TORSO, decode_png
@@ -14,15 +15,6 @@ STEMS = [p.stem for p in CLIPS]
 
 def _smooth(x: np.ndarray, k: int = 5) -> np.ndarray:
     return np.convolve(x, np.ones(k) / k, mode="same")
-
-
-def _best_lag_corr(a: np.ndarray, b: np.ndarray, max_lag: int) -> tuple[float, int]:
-    best = (-1.0, 0)
-    for lag in range(-max_lag, max_lag + 1):
-        x = a[max(lag, 0) : len(a) + min(lag, 0)]
-        y = b[max(-lag, 0) : len(b) + min(-lag, 0)]
-        best = max(best, (float(np.corrcoef(x, y)[0, 1]), lag))
-    return best
 
 
 def test_three_shared_clips_exist():
@@ -83,10 +75,10 @@ def test_mouth_opening_follows_audio(processed, stem):
     rows = processed[stem].rows
     mouth = _smooth(np.array([r["mouth_opening"] or 0.0 for r in rows]))
     rms = _smooth(np.array([r["rms"] for r in rows]))
-    corr, lag = _best_lag_corr(mouth, rms, max_lag=8)
+    corr, lag = best_lag_correlation(mouth, rms, max_lag=8)
     assert corr > 0.25, (corr, lag)
     # Sanity of the control: the same mouth series against time-reversed audio does not correlate as well.
-    corr_rev, _ = _best_lag_corr(mouth, rms[::-1].copy(), max_lag=8)
+    corr_rev, _ = best_lag_correlation(mouth, rms[::-1].copy(), max_lag=8)
     assert corr > corr_rev
 
 

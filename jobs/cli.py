@@ -20,6 +20,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-people", type=int, default=1, help="people kept per clip (2 for conversations)")
     ex.add_argument("--crop-size", type=int, default=512, help="side of the stored person crop (px)")
     ex.add_argument("--threads", type=int, default=None, help="torch/OpenCV threads")
+
+    bd = sub.add_parser("build-dataset", help="build a dataset from many clips on Ray (local or S3; resumable)")
+    from jobs.build_dataset import add_arguments
+
+    add_arguments(bd)
+
+    exp = sub.add_parser("export", help="write one identity in another tool's layout")
+    exp_sub = exp.add_subparsers(dest="format", required=True)
+    rad = exp_sub.add_parser("radnerf", help="RAD-NeRF / ER-NeRF layout (transforms_*.json, ori_imgs/, aud.npy ...)")
+    rad.add_argument("--dataset", "-d", required=True, help="dataset root (directory or s3://...)")
+    rad.add_argument("--identity", required=True, help="identity to export")
+    rad.add_argument("--output", "-o", required=True, help="output directory")
+    rad.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
+    rad.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
     return parser
 
 
@@ -31,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.extract import run_cli
 
         return run_cli(args)
+    if args.command == "build-dataset":
+        from jobs.build_dataset import run_cli as build_cli
+
+        return build_cli(args)
+    if args.command == "export":
+        from jobs.export import run_cli as export_cli
+
+        return export_cli(args)
     return 2
 
 

@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from pipelines import qc, schema
-from workers.clip import BUILDER_VERSION, ClipConfig, ClipProcessor, clip_id_for
+from pipelines import dataset as D
+from pipelines import qc
+from pipelines.dataset import safe_identity
+from pipelines.storage import Storage
+from workers.clip import ClipConfig, ClipProcessor, clip_id_for
 from workers.errors import ParleyError
 
 log = logging.getLogger(__name__)
@@ -63,37 +64,31 @@ def main(config: ExtractConfig) -> ExtractReport:
     """
     _set_threads(config.threads)
     out = Path(config.output)
-    for sub in ("clips", "frames", "qc"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    storage = Storage(out)
+    (out / "qc").mkdir(parents=True, exist_ok=True)
     report = ExtractReport()
     start = time.perf_counter()
     processor = ClipProcessor(config.clip)
     try:
         for path in config.clips:
             cid = clip_id_for(path)
+            identity = safe_identity(Path(path).stem)
             t = time.perf_counter()
             try:
-                result = processor(path, clip_id=cid)
+                result = processor(path, identity=identity, clip_id=cid)
             except ParleyError as exc:
                 reason = getattr(exc, "reason", str(exc))
                 log.warning("%s: failed: %s", path, reason)
                 report.failed[path] = reason
-                summary = {"clip_id": cid, "source_uri": path, "status": "failed", "error": reason,
-                           "builder_version": BUILDER_VERSION, "total_s": time.perf_counter() - t}
-                pq.write_table(schema.clips_table([summary]), out / "clips" / f"{cid}.parquet")
+                D.write_failure(storage, clip_id=cid, source_uri=path, identity=identity, role=None, error=reason,
+                                error_kind="input", extra={"total_s": time.perf_counter() - t})
                 continue
+            D.write_clip(storage, result, identity=identity)
             by_identity: dict[str, list[dict]] = {}
             for row in result.rows:
                 by_identity.setdefault(row["identity"], []).append(row)
             for ident, rows in by_identity.items():
-                part = out / "frames" / f"identity={ident}"
-                part.mkdir(parents=True, exist_ok=True)
-                tmp = part / f".{cid}.parquet.tmp"
-                pq.write_table(schema.frames_table(rows), tmp)
-                tmp.replace(part / f"{cid}.parquet")
                 qc.write_png(str(out / "qc" / f"{ident}__{cid}.png"), qc.contact_sheet(rows))
-            summary = {**result.summary, "status": "ok", "error": None}
-            pq.write_table(schema.clips_table([summary]), out / "clips" / f"{cid}.parquet")
             report.ok.append(path)
             report.frames += result.summary["n_frames"]
             log.info("%s: %d frames, %d people, %.1f s", path, result.summary["n_frames"],

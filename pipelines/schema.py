@@ -1,4 +1,4 @@
-"""Parquet schemas of the dataset tables (``clips/``, ``frames/``). Column names are a contract.
+"""Parquet schemas of the dataset tables (``clips/``, ``frames/``, ``identities/``). Column names are a contract.
 
 Arrays are stored flattened in lists; their shapes are in :data:`FRAME_SHAPES`. Pixel
 coordinates are in the person crop (``image_size`` x ``image_size``) unless a column says otherwise.
@@ -73,12 +73,34 @@ FRAME_SCHEMA = pa.schema(
     ]
 )
 
+PERSON_TYPE = pa.struct(
+    [
+        pa.field("identity", pa.string()),
+        pa.field("person", pa.int16()),
+        pa.field("n_frames", pa.int32()),  # frames with this person's face
+        pa.field("n_rows", pa.int32()),  # rows written to frames/identity=<identity>/
+        pa.field("crop_box", pa.list_(pa.int32())),
+        pa.field("focal", pa.float32()),
+        pa.field("cx", pa.float32()),
+        pa.field("cy", pa.float32()),
+        pa.field("near", pa.float32()),
+        pa.field("far", pa.float32()),
+        pa.field("identity_coeffs", pa.list_(pa.float32())),
+        pa.field("reprojection_error_px", pa.float32()),
+        pa.field("background_png", pa.binary()),
+    ]
+)
+"""One person of a clip: what it contributes to its identity (``identities/`` is aggregated from these)."""
+
 CLIP_SCHEMA = pa.schema(
     [
         pa.field("clip_id", pa.string(), nullable=False),
         pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("identity", pa.string()),  # as listed (people of multi-person clips get _p<k>)
+        pa.field("role", pa.string()),  # as listed in a manifest (speaker / listener / solo)
         pa.field("status", pa.string(), nullable=False),  # ok / failed
         pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),  # input (the clip itself is bad) / internal (may be transient)
         pa.field("warning", pa.string()),
         pa.field("duration_s", pa.float64()),
         pa.field("fps", pa.float64()),
@@ -99,7 +121,34 @@ CLIP_SCHEMA = pa.schema(
         pa.field("audio_features_s", pa.float64()),
         pa.field("fit_s", pa.float64()),
         pa.field("parse_encode_s", pa.float64()),
+        pa.field("download_s", pa.float64()),
+        pa.field("write_s", pa.float64()),
         pa.field("total_s", pa.float64()),
+        pa.field("worker", pa.string()),  # host:pid that built the clip
+        pa.field("worker_peak_rss_mb", pa.float64()),  # the worker process's peak memory so far
+        pa.field("built_at", pa.timestamp("s", tz="UTC")),
+        pa.field("people", pa.list_(PERSON_TYPE)),
+    ]
+)
+
+IDENTITY_SCHEMA = pa.schema(
+    [
+        pa.field("identity", pa.string(), nullable=False),
+        pa.field("clips", pa.list_(pa.string())),  # clip_ids, sorted
+        pa.field("n_clips", pa.int32()),
+        pa.field("n_rows", pa.int64()),  # rows in frames/identity=<identity>/
+        pa.field("n_frames", pa.int64()),  # of which with a face
+        pa.field("image_size", pa.int32()),
+        pa.field("background_png", pa.binary()),  # per-pixel median of the clips' backgrounds
+        pa.field("identity_coeffs", pa.list_(pa.float32())),  # frame-weighted mean over clips
+        pa.field("focal", pa.float32()),  # frame-weighted mean, crop pixels
+        pa.field("cx", pa.float32()),
+        pa.field("cy", pa.float32()),
+        pa.field("near", pa.float32()),  # min over clips (metres)
+        pa.field("far", pa.float32()),  # max over clips
+        pa.field("focal_spread", pa.float32()),  # std of the clips' focal lengths (0 for one clip)
+        pa.field("reprojection_error_px", pa.float32()),
+        pa.field("builder_version", pa.string()),
     ]
 )
 
@@ -122,6 +171,12 @@ def clips_table(summaries: list[dict[str, Any]]) -> pa.Table:
     """A ``clips/`` Arrow table from clip summaries (with ``status`` and ``error`` set)."""
     cols = {f.name: [_cell(s.get(f.name)) for s in summaries] for f in CLIP_SCHEMA}
     return pa.Table.from_pydict(cols, schema=CLIP_SCHEMA)
+
+
+def identities_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """An ``identities/`` Arrow table."""
+    cols = {f.name: [_cell(r.get(f.name)) for r in rows] for f in IDENTITY_SCHEMA}
+    return pa.Table.from_pydict(cols, schema=IDENTITY_SCHEMA)
 
 
 def array(row: dict[str, Any], column: str) -> np.ndarray | None:

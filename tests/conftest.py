@@ -42,3 +42,28 @@ def processor():
 def processed(processor):
     """The three shared talking-head clips, each processed once: {stem: ClipResult}."""
     return {path.stem: processor(path) for path in CLIPS}
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster for the test session (2 CPUs, no dashboard); builds run on it."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def link_clip(src: Path, dst: Path) -> Path:
+    """Copy (hard link when possible) a clip under a new name: a new source URI, hence a new clip."""
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy(src, dst)
+    return dst

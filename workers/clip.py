@@ -27,7 +27,7 @@ from workers.errors import ClipError
 from workers.landmarks import Face, FaceTracker, LandmarkBackend, make_backend
 from workers.morphable import FaceModel, FitConfig, FitResult, fit_clip
 
-BUILDER_VERSION = "0.1.0"
+BUILDER_VERSION = "0.2.0"
 """Version of the per-frame features; a dataset row built by another version is rebuilt."""
 
 
@@ -227,7 +227,7 @@ class ClipProcessor:
             "builder_version": BUILDER_VERSION,
             "backend": self.landmarker.name,
             "warning": "; ".join(warnings) or None,
-            "config_json": _config_json(cfg),
+            "config_json": clip_config_json(cfg),
             **timings,
             "total_s": sum(timings.values()),
         }
@@ -357,7 +357,8 @@ def _empty_face(reason: str) -> dict[str, Any]:
     return {"face_found": False, "error": reason, **{k: None for k in keys}}
 
 
-def _config_json(cfg: ClipConfig) -> str:
+def clip_config_json(cfg: ClipConfig) -> str:
+    """The settings as canonical JSON (stored per clip; a change of settings rebuilds the clip)."""
     import json
 
     return json.dumps(asdict(cfg), sort_keys=True)

@@ -1,0 +1,366 @@
+"""The dataset build on Ray Data: clips sharded over CPU workers, tables written by path.
+
+Plan::
+
+    list inputs -> skip clips already built -> ray.data.from_items(clip specs)
+      -> map_batches(ClipBuildWorker, actor pool)   # each worker reads its clip from storage,
+                                                    # writes frames/ then clips/ itself and returns
+                                                    # one small status row per clip
+      -> driver: progress, identities/ (aggregated over all clips), QC per changed identity
+
+No frame ever passes through Ray's object store: a clip travels as its URI, results as a status
+row. Every resource knob lives in :class:`Resources`; nothing else in the code base sets one.
+
+Resuming: a clip whose ``clips/`` row was written by the same builder version with the same
+settings is skipped. A clip that failed because its input is bad is skipped too (``--retry-failed``
+retries it); one that failed for another reason (a crash, a storage hiccup) is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from pipelines import dataset as D
+from pipelines.inputs import ClipSpec, list_inputs
+from pipelines.storage import S3Options, Storage, storage_for_file
+from workers.clip import BUILDER_VERSION, ClipConfig, ClipProcessor, clip_config_json
+from workers.errors import ClipError
+
+log = logging.getLogger(__name__)
+
+STATUS_SCHEMA = pa.schema([
+    ("clip_id", pa.string()), ("source_uri", pa.string()), ("identity", pa.string()), ("status", pa.string()),
+    ("error", pa.string()), ("error_kind", pa.string()), ("n_frames", pa.int64()), ("n_people", pa.int64()),
+    ("total_s", pa.float64()), ("worker", pa.string()), ("worker_peak_rss_mb", pa.float64()),
+])
+"""What a worker returns per clip (the rest of the clip's row is in ``clips/``)."""
+STATUS_COLUMNS = STATUS_SCHEMA.names
+
+FORWARDED_ENV = ("PARLEY_", "AWS_")
+"""Environment variables (by prefix) the driver hands to its workers (assets, S3 credentials)."""
+
+
+@dataclass
+class Resources:
+    """Every resource setting of the build, in one place. Defaults use the whole cluster."""
+
+    num_workers: int | None = None
+    """Concurrent clip workers (default: the cluster's CPUs // ``cpus_per_worker``, at most one per clip)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker; torch/OpenCV threads follow (at least 1)."""
+    memory_per_worker_gb: float = 2.0
+    """Memory reserved per worker for scheduling (a worker peaks near 1.3 GB on 512 px crops)."""
+    batch_size: int = 1
+    """Clips per worker call."""
+
+    def threads(self) -> int:
+        """torch / OpenCV threads of one worker."""
+        return max(1, int(round(self.cpus_per_worker)))
+
+
+@dataclass
+class BuildConfig:
+    """What ``parley build-dataset`` does."""
+
+    inputs: list[str]
+    """Directories, globs, ``s3://`` prefixes or manifest CSVs."""
+    output: str
+    """Dataset root (local directory or ``s3://bucket/prefix``)."""
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    resources: Resources = field(default_factory=Resources)
+    s3: S3Options = field(default_factory=S3Options)
+    retry_failed: bool = False
+    """Also rebuild clips that failed because of their input."""
+    force: bool = False
+    """Rebuild every listed clip."""
+    qc: bool = True
+    """Write the QC report of every identity that changed."""
+    ray_address: str | None = None
+    """Ray cluster to use (default: ``RAY_ADDRESS``, a running local cluster, or a new one)."""
+
+
+@dataclass
+class BuildReport:
+    """Outcome of a build."""
+
+    output: str
+    listed: int = 0
+    skipped: int = 0
+    built: list[dict[str, Any]] = field(default_factory=list)
+    """Status rows of the clips built in this run."""
+    identities: list[str] = field(default_factory=list)
+    qc_written: list[str] = field(default_factory=list)
+    ok_total: int = 0
+    """Listed clips whose row is ``ok`` after the build (built now or before)."""
+    failed_total: int = 0
+    """Listed clips whose row is ``failed`` after the build."""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> list[dict[str, Any]]:
+        return [r for r in self.built if r["status"] == "ok"]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.built if r["status"] != "ok"]
+
+    @property
+    def frames(self) -> int:
+        return int(sum(r["n_frames"] or 0 for r in self.ok))
+
+
+def rebuild_reason(spec: ClipSpec, row: dict[str, Any] | None, config_json: str, retry_failed: bool = False,
+                   force: bool = False) -> str | None:
+    """Why a listed clip must be built, or None when its existing row stands."""
+    if row is None:
+        return "new"
+    if force:
+        return "forced"
+    if row.get("builder_version") != BUILDER_VERSION:
+        return f"built by {row.get('builder_version')}, now {BUILDER_VERSION}"
+    if row.get("config_json") != config_json:
+        return "settings changed"
+    if (row.get("identity"), row.get("role")) != (spec.identity, spec.role):
+        return "identity or role changed"
+    if row.get("status") != "ok":
+        if row.get("error_kind") != "input":
+            return "retrying a failure that was not the input's fault"
+        if retry_failed:
+            return "retrying failed"
+    return None
+
+
+class ClipBuildWorker:
+    """A Ray Data actor: builds clips into the dataset by path and returns one status row each.
+
+    Args:
+        output: the dataset root.
+        clip: extraction settings.
+        s3: how to reach S3 for inputs.
+        threads: torch / OpenCV threads.
+    """
+
+    def __init__(self, output: Storage, clip: ClipConfig, s3: S3Options, threads: int = 1):
+        import cv2
+        import torch
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+        self.output = output
+        self.s3 = s3
+        self.config_json = clip_config_json(clip)
+        self.processor = ClipProcessor(clip)
+        # Ray Data has no teardown hook. MediaPipe's finalisers need its dispatcher thread pool, which
+        # concurrent.futures shuts down in threading's exit hooks, before atexit; so close the models
+        # from a threading exit hook registered after it (they run last-registered first).
+        threading._register_atexit(self.processor.close)  # type: ignore[attr-defined]
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        specs = [ClipSpec(**r) for r in batch.to_pylist()]
+        rows = [self.build_one(s) for s in specs]
+        return pa.Table.from_pylist([{k: r.get(k) for k in STATUS_COLUMNS} for r in rows], schema=STATUS_SCHEMA)
+
+    def build_one(self, spec: ClipSpec) -> dict[str, Any]:
+        """Build one clip; any failure becomes a ``failed`` row (the build goes on)."""
+        start = time.perf_counter()
+        previous = None
+        if self.output.exists(D.clip_path(spec.clip_id)):
+            try:
+                previous = self.output.read_table(D.clip_path(spec.clip_id)).to_pylist()[0]
+            except Exception:  # noqa: BLE001 (an unreadable old row is rebuilt; nothing to clean up from it)
+                previous = None
+        extra: dict[str, Any] = {"worker": self.worker, "config_json": self.config_json}
+        try:
+            source, name = storage_for_file(spec.source_uri, self.s3)
+            with ExitStack() as stack:
+                t = time.perf_counter()
+                try:
+                    local = stack.enter_context(source.local_copy(name))
+                except FileNotFoundError as exc:
+                    raise ClipError(spec.source_uri, "no such file") from exc
+                extra["download_s"] = time.perf_counter() - t
+                result = self.processor(local, identity=spec.identity, clip_id=spec.clip_id,
+                                        source_uri=spec.source_uri)
+            t = time.perf_counter()
+            extra.update(_stamp())
+            row = D.write_clip(self.output, result, identity=spec.identity, role=spec.role, previous=previous,
+                               extra=extra)
+            row["write_s"] = time.perf_counter() - t
+        except ClipError as exc:
+            row = self._failure(spec, exc.reason, "input", previous, extra)
+        except Exception as exc:  # noqa: BLE001 (any other failure is recorded, and retried next run)
+            log.error("%s: %s", spec.source_uri, traceback.format_exc())
+            row = self._failure(spec, f"{type(exc).__name__}: {exc}", "internal", previous, extra)
+        row["total_s"] = time.perf_counter() - start
+        return row
+
+    def _failure(self, spec, error, kind, previous, extra) -> dict[str, Any]:
+        return D.write_failure(self.output, clip_id=spec.clip_id, source_uri=spec.source_uri, identity=spec.identity,
+                               role=spec.role, error=error, error_kind=kind, previous=previous,
+                               extra={**extra, **_stamp()})
+
+
+def _stamp() -> dict[str, Any]:
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return {"worker_peak_rss_mb": rss_mb, "built_at": datetime.now(UTC).replace(microsecond=0)}
+
+
+def _worker_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+
+
+def _ray_init(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        if address == "local":  # a private cluster for this build alone: no dashboard needed
+            ray.init(address=address, include_dashboard=False)
+        else:
+            ray.init(address=address)
+
+
+def _run_workers(config: BuildConfig, todo: list[ClipSpec], on_row: Callable[[dict[str, Any]], None]) -> None:
+    import ray
+    import ray.data
+
+    res = config.resources
+    total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    workers = res.num_workers or max(1, int(total_cpus // res.cpus_per_worker))
+    workers = max(1, min(workers, len(todo)))
+    log.info("building %d clip(s) on %d worker(s) x %.2g CPU", len(todo), workers, res.cpus_per_worker)
+    items = [asdict(s) for s in todo]
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        ClipBuildWorker,
+        fn_constructor_kwargs={"output": Storage(config.output, config.s3), "clip": config.clip, "s3": config.s3,
+                               "threads": res.threads()},
+        batch_size=res.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+        num_cpus=res.cpus_per_worker,
+        memory=res.memory_per_worker_gb * 1024**3,
+        runtime_env={"env_vars": _worker_env()},
+    )
+    for row in ds.iter_rows():
+        on_row(dict(row))
+
+
+def _qc(dataset_uri: str, s3: S3Options, identity: str) -> dict[str, Any]:
+    from pipelines.report import write_identity_report
+
+    return write_identity_report(D.Dataset(dataset_uri, s3), identity)
+
+
+def _write_qc(config: BuildConfig, identities: list[str]) -> list[dict[str, Any]]:
+    if not identities:
+        return []
+    try:
+        import ray
+
+        if ray.is_initialized():
+            task = ray.remote(num_cpus=min(1.0, config.resources.cpus_per_worker),
+                              runtime_env={"env_vars": _worker_env()})(_qc)
+            return ray.get([task.remote(config.output, config.s3, i) for i in identities])
+    except ImportError:
+        pass
+    return [_qc(config.output, config.s3, i) for i in identities]
+
+
+def build(config: BuildConfig, on_row: Callable[[dict[str, Any]], None] | None = None) -> BuildReport:
+    """Build (or bring up to date) a dataset from clips.
+
+    Args:
+        config: inputs, output, settings and resources.
+        on_row: called on the driver with each clip's status row as it finishes (progress).
+
+    Returns:
+        What was listed, skipped and built.
+
+    Raises:
+        InputError: the inputs cannot be listed.
+    """
+    start = time.perf_counter()
+    specs = list_inputs(config.inputs, config.s3)
+    out = Storage(config.output, config.s3)
+    dataset = D.Dataset(out)
+    report = BuildReport(output=out.uri, listed=len(specs))
+    light = ["clip_id", "status", "error_kind", "builder_version", "config_json", "identity", "role"]
+    existing = dataset.clip_rows(light)
+    config_json = clip_config_json(config.clip)
+    todo = []
+    for s in specs:
+        why = rebuild_reason(s, existing.get(s.clip_id), config_json, config.retry_failed, config.force)
+        if why:
+            log.debug("%s: %s", s.source_uri, why)
+            todo.append(s)
+    report.skipped = len(specs) - len(todo)
+    if todo:
+        todo = _largest_first(todo)
+        _ray_init(config.ray_address)
+
+        def collect(row: dict[str, Any]) -> None:
+            report.built.append(row)
+            if on_row:
+                on_row(row)
+
+        _run_workers(config, todo, collect)
+
+    rows = dataset.clip_rows()
+    status = [rows[s.clip_id]["status"] for s in specs if s.clip_id in rows]
+    report.ok_total, report.failed_total = status.count("ok"), status.count("failed")
+    identities = D.aggregate_identities(rows.values())
+    report.identities = [i["identity"] for i in identities]
+    old = {r["identity"]: r["clips"] for r in dataset.identities().select(["identity", "clips"]).to_pylist()}
+    if todo or {i["identity"]: i["clips"] for i in identities} != old:
+        D.write_identities(out, identities)
+    if config.qc:
+        built_ids = {c for c in (r["clip_id"] for r in report.built)}
+        stale = [i["identity"] for i in identities
+                 if set(i["clips"]) & built_ids or i["clips"] != old.get(i["identity"])
+                 or not out.exists(f"qc/{i['identity']}.png")]
+        figures = _write_qc(config, stale)
+        report.qc_written = [f["identity"] for f in figures]
+        if figures or not out.exists("qc/quality.csv"):
+            from pipelines.report import write_quality_table
+
+            all_figures = _read_figures(out, report.identities)
+            write_quality_table(dataset, all_figures)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _read_figures(out: Storage, identities: list[str]) -> list[dict[str, Any]]:
+    import json
+
+    figures = []
+    for ident in identities:
+        rel = f"qc/{ident}.json"
+        if out.exists(rel):
+            figures.append(json.loads(out.read_bytes(rel)))
+    return figures
+
+
+def _largest_first(specs: list[ClipSpec]) -> list[ClipSpec]:
+    """Local clips ordered by size, largest first, so no worker is left with a long clip at the end."""
+
+    def size(s: ClipSpec) -> int:
+        try:
+            return os.path.getsize(s.source_uri)
+        except OSError:
+            return 0
+
+    return sorted(specs, key=size, reverse=True)

@@ -1,0 +1,254 @@
+"""A dataset root (local or S3): where each table's files go, writing one clip, reading tables back.
+
+Layout (column names in :mod:`pipelines.schema`)::
+
+    clips/<clip_id>.parquet                          one row per input clip (ok or failed)
+    frames/identity=<identity>/<clip_id>.parquet     one row per frame and person
+    identities/identities.parquet                    one row per identity, aggregated over its clips
+    qc/<identity>.png, qc/<identity>.json, qc/quality.csv
+
+A clip is committed by its ``clips/`` row, written after its frame files. A clip without a row
+is unfinished (a killed build) and is built again; its frame files are overwritten, never appended,
+so rows are never duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from pipelines import schema
+from pipelines.storage import S3Options, Storage
+from workers.clip import BUILDER_VERSION, ClipResult
+
+log = logging.getLogger(__name__)
+
+IDENTITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+"""Identity names: they become directory names (``identity=<name>``) locally and on S3."""
+
+
+def safe_identity(name: str) -> str:
+    """``name`` made into a valid identity: other characters become ``_``."""
+    out = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("._-")[:128]
+    return out or "unnamed"
+
+
+def clip_path(clip_id: str) -> str:
+    """Where a clip's row lives."""
+    return f"clips/{clip_id}.parquet"
+
+
+def frames_path(identity: str, clip_id: str) -> str:
+    """Where a clip's frames of one identity live."""
+    return f"frames/identity={identity}/{clip_id}.parquet"
+
+
+IDENTITIES_PATH = "identities/identities.parquet"
+
+
+def _frame_files(row: dict[str, Any] | None) -> set[str]:
+    if not row:
+        return set()
+    return {frames_path(p["identity"], row["clip_id"]) for p in row.get("people") or []}
+
+
+def write_clip(storage: Storage, result: ClipResult, *, identity: str, role: str | None = None,
+               previous: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write one extracted clip: its frame files, then its ``clips/`` row (the commit).
+
+    Args:
+        storage: the dataset root.
+        result: what the worker extracted.
+        identity: the identity the clip was listed under.
+        role: the role listed for the clip (applies to a single-person clip's rows).
+        previous: the clip's earlier row, if any; frame files it names that this build does not
+            write again are deleted (e.g. the identity changed).
+        extra: more ``clips/`` columns (timings, worker).
+
+    Returns:
+        The ``clips/`` row written.
+    """
+    cid = result.summary["clip_id"]
+    by_identity: dict[str, list[dict[str, Any]]] = {}
+    for row in result.rows:
+        if role and result.summary["n_people"] == 1:
+            row["role"] = role
+        by_identity.setdefault(row["identity"], []).append(row)
+    written = set()
+    for ident, rows in by_identity.items():
+        storage.write_table(frames_path(ident, cid), schema.frames_table(rows))
+        written.add(frames_path(ident, cid))
+    people = []
+    for p in result.people:
+        d = asdict(p)
+        d["n_rows"] = len(by_identity.get(p.identity, []))
+        people.append(d)
+    row = {**result.summary, **(extra or {}), "identity": identity, "role": role, "status": "ok", "error": None,
+           "error_kind": None, "people": people}
+    storage.write_table(clip_path(cid), schema.clips_table([row]))
+    for stale in _frame_files(previous) - written:
+        storage.delete(stale)
+    return row
+
+
+def write_failure(storage: Storage, *, clip_id: str, source_uri: str, identity: str, role: str | None,
+                  error: str, error_kind: str, previous: dict[str, Any] | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Record a clip that failed: a ``clips/`` row with ``status=failed`` and the reason.
+
+    Frame files of an earlier successful build of the same clip are deleted, so ``frames/`` only
+    ever holds rows of clips whose ``clips/`` row says ``ok``.
+    """
+    row = {"clip_id": clip_id, "source_uri": source_uri, "identity": identity, "role": role, "status": "failed",
+           "error": error, "error_kind": error_kind, "builder_version": BUILDER_VERSION, "n_frames": 0,
+           "n_people": 0, **(extra or {})}
+    storage.write_table(clip_path(clip_id), schema.clips_table([row]))
+    for stale in _frame_files(previous):
+        storage.delete(stale)
+    return row
+
+
+class Dataset:
+    """Reads a dataset's tables.
+
+    Args:
+        root: dataset URI (local path or ``s3://bucket/prefix``) or a :class:`Storage`.
+        s3: how to reach S3.
+    """
+
+    def __init__(self, root: str | Storage, s3: S3Options | None = None):
+        self.storage = root if isinstance(root, Storage) else Storage(root, s3)
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.storage.uri!r})"
+
+    def _table(self, rel: str, sch: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+        if not self.storage.exists(rel):
+            return sch.empty_table().select(columns) if columns else sch.empty_table()
+        dataset = pads.dataset(self.storage.path(rel), schema=sch, format="parquet", filesystem=self.storage.fs)
+        return dataset.to_table(columns=columns)
+
+    def clips_table(self, columns: list[str] | None = None) -> pa.Table:
+        """The ``clips/`` table (empty when there is none), sorted by ``clip_id``."""
+        return self._table("clips", schema.CLIP_SCHEMA, columns).sort_by("clip_id")
+
+    def clip_rows(self, columns: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """``clips/`` rows by ``clip_id``."""
+        return {r["clip_id"]: r for r in self.clips_table(columns).to_pylist()}
+
+    def identity_names(self) -> list[str]:
+        """Identities with a ``frames/`` partition."""
+        return sorted(d[len("identity="):] for d in self.storage.list_dirs("frames") if d.startswith("identity="))
+
+    def frames(self, identity: str, columns: list[str] | None = None,
+               clip_ids: Iterable[str] | None = None) -> pa.Table:
+        """Frames of one identity, in (clip_id, frame_index) order.
+
+        Raises:
+            KeyError: the identity has no frames in this dataset.
+        """
+        rel = f"frames/identity={identity}"
+        if not self.storage.exists(rel):
+            known = ", ".join(self.identity_names()) or "none"
+            raise KeyError(f"{self.storage.uri}: no identity {identity!r} (identities: {known})")
+        if columns is not None:
+            columns = list(dict.fromkeys([*columns, "clip_id", "frame_index"]))
+        dataset = pads.dataset(self.storage.path(rel), schema=schema.FRAME_SCHEMA, format="parquet",
+                               filesystem=self.storage.fs)
+        filt = pc.field("clip_id").isin(sorted(clip_ids)) if clip_ids is not None else None
+        return dataset.to_table(columns=columns, filter=filt).sort_by([("clip_id", "ascending"),
+                                                                       ("frame_index", "ascending")])
+
+    def identities(self) -> pa.Table:
+        """The ``identities/`` table (empty when there is none)."""
+        return self._table("identities", schema.IDENTITY_SCHEMA).sort_by("identity")
+
+    def identity(self, name: str) -> dict[str, Any]:
+        """One row of ``identities/``.
+
+        Raises:
+            KeyError: no such identity.
+        """
+        table = self.identities()
+        rows = table.filter(pc.field("identity") == name).to_pylist()
+        if not rows:
+            known = ", ".join(table.column("identity").to_pylist()) or "none"
+            raise KeyError(f"{self.storage.uri}: no identity {name!r} in identities/ (identities: {known})")
+        return rows[0]
+
+
+def _decode_rgb(png: bytes) -> np.ndarray | None:
+    if not png:
+        return None
+    bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def aggregate_identities(clip_rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``identities/`` rows from ``clips/`` rows: each identity over all its ``ok`` clips.
+
+    Frame-weighted means of focal, principal point and identity coefficients; the widest near/far;
+    the per-pixel median of the clips' background images (clips of one identity are expected to
+    share a set-up; the spread of focal lengths across clips is kept as a check).
+    """
+    people: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for row in clip_rows:
+        if row.get("status") != "ok":
+            continue
+        for p in row.get("people") or []:
+            people.setdefault(p["identity"], []).append((row["clip_id"], p))
+    out = []
+    for ident in sorted(people):
+        entries = sorted(people[ident], key=lambda e: e[0])
+        w = np.array([max(p["n_frames"], 1) for _, p in entries], np.float64)
+        w /= w.sum()
+
+        def mean(key: str, ps=entries, w=w) -> float:
+            return float(np.dot(w, [p[key] for _, p in ps]))
+
+        focals = np.array([p["focal"] for _, p in entries])
+        coeffs = np.stack([np.asarray(p["identity_coeffs"], np.float64) for _, p in entries])
+        backgrounds = [b for b in (_decode_rgb(p["background_png"]) for _, p in entries) if b is not None]
+        shapes = {b.shape for b in backgrounds}
+        bg_png = b""
+        if backgrounds:
+            if len(shapes) > 1:  # crops of different sizes: keep the clip with most frames
+                bg = backgrounds[int(np.argmax(w[: len(backgrounds)]))]
+            else:
+                bg = np.median(np.stack(backgrounds), axis=0).round().astype(np.uint8)
+            bg_png = cv2.imencode(".png", cv2.cvtColor(bg, cv2.COLOR_RGB2BGR))[1].tobytes()
+        out.append(
+            {
+                "identity": ident,
+                "clips": [c for c, _ in entries],
+                "n_clips": len(entries),
+                "n_rows": int(sum(p.get("n_rows") or 0 for _, p in entries)),
+                "n_frames": int(sum(p["n_frames"] for _, p in entries)),
+                "image_size": int(backgrounds[0].shape[0]) if backgrounds else None,
+                "background_png": bg_png,
+                "identity_coeffs": (w[:, None] * coeffs).sum(0).astype(np.float32),
+                "focal": mean("focal"),
+                "cx": mean("cx"),
+                "cy": mean("cy"),
+                "near": float(min(p["near"] for _, p in entries)),
+                "far": float(max(p["far"] for _, p in entries)),
+                "focal_spread": float(focals.std()),
+                "reprojection_error_px": mean("reprojection_error_px"),
+                "builder_version": BUILDER_VERSION,
+            }
+        )
+    return out
+
+
+def write_identities(storage: Storage, rows: list[dict[str, Any]]) -> None:
+    """Replace the ``identities/`` table."""
+    storage.write_table(IDENTITIES_PATH, schema.identities_table(rows))

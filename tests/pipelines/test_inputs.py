@@ -1,0 +1,108 @@
+"""Listing inputs (directories, globs, manifests) and deciding which clips a re-run builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipelines.build import rebuild_reason
+from pipelines.inputs import ClipSpec, InputError, list_inputs, read_manifest
+from pipelines.storage import Storage
+from workers.clip import BUILDER_VERSION, ClipConfig, clip_config_json, clip_id_for
+
+
+def touch(p: Path) -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"x")
+    return p
+
+
+def test_directory_lists_videos_recursively_with_stem_identities(tmp_path):
+    a = touch(tmp_path / "a b.mp4")
+    b = touch(tmp_path / "sub" / "Bob.MOV")
+    touch(tmp_path / "notes.txt")
+    touch(tmp_path / ".hidden.mp4")
+    specs = list_inputs(str(tmp_path))
+    assert sorted(s.source_uri for s in specs) == sorted([str(a), str(b)])
+    assert {s.identity for s in specs} == {"a_b", "Bob"}  # made safe for partition names
+    assert all(s.clip_id == clip_id_for(s.source_uri) for s in specs)
+
+
+def test_glob_and_missing_input(tmp_path):
+    a = touch(tmp_path / "x1.mp4")
+    touch(tmp_path / "y1.mp4")
+    assert [s.source_uri for s in list_inputs(str(tmp_path / "x*.mp4"))] == [str(a)]
+    with pytest.raises(InputError, match="no such file or directory"):
+        list_inputs(str(tmp_path / "nope"))
+
+
+def test_manifest_relative_paths_roles_and_duplicates(tmp_path):
+    a = touch(tmp_path / "clips" / "a.mp4")
+    m = tmp_path / "m.csv"
+    m.write_text("source_uri,identity,role\nclips/a.mp4,alice,speaker\n" f"{a},alice,speaker\n"
+                 "s3://bucket/k/b.mp4,,listener\n")
+    specs = read_manifest(str(m))
+    assert specs[0] == ClipSpec(str(a), "alice", "speaker")
+    assert specs[2] == ClipSpec("s3://bucket/k/b.mp4", "b", "listener")
+    assert len(list_inputs(str(m))) == 2  # the same clip twice is built once
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("path,identity\na.mp4,x\n", "needs a header with 'source_uri'"),
+        ("source_uri,identity\n,x\n", ":2: empty source_uri"),
+        ("source_uri,identity,role\na.mp4,x,narrator\n", "role 'narrator'"),
+        ("source_uri,identity\na.mp4,../etc\n", "identity '../etc'"),
+    ],
+)
+def test_bad_manifest_names_file_line_and_reason(tmp_path, text, match):
+    m = tmp_path / "bad.csv"
+    m.write_text(text)
+    with pytest.raises(InputError, match=match) as err:
+        list_inputs(str(m))
+    assert str(m) in str(err.value)
+
+
+def test_clip_listed_under_two_identities_is_an_error(tmp_path):
+    a = touch(tmp_path / "a.mp4")
+    m = tmp_path / "m.csv"
+    m.write_text(f"source_uri,identity\n{a},alice\n{a},bob\n")
+    with pytest.raises(InputError, match="listed twice"):
+        list_inputs(str(m))
+
+
+def test_rebuild_reason():
+    cfg = clip_config_json(ClipConfig())
+    spec = ClipSpec("/x/a.mp4", "a")
+    ok = {"status": "ok", "builder_version": BUILDER_VERSION, "config_json": cfg, "identity": "a", "role": None}
+    assert rebuild_reason(spec, None, cfg) == "new"
+    assert rebuild_reason(spec, ok, cfg) is None
+    assert rebuild_reason(spec, ok, cfg, force=True) == "forced"
+    assert "built by 0.0.1" in rebuild_reason(spec, {**ok, "builder_version": "0.0.1"}, cfg)
+    assert rebuild_reason(spec, ok, clip_config_json(ClipConfig(max_frames=5))) == "settings changed"
+    assert rebuild_reason(ClipSpec("/x/a.mp4", "b"), ok, cfg) == "identity or role changed"
+    bad_input = {**ok, "status": "failed", "error_kind": "input"}
+    assert rebuild_reason(spec, bad_input, cfg) is None
+    assert rebuild_reason(spec, bad_input, cfg, retry_failed=True) == "retrying failed"
+    assert rebuild_reason(spec, {**bad_input, "error_kind": "internal"}, cfg) is not None
+
+
+def test_storage_atomic_writes_and_listing(tmp_path):
+    st = Storage(tmp_path / "root")
+    st.write_table("t/a.parquet", pa.table({"x": [1, 2]}))
+    st.write_bytes("t/b.bin", b"abc")
+    assert st.list_files("t") == ["t/a.parquet", "t/b.bin"]
+    assert st.list_files("t", suffix=".parquet") == ["t/a.parquet"]
+    assert st.read_table("t/a.parquet").column("x").to_pylist() == [1, 2]
+    assert not [p for p in (tmp_path / "root").rglob(".*")]  # no temporary left
+    with pytest.raises(ZeroDivisionError), st._atomic("t/c.bin") as p:  # a failed write leaves nothing
+        Path(p).write_bytes(b"partial")
+        raise ZeroDivisionError
+    assert not st.exists("t/c.bin") and not [p for p in (tmp_path / "root").rglob(".*")]
+    st.delete("t/b.bin")
+    st.delete("t/b.bin")  # deleting twice is fine
+    assert st.list_files("t") == ["t/a.parquet"] and st.list_files("missing") == []
+    assert Storage("s3://bucket/pre/fix/").uri == "s3://bucket/pre/fix"

@@ -6,7 +6,8 @@ PYTHON ?= python3.11
 VENV := .venv
 SHARED ?= $(abspath ../shared)
 export PARLEY_ASSETS ?= $(SHARED)/assets
-CLIPS ?= $(wildcard $(SHARED)/data/clips/*.mp4)
+CLIPS_DIR ?= $(SHARED)/data/clips
+CLIPS ?= $(wildcard $(CLIPS_DIR)/*.mp4)
 DEMO_OUT ?= demo_out
 STAMP := $(VENV)/.installed
 
@@ -26,9 +27,11 @@ $(STAMP): requirements.lock pyproject.toml overrides.txt
 env: $(STAMP)
 
 demo: $(STAMP)
-	@if [ -z "$(CLIPS)" ]; then echo "no clips: put the shared folder at $(SHARED) or run make demo CLIPS='a.mp4 b.mp4'" >&2; exit 1; fi
-	$(VENV)/bin/parley -v extract $(CLIPS) --output $(DEMO_OUT) --threads 1
-	@echo "rows: $(DEMO_OUT)/frames/identity=*/  clip table: $(DEMO_OUT)/clips/  contact sheets: $(DEMO_OUT)/qc/*.png"
+	@if [ ! -d "$(CLIPS_DIR)" ]; then echo "no clips: put the shared folder at $(SHARED) or run make demo CLIPS_DIR=/my/clips" >&2; exit 1; fi
+	$(VENV)/bin/parley build-dataset --input $(CLIPS_DIR) --output $(DEMO_OUT)/dataset
+	$(VENV)/bin/parley export radnerf --dataset $(DEMO_OUT)/dataset --output $(DEMO_OUT)/radnerf --overwrite \
+	  --identity $$($(VENV)/bin/python -c "from pipelines.dataset import Dataset; print(Dataset('$(DEMO_OUT)/dataset').identity_names()[0])")
+	@echo "dataset: $(DEMO_OUT)/dataset (clips/ frames/ identities/ qc/*.png qc/quality.csv); RAD-NeRF layout: $(DEMO_OUT)/radnerf"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipelines.build import BuildConfig, Resources, build  # noqa: E402
 from pipelines.dataset import Dataset  # noqa: E402
-from workers.clip import ClipConfig  # noqa: E402
+from workers.config import ClipConfig  # noqa: E402
 
 
 def make_inputs(clips: list[Path], copies: int, where: Path) -> Path:

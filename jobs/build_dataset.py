@@ -45,7 +45,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     """The build configuration from parsed CLI arguments."""
     from pipelines.build import BuildConfig, Resources
     from pipelines.storage import S3Options
-    from workers.clip import ClipConfig
+    from workers.config import ClipConfig
 
     clip = ClipConfig(backend=args.backend, max_people=args.max_people, crop_size=args.crop_size,
                       max_frames=args.max_frames)
@@ -59,10 +59,15 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
 def summary_lines(report: BuildReport) -> list[str]:
     """The end-of-build summary."""
     fps = report.frames / max(report.seconds, 1e-9)
+    if not report.built:
+        head = (f"nothing to build: {report.skipped} already built (skipped) of {report.listed} listed clip(s); "
+                f"{report.seconds:.1f} s")
+    else:
+        head = (f"built {len(report.built)} of {report.listed} listed clip(s) in {report.seconds:.1f} s: "
+                f"{len(report.ok)} ok, {len(report.failed)} failed, {report.skipped} already built (skipped); "
+                f"{report.frames} frames, {fps:.1f} frames/s")
     lines = [
-        f"built {len(report.built)} of {report.listed} listed clip(s) in {report.seconds:.1f} s: "
-        f"{len(report.ok)} ok, {len(report.failed)} failed, {report.skipped} already built (skipped); "
-        f"{report.frames} frames, {fps:.1f} frames/s",
+        head,
         f"listed clips in the dataset: {report.ok_total} ok, {report.failed_total} failed",
         f"dataset: {report.output} ({len(report.identities)} identities; clips/ frames/ identities/ qc/)",
     ]

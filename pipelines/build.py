@@ -35,8 +35,8 @@ import pyarrow as pa
 
 from pipelines import dataset as D
 from pipelines.inputs import ClipSpec, list_inputs
-from pipelines.storage import S3Options, Storage, storage_for_file
-from workers.clip import BUILDER_VERSION, ClipConfig, ClipProcessor, clip_config_json
+from pipelines.storage import S3Options, Storage, is_s3, storage_for_file
+from workers.config import BUILDER_VERSION, ClipConfig, clip_config_json
 from workers.errors import ClipError
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,10 @@ STATUS_SCHEMA = pa.schema([
 STATUS_COLUMNS = STATUS_SCHEMA.names
 
 FORWARDED_ENV = ("PARLEY_", "AWS_")
-"""Environment variables (by prefix) the driver hands to its workers (assets, S3 credentials)."""
+"""Environment variables (by prefix) the driver hands to its workers (assets, S3 credentials).
+
+They travel in the tasks' ``runtime_env``, which users of the cluster's dashboard / state API can
+read; on a shared cluster give the nodes an instance role instead of keys in the environment."""
 
 
 @dataclass
@@ -122,6 +125,10 @@ class BuildReport:
         return int(sum(r["n_frames"] or 0 for r in self.ok))
 
 
+LIGHT = ["clip_id", "status", "error_kind", "builder_version", "config_json", "identity", "role"]
+"""``clips/`` columns a re-run reads to decide what to build."""
+
+
 def rebuild_reason(spec: ClipSpec, row: dict[str, Any] | None, config_json: str, retry_failed: bool = False,
                    force: bool = False) -> str | None:
     """Why a listed clip must be built, or None when its existing row stands."""
@@ -157,6 +164,8 @@ class ClipBuildWorker:
         import cv2
         import torch
 
+        from workers.clip import ClipProcessor  # the heavy modules load in the workers only
+
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
         self.output = output
@@ -177,8 +186,12 @@ class ClipBuildWorker:
     def build_one(self, spec: ClipSpec) -> dict[str, Any]:
         """Build one clip; any failure becomes a ``failed`` row (the build goes on)."""
         start = time.perf_counter()
+        try:
+            exists = self.output.exists(D.clip_path(spec.clip_id))
+        except OSError as exc:  # without the output nothing can be recorded: stop the build, say why
+            raise OSError(f"{self.output.uri}: cannot reach the output storage ({exc})") from exc
         previous = None
-        if self.output.exists(D.clip_path(spec.clip_id)):
+        if exists:
             try:
                 previous = self.output.read_table(D.clip_path(spec.clip_id)).to_pylist()[0]
             except Exception:  # noqa: BLE001 (an unreadable old row is rebuilt; nothing to clean up from it)
@@ -298,8 +311,7 @@ def build(config: BuildConfig, on_row: Callable[[dict[str, Any]], None] | None =
     out = Storage(config.output, config.s3)
     dataset = D.Dataset(out)
     report = BuildReport(output=out.uri, listed=len(specs))
-    light = ["clip_id", "status", "error_kind", "builder_version", "config_json", "identity", "role"]
-    existing = dataset.clip_rows(light)
+    existing = dataset.clip_rows(LIGHT)
     config_json = clip_config_json(config.clip)
     todo = []
     for s in specs:
@@ -319,19 +331,23 @@ def build(config: BuildConfig, on_row: Callable[[dict[str, Any]], None] | None =
 
         _run_workers(config, todo, collect)
 
-    rows = dataset.clip_rows()
-    status = [rows[s.clip_id]["status"] for s in specs if s.clip_id in rows]
+    after = dataset.clip_rows(LIGHT) if todo else existing
+    status = [after[s.clip_id]["status"] for s in specs if s.clip_id in after]
     report.ok_total, report.failed_total = status.count("ok"), status.count("failed")
-    identities = D.aggregate_identities(rows.values())
-    report.identities = [i["identity"] for i in identities]
     old = {r["identity"]: r["clips"] for r in dataset.identities().select(["identity", "clips"]).to_pylist()}
-    if todo or {i["identity"]: i["clips"] for i in identities} != old:
+    ok_ids = {cid for cid, r in after.items() if r["status"] == "ok"}
+    if todo or ok_ids != {c for clips in old.values() for c in clips}:
+        # re-aggregate from the full rows (people, backgrounds) only when the set of clips changed
+        identities = D.aggregate_identities(dataset.clip_rows().values())
         D.write_identities(out, identities)
+        current = {i["identity"]: i["clips"] for i in identities}
+    else:
+        current = old
+    report.identities = sorted(current)
     if config.qc:
         built_ids = {c for c in (r["clip_id"] for r in report.built)}
-        stale = [i["identity"] for i in identities
-                 if set(i["clips"]) & built_ids or i["clips"] != old.get(i["identity"])
-                 or not out.exists(f"qc/{i['identity']}.png")]
+        stale = [i for i, clips in current.items()
+                 if set(clips) & built_ids or clips != old.get(i) or not out.exists(f"qc/{i}.png")]
         figures = _write_qc(config, stale)
         report.qc_written = [f["identity"] for f in figures]
         if figures or not out.exists("qc/quality.csv"):
@@ -355,9 +371,11 @@ def _read_figures(out: Storage, identities: list[str]) -> list[dict[str, Any]]:
 
 
 def _largest_first(specs: list[ClipSpec]) -> list[ClipSpec]:
-    """Local clips ordered by size, largest first, so no worker is left with a long clip at the end."""
+    """Clips ordered by size, largest first, so no worker is left with a long clip at the end."""
 
     def size(s: ClipSpec) -> int:
+        if s.size or is_s3(s.source_uri):
+            return s.size
         try:
             return os.path.getsize(s.source_uri)
         except OSError:

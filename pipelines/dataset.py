@@ -18,7 +18,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -28,7 +28,10 @@ import pyarrow.dataset as pads
 
 from pipelines import schema
 from pipelines.storage import S3Options, Storage
-from workers.clip import BUILDER_VERSION, ClipResult
+from workers.config import BUILDER_VERSION
+
+if TYPE_CHECKING:
+    from workers.clip import ClipResult
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,8 @@ class Dataset:
 
     def clips_table(self, columns: list[str] | None = None) -> pa.Table:
         """The ``clips/`` table (empty when there is none), sorted by ``clip_id``."""
+        if columns is not None and "clip_id" not in columns:
+            columns = ["clip_id", *columns]
         return self._table("clips", schema.CLIP_SCHEMA, columns).sort_by("clip_id")
 
     def clip_rows(self, columns: list[str] | None = None) -> dict[str, dict[str, Any]]:

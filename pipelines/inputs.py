@@ -11,12 +11,13 @@ import glob
 import io
 import logging
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.dataset import IDENTITY_RE, safe_identity
 from pipelines.storage import S3Options, is_s3, split_s3, storage_for_file
-from workers.clip import clip_id_for
+from workers.config import clip_id_for
 from workers.errors import ParleyError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class ClipSpec:
     identity: str
     role: str | None = None
     clip_id: str = ""
+    size: int = 0
+    """Bytes, when the listing knows (used to start the largest clips first)."""
 
     def __post_init__(self):
         if not self.clip_id:
@@ -67,8 +70,8 @@ def list_local(pattern: str) -> list[str]:
     return sorted(set(files))
 
 
-def list_s3(uri: str, s3: S3Options | None = None) -> list[str]:
-    """Video objects under an S3 prefix (boto3 paginated listing), as ``s3://`` URIs."""
+def list_s3(uri: str, s3: S3Options | None = None) -> list[tuple[str, int]]:
+    """Video objects under an S3 prefix (boto3 paginated listing): ``s3://`` URIs and sizes."""
     bucket, prefix = split_s3(uri)
     client = (s3 or S3Options()).boto3_client()
     out = []
@@ -76,7 +79,7 @@ def list_s3(uri: str, s3: S3Options | None = None) -> list[str]:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 if _is_video(obj["Key"]):
-                    out.append(f"s3://{bucket}/{obj['Key']}")
+                    out.append((f"s3://{bucket}/{obj['Key']}", int(obj.get("Size", 0))))
     except Exception as exc:  # botocore raises many types: name the location and the reason
         raise InputError(f"{uri}: cannot list ({type(exc).__name__}: {exc})") from exc
     return sorted(out)
@@ -102,8 +105,11 @@ def read_manifest(uri: str, s3: S3Options | None = None) -> list[ClipSpec]:
             raise InputError(f"{uri}:{line}: empty source_uri")
         if not is_s3(src):
             src = src[len("file://") :] if src.startswith("file://") else src
-            if not os.path.isabs(src):
-                src = f"{storage.uri}/{src}" if storage.is_s3 else str(Path(storage.root, src).resolve())
+            if not os.path.isabs(src) and storage.is_s3:  # normalised, so one clip has one URI (and clip_id)
+                bucket, key = split_s3(storage.uri)
+                src = f"s3://{bucket}/{posixpath.normpath(posixpath.join(key, src))}"
+            elif not os.path.isabs(src):
+                src = str(Path(storage.root, src).resolve())
         identity = row.get("identity") or safe_identity(_stem(src))
         if not IDENTITY_RE.match(identity):
             raise InputError(f"{uri}:{line}: identity {identity!r} must match {IDENTITY_RE.pattern}")
@@ -127,7 +133,7 @@ def list_inputs(inputs: str | list[str], s3: S3Options | None = None) -> list[Cl
         if item.lower().endswith(".csv"):
             specs += read_manifest(item, s3)
         elif is_s3(item):
-            specs += [ClipSpec(u, safe_identity(_stem(u))) for u in list_s3(item, s3)]
+            specs += [ClipSpec(u, safe_identity(_stem(u)), size=n) for u, n in list_s3(item, s3)]
         else:
             specs += [ClipSpec(u, safe_identity(_stem(u))) for u in list_local(item)]
     seen: dict[str, ClipSpec] = {}

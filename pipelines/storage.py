@@ -201,6 +201,9 @@ class Storage:
         """Delete a file if it exists."""
         with suppress(FileNotFoundError):
             self.fs.delete_file(self.path(rel))
+        if not self.is_s3:  # S3 has no directories; a local one left empty goes too (e.g. a partition)
+            with suppress(OSError):
+                os.rmdir(os.path.dirname(self.path(rel)))
 
     @contextmanager
     def local_copy(self, rel: str) -> Iterator[str]:

@@ -12,27 +12,7 @@ from functools import lru_cache
 import librosa
 import numpy as np
 
-
-@dataclass(frozen=True)
-class AudioFeatureConfig:
-    """How audio is turned into per-frame features."""
-
-    sample_rate: int = 16000
-    """Rate the audio is resampled to (Hz)."""
-    n_mels: int = 80
-    """Mel bands."""
-    hop_s: float = 0.02
-    """Mel frame hop (s): 50 mel frames per second, two per video frame at 25 fps."""
-    win_s: float = 0.04
-    """Mel analysis window (s)."""
-    fmin: float = 55.0
-    """Lowest mel frequency (Hz)."""
-    fmax: float = 7600.0
-    """Highest mel frequency (Hz)."""
-    window: int = 16
-    """Mel frames per video frame, centred on it (RAD-NeRF / ER-NeRF use [N, 16, C])."""
-    min_db: float = -100.0
-    """Floor of the log-mel in dB; features are scaled to [0, 1] over [min_db, 0]."""
+from workers.config import AudioFeatureConfig
 
 
 @dataclass

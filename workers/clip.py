@@ -12,9 +12,8 @@ Audio features (mel windows, ZCR, RMS) are computed once from the clip's audio t
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,49 +22,10 @@ import numpy as np
 
 from workers import audio as audio_mod
 from workers import geometry, media, parsing
+from workers.config import BUILDER_VERSION, ClipConfig, clip_config_json, clip_id_for
 from workers.errors import ClipError
 from workers.landmarks import Face, FaceTracker, LandmarkBackend, make_backend
-from workers.morphable import FaceModel, FitConfig, FitResult, fit_clip
-
-BUILDER_VERSION = "0.2.0"
-"""Version of the per-frame features; a dataset row built by another version is rebuilt."""
-
-
-def clip_id_for(source_uri: str) -> str:
-    """A stable id of a clip: the first 16 hex digits of the sha1 of its source URI."""
-    return hashlib.sha1(str(source_uri).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class ClipConfig:
-    """Settings of the per-clip extraction."""
-
-    backend: str = "mediapipe"
-    """Landmark backend: ``mediapipe`` (default) or ``fan``."""
-    max_people: int = 1
-    """Most people kept per clip (2 for two-person conversations)."""
-    fps: float = media.TARGET_FPS
-    """Frame rate the clip is resampled to."""
-    crop_size: int = 512
-    """Side (px) of the square person crop stored per frame."""
-    crop_scale: float = 3.0
-    """Crop side in face sizes (capped by the frame)."""
-    jpeg_quality: int = 95
-    """JPEG quality of the stored crops."""
-    min_track_fraction: float = 0.2
-    """A tracked face must be seen in this fraction of frames to count as a person."""
-    store_mesh: bool = True
-    """Store MediaPipe's 478-point mesh per frame (``landmarks_mesh``)."""
-    background_samples: int = 24
-    """Frames sampled for the background image."""
-    max_frames: int | None = None
-    """Process at most this many frames (None: the whole clip)."""
-    remove_borders: bool = True
-    """Detect black borders (letter/pillar-boxing, video-call layouts) and work inside them."""
-    fit: FitConfig = field(default_factory=FitConfig)
-    """3DMM / pose fit settings."""
-    audio: audio_mod.AudioFeatureConfig = field(default_factory=audio_mod.AudioFeatureConfig)
-    """Audio feature settings."""
+from workers.morphable import FaceModel, FitResult, fit_clip
 
 
 @dataclass
@@ -355,10 +315,3 @@ def _empty_face(reason: str) -> dict[str, Any]:
             "blendshapes", "eye_ratio", "mouth_opening", "lips_rect", "face_rect", "parsing_png",
             "reprojection_error")
     return {"face_found": False, "error": reason, **{k: None for k in keys}}
-
-
-def clip_config_json(cfg: ClipConfig) -> str:
-    """The settings as canonical JSON (stored per clip; a change of settings rebuilds the clip)."""
-    import json
-
-    return json.dumps(asdict(cfg), sort_keys=True)

@@ -210,9 +210,9 @@ def content_box(
         (x0, y0, x1, y1) with even coordinates, or None when there is no border worth removing.
     """
     seen = np.zeros((info.height, info.width), bool)
-    for i, frame in enumerate(iter_frames(path, info, fps, max_frames=int(4 * fps))):
-        if i % 10 == 0:
-            seen |= frame.max(-1) > threshold
+    # one frame in ten: ffmpeg's fps filter drops the rest before colour conversion and the pipe
+    for frame in iter_frames(path, info, fps / 10, max_frames=int(0.4 * fps)):
+        seen |= frame.max(-1) > threshold
     if not seen.any():
         return None
     ys, xs = np.where(seen.any(1))[0], np.where(seen.any(0))[0]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from workers import assets
+from workers.config import FitConfig
 from workers.landmarks import BLENDSHAPE_NAMES
 
 CM_TO_WORLD = 0.01
@@ -133,32 +134,6 @@ def project(points: torch.Tensor, focal: float | torch.Tensor, cx: float, cy: fl
     u = cx + focal * points[..., 0] / z
     v = cy - focal * points[..., 1] / z
     return torch.stack([u, v], -1)
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    """Settings of the 3DMM / pose fit."""
-
-    focal_grid: tuple[float, ...] = (0.8, 1.0, 1.25, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0)
-    """Coarse focal candidates, as multiples of max(width, height)."""
-    fine_steps: int = 2
-    """Fine focal candidates around the best coarse one."""
-    search_frames: int = 24
-    """Frames used for the focal search."""
-    search_iters: int = 60
-    """Optimiser steps per focal candidate (all candidates are fitted at once, batched)."""
-    rigid_iters: int = 40
-    """Pose-only steps of the full fit."""
-    joint_iters: int = 120
-    """Joint identity/expression/pose steps of the full fit."""
-    w_identity: float = 2e-4
-    """L2 weight on identity coefficients."""
-    w_expression: float = 2e-4
-    """L2 weight pulling expressions to their blendshape initialisation."""
-    w_smooth: float = 1e-3
-    """Weight of frame-to-frame smoothness on rotation and translation."""
-    n_identity: int = 50
-    """Identity modes fitted."""
 
 
 @dataclass

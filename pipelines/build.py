@@ -311,6 +311,9 @@ def build(config: BuildConfig, on_row: Callable[[dict[str, Any]], None] | None =
     out = Storage(config.output, config.s3)
     dataset = D.Dataset(out)
     report = BuildReport(output=out.uri, listed=len(specs))
+    for table in ("clips", "frames"):
+        if swept := out.sweep_temporaries(table):
+            log.info("%s: deleted %d temporary file(s) left by an interrupted build", out.child_uri(table), swept)
     existing = dataset.clip_rows(LIGHT)
     config_json = clip_config_json(config.clip)
     todo = []
@@ -344,6 +347,9 @@ def build(config: BuildConfig, on_row: Callable[[dict[str, Any]], None] | None =
     else:
         current = old
     report.identities = sorted(current)
+    for gone in set(old) - set(current):  # every clip of it moved away or failed: its report goes too
+        for rel in (f"qc/{gone}.png", f"qc/{gone}.json"):
+            out.delete(rel)
     if config.qc:
         built_ids = {c for c in (r["clip_id"] for r in report.built)}
         stale = [i for i, clips in current.items()

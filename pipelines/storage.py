@@ -16,6 +16,7 @@ import io
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -149,6 +150,22 @@ class Storage:
                 continue
             out.append(info.path[len(self.root) + 1 :])
         return sorted(out)
+
+    def sweep_temporaries(self, rel: str = "", older_than_s: float = 600.0) -> int:
+        """Delete temporary files (``.name.xxxx.tmp``) under ``rel`` left by writes that were killed.
+
+        Only local roots have them (S3 uploads are atomic). Files younger than ``older_than_s`` are kept,
+        in case another process is writing them. Returns how many were deleted.
+        """
+        if self.is_s3 or not os.path.isdir(self.path(rel)):
+            return 0
+        now, n = time.time(), 0
+        for p in Path(self.path(rel)).rglob(".*.tmp"):
+            with suppress(OSError):
+                if now - p.stat().st_mtime > older_than_s:
+                    p.unlink()
+                    n += 1
+        return n
 
     def list_dirs(self, rel: str = "") -> list[str]:
         """Names of the directories directly under ``rel``, sorted."""

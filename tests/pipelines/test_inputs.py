@@ -106,3 +106,19 @@ def test_storage_atomic_writes_and_listing(tmp_path):
     st.delete("t/b.bin")  # deleting twice is fine
     assert st.list_files("t") == ["t/a.parquet"] and st.list_files("missing") == []
     assert Storage("s3://bucket/pre/fix/").uri == "s3://bucket/pre/fix"
+
+
+def test_sweep_deletes_only_old_temporaries(tmp_path):
+    import os
+    import time
+
+    st = Storage(tmp_path)
+    (tmp_path / "frames" / "identity=a").mkdir(parents=True)
+    old = tmp_path / "frames" / "identity=a" / ".x.parquet.1234abcd.tmp"
+    young = tmp_path / "frames" / "identity=a" / ".y.parquet.5678abcd.tmp"
+    keep = tmp_path / "frames" / "identity=a" / "x.parquet"
+    for p in (old, young, keep):
+        p.write_bytes(b"1")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    assert st.sweep_temporaries("frames") == 1
+    assert not old.exists() and young.exists() and keep.exists()

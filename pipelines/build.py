@@ -186,16 +186,7 @@ class ClipBuildWorker:
     def build_one(self, spec: ClipSpec) -> dict[str, Any]:
         """Build one clip; any failure becomes a ``failed`` row (the build goes on)."""
         start = time.perf_counter()
-        try:
-            exists = self.output.exists(D.clip_path(spec.clip_id))
-        except OSError as exc:  # without the output nothing can be recorded: stop the build, say why
-            raise OSError(f"{self.output.uri}: cannot reach the output storage ({exc})") from exc
-        previous = None
-        if exists:
-            try:
-                previous = self.output.read_table(D.clip_path(spec.clip_id)).to_pylist()[0]
-            except Exception:  # noqa: BLE001 (an unreadable old row is rebuilt; nothing to clean up from it)
-                previous = None
+        previous = self._previous_row(spec.clip_id)
         extra: dict[str, Any] = {"worker": self.worker, "config_json": self.config_json}
         try:
             source, name = storage_for_file(spec.source_uri, self.s3)
@@ -220,6 +211,17 @@ class ClipBuildWorker:
             row = self._failure(spec, f"{type(exc).__name__}: {exc}", "internal", previous, extra)
         row["total_s"] = time.perf_counter() - start
         return row
+
+    def _previous_row(self, clip_id: str) -> dict[str, Any] | None:
+        """The clip's earlier ``clips/`` row (its frame files may need cleaning up), if any."""
+        try:
+            return self.output.read_table(D.clip_path(clip_id)).to_pylist()[0]
+        except FileNotFoundError:
+            return None
+        except (pa.ArrowInvalid, IndexError):  # an unreadable old row is rebuilt; nothing to clean up from it
+            return None
+        except OSError as exc:  # without the output nothing can be recorded: stop the build, say why
+            raise OSError(f"{self.output.uri}: cannot reach the output storage ({exc})") from exc
 
     def _failure(self, spec, error, kind, previous, extra) -> dict[str, Any]:
         return D.write_failure(self.output, clip_id=spec.clip_id, source_uri=spec.source_uri, identity=spec.identity,
@@ -279,17 +281,15 @@ def _qc(dataset_uri: str, s3: S3Options, identity: str) -> dict[str, Any]:
 
 
 def _write_qc(config: BuildConfig, identities: list[str]) -> list[dict[str, Any]]:
-    if not identities:
+    """QC of these identities: as Ray tasks when this build started Ray, else here (a no-op re-run)."""
+    if not identities:  # a no-op re-run never imports ray
         return []
-    try:
-        import ray
+    import ray
 
-        if ray.is_initialized():
-            task = ray.remote(num_cpus=min(1.0, config.resources.cpus_per_worker),
-                              runtime_env={"env_vars": _worker_env()})(_qc)
-            return ray.get([task.remote(config.output, config.s3, i) for i in identities])
-    except ImportError:
-        pass
+    if ray.is_initialized():
+        task = ray.remote(num_cpus=min(1.0, config.resources.cpus_per_worker),
+                          runtime_env={"env_vars": _worker_env()})(_qc)
+        return ray.get([task.remote(config.output, config.s3, i) for i in identities])
     return [_qc(config.output, config.s3, i) for i in identities]
 
 

@@ -34,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     rad.add_argument("--output", "-o", required=True, help="output directory")
     rad.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
     rad.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
+
+    # The avatar commands import torch only when they run (keeps `parley --help` fast).
+    from jobs import train_args
+
+    tr = sub.add_parser("train", help="train one identity's avatar (head -> lips -> torso) on this machine")
+    train_args.add_train_arguments(tr)
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint on its identity's held-out frames")
+    train_args.add_evaluate_arguments(ev)
+    rn = sub.add_parser("render", help="render a trained avatar speaking an audio file (mp4 with sound)")
+    train_args.add_render_arguments(rn)
     return parser
 
 
@@ -49,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.build_dataset import run_cli as build_cli
 
         return build_cli(args)
+    if args.command in ("train", "evaluate", "render"):
+        from jobs import train as train_job
+
+        run = {"train": train_job.run_train_cli, "evaluate": train_job.run_evaluate_cli,
+               "render": train_job.run_render_cli}[args.command]
+        return run(args)
     if args.command == "export":
         from jobs.export import run_cli as export_cli
 

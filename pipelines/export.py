@@ -61,7 +61,6 @@ The transforms files are written last: an export without them is unfinished.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -75,13 +74,12 @@ import numpy as np
 import pyarrow.compute as pc
 
 from pipelines.dataset import Dataset
-from pipelines.schema import AUDIO_MELS, AUDIO_WINDOW, array
+from pipelines.schema import AUDIO_MELS, AUDIO_WINDOW, HOLDOUT_FRACTION, array, train_count
 from pipelines.storage import S3Options, Storage, is_s3
 from workers.errors import ParleyError
 from workers.landmarks import BLENDSHAPE_NAMES
 from workers.parsing import BACKGROUND, HEAD, NECK, RADNERF_COLOURS, TORSO, decode_png
 
-DEFAULT_VAL_FRACTION = 1 / 11
 """RAD-NeRF's split: ``train_val_split = int(valid_num * 10 / 11)``."""
 AU45_PER_BLINK = 5.0
 """AU45 intensity (OpenFace's 0..5 scale) of a fully closed eye (blink score 1)."""
@@ -181,27 +179,12 @@ class _Tables:
     n_blink_from_landmarks: int = 0
 
 
-def train_count(n: int, val_fraction: float = DEFAULT_VAL_FRACTION) -> int:
-    """How many of ``n`` frames train; the rest (the last ones) validate.
-
-    ``n - ceil(n * val_fraction)``, which for 1/11 is RAD-NeRF's ``int(n * 10 / 11)``; at least one frame
-    trains.
-
-    Raises:
-        ValueError: ``val_fraction`` outside [0, 1).
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = math.ceil(round(n * val_fraction, 6))
-    return max(n - n_val, min(n, 1))
-
-
 def export_radnerf(
     dataset: str | os.PathLike | Storage | Dataset,
     identity: str,
     output: str | os.PathLike,
     *,
-    val_fraction: float = DEFAULT_VAL_FRACTION,
+    val_fraction: float = HOLDOUT_FRACTION,
     overwrite: bool = False,
     threads: int = 4,
     s3: S3Options | None = None,

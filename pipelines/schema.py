@@ -6,6 +6,7 @@ coordinates are in the person crop (``image_size`` x ``image_size``) unless a co
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,25 @@ FRAME_SHAPES: dict[str, tuple[int, ...]] = {
     "face_rect": (4,),
     "audio_features": (AUDIO_WINDOW, AUDIO_MELS),
 }
+
+
+HOLDOUT_FRACTION = 1 / 11
+"""Fraction of an identity's frames (the last ones) held out from training: RAD-NeRF's split."""
+
+
+def train_count(n: int, val_fraction: float = HOLDOUT_FRACTION) -> int:
+    """How many of ``n`` frames train; the rest (the last ones) are held out for validation.
+
+    ``n - ceil(n * val_fraction)``, which for 1/11 is RAD-NeRF's ``int(n * 10 / 11)``; at least one frame
+    trains. The exporter and the trainer share this split.
+
+    Raises:
+        ValueError: ``val_fraction`` outside [0, 1).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = math.ceil(round(n * val_fraction, 6))
+    return max(n - n_val, min(n, 1))
 
 
 def _array(t: pa.DataType, shape: tuple[int, ...]) -> pa.DataType:  # noqa: ARG001 (shape documents)

@@ -67,3 +67,23 @@ def link_clip(src: Path, dst: Path) -> Path:
     except OSError:
         shutil.copy(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """A real one-identity dataset (``RD_Radio2_000``, first 30 frames of a shared clip) for the avatar tests."""
+    from pipelines import dataset as D
+    from pipelines.storage import Storage
+    from workers.clip import ClipConfig, ClipProcessor, clip_id_for
+
+    root = tmp_path_factory.mktemp("small_dataset") / "ds"
+    clip = next(c for c in CLIPS if c.stem == "RD_Radio2_000")
+    p = ClipProcessor(ClipConfig(max_frames=30))
+    try:
+        res = p(str(clip), identity=clip.stem, clip_id=clip_id_for(str(clip)))
+    finally:
+        p.close()
+    st = Storage(root)
+    D.write_clip(st, res, identity=clip.stem)
+    D.write_identities(st, D.aggregate_identities(D.Dataset(st).clip_rows().values()))
+    return root

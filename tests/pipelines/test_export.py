@@ -14,7 +14,8 @@ import pytest
 
 from pipelines import dataset as D
 from pipelines import schema
-from pipelines.export import AU45_PER_BLINK, ExportError, ExportReport, export_radnerf, torso_rgba, train_count
+from pipelines.export import AU45_PER_BLINK, ExportError, ExportReport, export_radnerf, torso_rgba
+from pipelines.schema import train_count
 from pipelines.storage import S3Options, Storage
 from tests.conftest import CLIPS
 from tests.services import AWS_UNSET, MOTO_CREDENTIALS, moto_server, patched_environ

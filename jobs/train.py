@@ -1,0 +1,301 @@
+"""``parley train`` / ``evaluate`` / ``render``: one identity's avatar on this machine (no Ray, no MLflow).
+
+Library functions (:func:`train_identity`, :func:`evaluate_checkpoint`, :func:`render_audio`) hold the
+work; the ``run_*_cli`` functions parse nothing and only print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nerf.avatar import AudioError, Avatar, EvalResult, evaluate, side_by_side
+from nerf.data import COLUMNS, DataError, IdentityFrames
+from nerf.metrics import LPIPS
+from nerf.presets import preset
+from nerf.trainer import CheckpointError, ExperimentConfig, StepResult, Trainer, config_to_json, load_checkpoint
+from pipelines.dataset import Dataset
+from pipelines.storage import S3Options
+from workers import assets
+from workers.errors import ClipError
+
+CHECKPOINT = "checkpoint.pt"
+EVAL_JSON = "eval.json"
+EVAL_VIDEO = "eval_side_by_side.mp4"
+LOG = "train_log.jsonl"
+
+
+@dataclass
+class TrainJob:
+    """One identity, one recipe, one output directory."""
+
+    dataset: str
+    """Dataset root (directory or ``s3://``)."""
+    identity: str
+    output: Path
+    """Run directory: checkpoint, log, evaluation."""
+    preset: str = "cpu"
+    device: str = "cpu"
+    s3_endpoint: str | None = None
+    steps_scale: float = 1.0
+    """Multiply every stage's steps (e.g. 0.1 for a quick look)."""
+    evaluate: bool = True
+    """Evaluate the held-out frames at the end (JSON + side-by-side video)."""
+    max_frames: int | None = None
+    """Use only the first frames of the identity."""
+    threads: int | None = None
+    """torch threads (default: torch's)."""
+
+
+def recipe(job: TrainJob) -> ExperimentConfig:
+    """The job's preset with its overrides applied."""
+    cfg = preset(job.preset)
+    tc = cfg.trainer
+    if job.steps_scale != 1.0:
+        def scaled(s):  # noqa: ANN001, ANN202
+            return replace(s, steps=max(int(round(s.steps * job.steps_scale)), 1 if s.steps else 0))
+
+        tc = replace(tc, head=scaled(tc.head), lips=scaled(tc.lips), torso=scaled(tc.torso))
+    if job.max_frames is not None:
+        tc = replace(tc, max_frames=job.max_frames)
+    return replace(cfg, trainer=tc)
+
+
+def load_identity(dataset: str, identity: str, size: int, s3_endpoint: str | None = None,
+                  max_frames: int | None = None) -> IdentityFrames:
+    """Read one identity's frames from a dataset at a training size.
+
+    Raises:
+        KeyError: the identity is not in the dataset (the known ones are named).
+        DataError: the identity has no usable frames or no background.
+        FileNotFoundError: the dataset does not exist.
+    """
+    ds = Dataset(dataset, S3Options(endpoint_url=s3_endpoint))
+    if not ds.storage.exists("clips") and not ds.storage.exists("frames"):
+        raise FileNotFoundError(f"{dataset}: not a dataset (no clips/ or frames/); run `parley build-dataset` first")
+    frames = ds.frames(identity, columns=COLUMNS)
+    return IdentityFrames.from_rows(frames, ds.identity(identity), size, max_frames=max_frames)
+
+
+def lpips_module() -> LPIPS:
+    """LPIPS with the AlexNet weights from the asset manager (``PARLEY_ASSETS``, cache, or download)."""
+    return LPIPS(assets.resolve("alexnet_features"))
+
+
+def landmark_fn():  # noqa: ANN201
+    """Functions image -> 68 landmarks (or None) for LMD with the MediaPipe backend, and their closer.
+
+    Predictions and ground truth get a landmarker each, so each sees one consecutive stream of frames
+    (MediaPipe's video mode tracks between frames).
+    """
+    from workers.landmarks import MediaPipeLandmarker
+
+    streams = {"pred": MediaPipeLandmarker(max_faces=1), "gt": MediaPipeLandmarker(max_faces=1)}
+    clock = {"pred": 0, "gt": 0}
+
+    def detector(name: str):  # noqa: ANN202
+        def detect(img: np.ndarray) -> np.ndarray | None:
+            clock[name] += 40
+            faces = streams[name].detect(np.ascontiguousarray(img), clock[name])
+            return faces[0].landmarks_68 if faces else None
+
+        return detect
+
+    def close() -> None:
+        for lm in streams.values():
+            lm.close()
+
+    return detector("pred"), detector("gt"), close
+
+
+def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=None) -> dict[str, Any]:  # noqa: ANN001
+    """Train (or resume) one identity through head -> lips -> torso, then evaluate it.
+
+    A checkpoint in ``job.output`` of the same recipe and identity is resumed; one of another recipe is an
+    error (use another output directory).
+
+    Returns:
+        ``checkpoint`` path, ``config`` (JSON), ``steps``, ``seconds`` and, when evaluated, ``metrics``.
+
+    Raises:
+        KeyError, DataError, FileNotFoundError: see :func:`load_identity`; CheckpointError: a foreign checkpoint.
+    """
+    import torch
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    cfg = recipe(job)
+    data = load_identity(job.dataset, job.identity, cfg.trainer.size, job.s3_endpoint, cfg.trainer.max_frames)
+    lips = lpips_module() if cfg.trainer.lips.steps or job.evaluate else None
+    trainer = Trainer(cfg, data, device=job.device, lips_loss=lips)
+    out = Path(job.output)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT
+    resumed = ckpt.exists()
+    if resumed:
+        trainer.load_checkpoint(ckpt)
+    (out / "config.json").write_text(json.dumps(json.loads(config_to_json(cfg)), indent=2))
+    t0 = time.perf_counter()
+    with open(out / LOG, "a") as log:
+        def step(r: StepResult) -> None:
+            log.write(json.dumps({"stage": r.stage, "step": r.step, "global_step": r.global_step, "loss": r.loss,
+                                  "lr": r.lr, "samples": r.samples, "seconds": r.seconds, **r.losses}) + "\n")
+            if on_step is not None:
+                on_step(r)
+
+        trainer.train(ckpt, on_step=step, on_checkpoint=on_checkpoint, should_stop=should_stop)
+    result: dict[str, Any] = {"checkpoint": str(ckpt), "config": config_to_json(cfg), "resumed": resumed,
+                              "steps": trainer.global_step, "seconds": time.perf_counter() - t0,
+                              "identity": job.identity, "n_train": data.n_train, "n_val": len(data.val_ids)}
+    if not trainer.done:
+        trainer.save_checkpoint(ckpt)
+        return result
+    if job.evaluate:
+        res = _evaluate(trainer, lips, out)
+        result["metrics"] = res.metrics
+    return result
+
+
+def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path) -> EvalResult:
+    from workers.media import VideoWriter
+
+    detect_pred, detect_gt, close = landmark_fn()
+    s = trainer.data.size
+    even = s + (s % 2)
+    try:
+        with VideoWriter(out / EVAL_VIDEO, fps=25.0, size=(2 * even, even)) as video:
+            def frame(_: int, pred: np.ndarray, gt: np.ndarray) -> None:
+                img = side_by_side(pred, gt)
+                video.write(np.pad(img, ((0, even - s), (0, 2 * even - 2 * s), (0, 0))))
+
+            res = evaluate(trainer, lpips=lips, landmarks=(detect_pred, detect_gt), on_frame=frame)
+    finally:
+        close()
+    (out / EVAL_JSON).write_text(json.dumps({"identity": trainer.data.identity, "metrics": res.metrics,
+                                             "frames": res.per_frame}, indent=2))
+    return res
+
+
+def evaluate_checkpoint(checkpoint: str | Path, dataset: str, output: str | Path, s3_endpoint: str | None = None,
+                        device: str = "cpu") -> EvalResult:
+    """Evaluate a checkpoint on its identity's held-out frames: ``eval.json`` and the side-by-side video.
+
+    Raises:
+        CheckpointError, KeyError, DataError: see :func:`load_checkpoint` and :func:`load_identity`.
+    """
+    from nerf.trainer import config_from_json
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_json(ckpt["config"])
+    data = load_identity(dataset, str(ckpt["identity"]), cfg.trainer.size, s3_endpoint, cfg.trainer.max_frames)
+    lips = lpips_module()
+    trainer = Trainer(cfg, data, device=device, lips_loss=lips)
+    trainer.load_checkpoint(checkpoint)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    return _evaluate(trainer, lips, out)
+
+
+def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, size: int | None = None,
+                 fps: float = 25.0, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """Render an avatar speaking an audio file: an mp4 with the audio muxed in.
+
+    Audio features are computed exactly as in the dataset build (:func:`workers.audio.frame_features`),
+    one video frame per ``1 / fps`` s of audio; head pose and blinks walk the training frames back and forth.
+
+    Returns:
+        ``video``, ``frames``, ``seconds``, ``fps`` (rendered frames per second).
+
+    Raises:
+        CheckpointError: see :func:`load_checkpoint`; ClipError: the file has no decodable audio;
+        AudioError: the audio has no samples.
+    """
+    from workers.audio import frame_features
+    from workers.config import AudioFeatureConfig
+    from workers.media import VideoWriter, read_audio
+
+    avatar = Avatar.from_checkpoint(checkpoint, device)
+    acfg = AudioFeatureConfig()
+    samples = read_audio(audio, acfg.sample_rate)
+    if samples.size == 0:
+        raise AudioError(f"{audio}: the audio stream has no samples; nothing to render")
+    n = int(math.ceil(samples.size / acfg.sample_rate * fps))
+    feats = frame_features(samples, n, fps, acfg).mel
+    size = size or int(avatar.kit["size"])
+    if size % 2:
+        raise ValueError(f"size must be even for H.264 video, got {size}")
+    t0 = last = time.perf_counter()
+    with VideoWriter(out, fps=fps, size=(size, size), audio=audio) as video:
+        for k, frame in enumerate(avatar.render(feats, size=size)):
+            video.write(frame)
+            done = k + 1
+            if progress and (time.perf_counter() - last > 1.0 or done == n):
+                last = time.perf_counter()
+                rate = done / (last - t0)
+                print(f"\rrender {done}/{n} frames ({rate:.1f} frames/s, {(n - done) / rate:.0f} s left)",
+                      end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    secs = time.perf_counter() - t0
+    return {"video": str(out), "frames": n, "seconds": secs, "fps": n / secs if secs else float("inf")}
+
+
+# CLI -----------------------------------------------------------------------------------------------------------
+def _fail(cmd: str, exc: BaseException) -> int:
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    print(f"{cmd}: {msg}", file=sys.stderr)
+    return 2
+
+
+def run_train_cli(args: argparse.Namespace) -> int:
+    job = TrainJob(dataset=args.dataset, identity=args.identity, output=Path(args.output), preset=args.preset,
+                   device=args.device, s3_endpoint=args.s3_endpoint, steps_scale=args.steps_scale,
+                   evaluate=not args.no_eval, max_frames=args.max_frames, threads=args.threads)
+    total = recipe(job).trainer
+    n_total = total.head.steps + total.lips.steps + total.torso.steps
+    last = [0.0]
+
+    def progress(r: StepResult) -> None:
+        now = time.perf_counter()
+        if now - last[0] > 5 or r.global_step == n_total:
+            last[0] = now
+            print(f"[{r.global_step}/{n_total}] {r.stage} step {r.step} loss {r.loss:.4f} lr {r.lr:.2e} "
+                  f"{r.samples / max(r.seconds, 1e-9) / 1e6:.2f} M samples/s", file=sys.stderr, flush=True)
+
+    try:
+        result = train_identity(job, on_step=progress)
+    except (KeyError, DataError, FileNotFoundError, CheckpointError, ValueError) as exc:
+        return _fail("train", exc)
+    print(f"trained {job.identity}: {result['steps']} steps in {result['seconds']:.0f} s -> {result['checkpoint']}")
+    if "metrics" in result:
+        m = result["metrics"]
+        print(f"held-out ({int(m['n_frames'])} frames): PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, "
+              f"LPIPS {m.get('lpips', float('nan')):.3f}, LMD {m['lmd']:.2f} px, "
+              f"{m['render_s_per_frame']:.2f} s/frame -> {job.output / EVAL_JSON}, {job.output / EVAL_VIDEO}")
+    return 0
+
+
+def run_evaluate_cli(args: argparse.Namespace) -> int:
+    try:
+        res = evaluate_checkpoint(args.checkpoint, args.dataset, args.output, args.s3_endpoint, args.device)
+    except (KeyError, DataError, FileNotFoundError, CheckpointError, ValueError) as exc:
+        return _fail("evaluate", exc)
+    print(json.dumps(res.metrics, indent=2))
+    return 0
+
+
+def run_render_cli(args: argparse.Namespace) -> int:
+    try:
+        r = render_audio(args.checkpoint, args.audio, args.out, size=args.size, device=args.device, progress=True)
+    except (CheckpointError, ClipError, AudioError, ValueError) as exc:
+        return _fail("render", exc)
+    print(f"rendered {r['frames']} frames in {r['seconds']:.1f} s ({r['fps']:.1f} frames/s) -> {r['video']}")
+    return 0

@@ -1,0 +1,196 @@
+"""A trained avatar: evaluation on held-out frames and rendering from new audio features.
+
+Everything here works on arrays; reading audio files, detecting landmarks and writing videos is the
+caller's (``jobs/``), passed in as functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nerf.data import pixel_rays
+from nerf.metrics import LPIPS, mouth_landmark_distance, psnr, ssim
+from nerf.models import RadNerf
+from nerf.trainer import ExperimentConfig, Trainer, config_from_json, load_checkpoint, render_image
+
+
+class AudioError(ValueError):
+    """Driving audio that cannot be rendered (no samples, wrong feature shape)."""
+
+
+@dataclass
+class EvalResult:
+    """Metrics of held-out frames."""
+
+    metrics: dict[str, float]
+    """``psnr``, ``ssim``, ``lpips``, ``lmd`` (px at the training size; NaN without a landmark function),
+    ``render_s_per_frame``, ``n_frames``, ``lmd_frames``."""
+    per_frame: list[dict[str, float]] = field(default_factory=list)
+    """``frame``, ``psnr``, ``ssim``, ``lpips`` of each frame."""
+
+
+def evaluate(trainer: Trainer, frames: np.ndarray | None = None, lpips: LPIPS | None = None,
+             landmarks: tuple[Callable[[np.ndarray], np.ndarray | None],
+                              Callable[[np.ndarray], np.ndarray | None]] | None = None,
+             on_frame: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> EvalResult:
+    """Render frames (default: the held-out ones) and compare them with the ground truth.
+
+    Args:
+        trainer: a trained (or resumed) trainer.
+        frames: frame ids to evaluate.
+        lpips: LPIPS module (None: not computed).
+        landmarks: two functions RGB uint8 [S, S, 3] -> [68, 2] landmarks or None (undetected), one for the
+            predictions and one for the ground truth (each sees its frames in order); gives LMD on the mouth.
+        on_frame: called with (frame id, prediction, ground truth), both uint8 [S, S, 3] (e.g. to write a video).
+
+    Returns:
+        Mean metrics and per-frame values.
+    """
+    ids = trainer.data.val_ids if frames is None else np.asarray(frames)
+    if ids.size == 0:
+        raise ValueError("no frames to evaluate (the identity has no held-out frames)")
+    per: list[dict[str, float]] = []
+    lm_pred, lm_gt = [], []
+    render_s = 0.0
+    for f in ids.tolist():
+        t0 = time.perf_counter()
+        pred = trainer.render_frame(int(f))
+        render_s += time.perf_counter() - t0
+        gt = torch.from_numpy(trainer.data.images[f]).float().to(pred.device) / 255.0
+        row = {"frame": float(f), "psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
+        if lpips is not None:
+            with torch.no_grad():
+                row["lpips"] = float(lpips(pred.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None])[0])
+        per.append(row)
+        pred_u8 = (pred.cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        gt_u8 = trainer.data.images[f]
+        if landmarks is not None:
+            p, g = landmarks[0](pred_u8), landmarks[1](gt_u8)
+            lm_pred.append(p if p is not None else np.full((68, 2), np.nan, np.float32))
+            lm_gt.append(g if g is not None else np.full((68, 2), np.nan, np.float32))
+        if on_frame is not None:
+            on_frame(int(f), pred_u8, gt_u8)
+    metrics = {k: float(np.mean([r[k] for r in per])) for k in per[0] if k != "frame"}
+    metrics["lmd"] = float("nan")
+    metrics["lmd_frames"] = 0.0
+    if lm_pred:
+        a, b = np.stack(lm_pred), np.stack(lm_gt)
+        both = np.isfinite(a[:, 48:68]).all((1, 2)) & np.isfinite(b[:, 48:68]).all((1, 2))
+        if both.any():
+            metrics["lmd"] = mouth_landmark_distance(a, b)
+            metrics["lmd_frames"] = float(both.sum())
+    metrics["render_s_per_frame"] = render_s / len(per)
+    metrics["n_frames"] = float(len(per))
+    return EvalResult(metrics=metrics, per_frame=per)
+
+
+def pingpong(n_out: int, n_in: int, start: int = 0) -> np.ndarray:
+    """Indices that walk 0..n_in-1 forwards, then backwards, ... for ``n_out`` steps (no jump at the turns)."""
+    if n_in <= 1:
+        return np.zeros(n_out, np.int64)
+    period = 2 * (n_in - 1)
+    k = (np.arange(n_out) + start) % period
+    return np.where(k < n_in, k, period - k).astype(np.int64)
+
+
+class Avatar:
+    """A trained model with what it needs to render: EMA weights, background, poses, eye openness."""
+
+    def __init__(self, model: RadNerf, config: ExperimentConfig, kit: dict[str, Any], identity: str,
+                 device: torch.device):
+        self.model = model.eval()
+        self.config = config
+        self.kit = kit
+        self.identity = identity
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Avatar:
+        """Load the averaged (EMA) weights of a checkpoint.
+
+        Raises:
+            nerf.trainer.CheckpointError: unreadable or foreign checkpoint.
+        """
+        ckpt = load_checkpoint(path)
+        config = config_from_json(ckpt["config"])
+        kit = ckpt["render_kit"]
+        n_frames = int(ckpt["model"]["head_latents"].shape[0])
+        dev = torch.device(device)
+        model = RadNerf(config.model, n_frames, int(kit["size"]), float(kit["near"]), float(kit["far"]))
+        model.load_state_dict(ckpt["model"])
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                p.copy_(ckpt["ema"][k])
+        return cls(model.to(dev), config, kit, str(ckpt["identity"]), dev)
+
+    @property
+    def has_torso(self) -> bool:
+        return self.config.trainer.torso.steps > 0
+
+    def driving_track(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Poses [n, 4, 4] and eye openness [n] for ``n`` frames: the training frames walked back and forth."""
+        n_train = int(self.kit["n_train"])
+        idx = pingpong(n, n_train)
+        return self.kit["poses"].numpy()[idx], self.kit["eye"].numpy()[idx]
+
+    @torch.no_grad()
+    def render(self, audio: np.ndarray, size: int | None = None, poses: np.ndarray | None = None,
+               eye: np.ndarray | None = None, chunk: int = 1 << 15) -> Iterator[np.ndarray]:
+        """Render one frame per audio window.
+
+        Args:
+            audio: float32 [T, window, n_mels] audio features (as the dataset build computes them).
+            size: output side in pixels (default: the training size).
+            poses: [T, 4, 4] camera-to-world per frame (default: :meth:`driving_track`).
+            eye: [T] eye openness per frame (default: :meth:`driving_track`).
+            chunk: rays per forward pass.
+
+        Yields:
+            uint8 [size, size, 3] RGB frames.
+
+        Raises:
+            AudioError: no audio frames, or features of another shape than the model's.
+        """
+        hc = self.config.model.head.audio
+        if audio.ndim != 3 or audio.shape[0] == 0:
+            raise AudioError(f"audio features must be [T>0, {hc.window}, {hc.n_mels}], got {list(audio.shape)}")
+        if audio.shape[1:] != (hc.window, hc.n_mels):
+            raise AudioError(f"audio features are {list(audio.shape[1:])} per frame; the model was trained on "
+                             f"[{hc.window}, {hc.n_mels}]")
+        n = audio.shape[0]
+        track_poses, track_eye = self.driving_track(n)
+        poses = track_poses if poses is None else poses
+        eye = track_eye if eye is None else eye
+        train_size = int(self.kit["size"])
+        size = size or train_size
+        scale = size / train_size
+        bg = self.kit["background"].permute(2, 0, 1)[None].float() / 255.0
+        bg = torch.nn.functional.interpolate(bg, size=(size, size), mode="bilinear", align_corners=False)
+        bg = bg[0].permute(1, 2, 0).reshape(-1, 3).to(self.device)
+        intr = self.kit["intrinsics"][: int(self.kit["n_train"])].mean(0) * scale
+        ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).float().add(0.5).to(self.device)
+        for t in range(n):
+            pose = torch.from_numpy(np.asarray(poses[t], np.float32)).to(self.device)
+            o, d = pixel_rays(pose, intr.to(self.device), pix)
+            cond = self.model.novel_conditions(
+                torch.from_numpy(np.asarray(audio[t : t + 1], np.float32)).to(self.device),
+                torch.tensor([float(eye[t])], device=self.device), pose[None])
+            img = render_image(self.model, o, d, pix / scale, cond, bg, with_torso=self.has_torso, size=size,
+                               chunk=chunk)
+            yield (img.cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def side_by_side(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """uint8 [S, 2S, 3]: prediction | ground truth."""
+    return np.concatenate([pred, gt], axis=1)
+
+
+__all__ = ["AudioError", "Avatar", "EvalResult", "evaluate", "pingpong", "side_by_side"]

@@ -1,0 +1,299 @@
+"""One identity's frames as training arrays, and the ray batches drawn from them.
+
+The trainer never touches storage: the caller reads the identity's ``frames/`` rows and its
+``identities/`` row (with :class:`pipelines.dataset.Dataset`) and hands the two to
+:meth:`IdentityFrames.from_rows`. Columns are those of :mod:`pipelines.schema`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch import Tensor
+
+from pipelines.schema import HOLDOUT_FRACTION, train_count
+
+# Parsing labels of the dataset (workers.parsing): background, head, neck, torso.
+BACKGROUND, HEAD, NECK, TORSO = 0, 1, 2, 3
+
+COLUMNS = ["clip_id", "frame_index", "face_found", "image_jpeg", "image_size", "pose_c2w", "focal", "cx", "cy",
+           "eye_ratio", "lips_rect", "face_rect", "landmarks_2d", "parsing_png", "audio_features", "audio_valid"]
+"""The ``frames/`` columns training reads."""
+
+
+class DataError(ValueError):
+    """An identity's rows cannot be trained on (no usable frame, no background, a corrupt image)."""
+
+
+@dataclass
+class IdentityFrames:
+    """The usable frames of one identity at one training size, in (clip, frame) order; the last are held out."""
+
+    identity: str
+    size: int
+    """Images are ``size`` x ``size`` (the person crop scaled)."""
+    images: np.ndarray
+    """uint8 [N, S, S, 3] RGB."""
+    labels: np.ndarray
+    """uint8 [N, S, S] parsing labels (BACKGROUND, HEAD, NECK, TORSO)."""
+    poses: np.ndarray
+    """float32 [N, 4, 4] camera-to-world (OpenGL axes, metres; the head is fixed at the origin)."""
+    intrinsics: np.ndarray
+    """float32 [N, 3] focal, cx, cy in pixels of the training size."""
+    audio: np.ndarray
+    """float32 [N, window, n_mels] audio features (zeros where the clip had no audio)."""
+    eye: np.ndarray
+    """float32 [N] eye openness, the eye aspect ratio divided by the identity's open-eye value (~1 open, ~0 shut)."""
+    lips_rect: np.ndarray
+    """int32 [N, 4] x0, y0, x1, y1 at the training size."""
+    face_rect: np.ndarray
+    """int32 [N, 4] x0, y0, x1, y1 at the training size."""
+    landmarks: np.ndarray
+    """float32 [N, 68, 2] at the training size."""
+    background: np.ndarray
+    """uint8 [S, S, 3] RGB background of the identity."""
+    near: float
+    far: float
+    clip_ids: list[str]
+    frame_index: np.ndarray
+    """int32 [N]."""
+    n_train: int
+    """Frames [0, n_train) train; [n_train, N) are held out."""
+    open_eye: float
+    """Eye aspect ratio that maps to 1.0 in :attr:`eye`."""
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def train_ids(self) -> np.ndarray:
+        return np.arange(self.n_train)
+
+    @property
+    def val_ids(self) -> np.ndarray:
+        return np.arange(self.n_train, self.n_frames)
+
+    @classmethod
+    def from_rows(cls, frames: pa.Table, identity: dict[str, Any], size: int,
+                  holdout: float = HOLDOUT_FRACTION, max_frames: int | None = None) -> IdentityFrames:
+        """Decode an identity's rows at a training size.
+
+        Args:
+            frames: the identity's ``frames/`` rows (at least :data:`COLUMNS`) in (clip_id, frame_index) order.
+            identity: the identity's ``identities/`` row (``background_png``, ``near``, ``far``).
+            size: training image side in pixels.
+            holdout: fraction of frames (the last ones) held out.
+            max_frames: use only the first ``max_frames`` usable frames (before the split).
+
+        Raises:
+            DataError: no usable frame, no background, or an image that does not decode.
+        """
+        name = str(identity.get("identity"))
+        if frames.num_rows == 0:
+            raise DataError(f"identity {name!r} has no frame rows; build the dataset first")
+        usable = pc.and_(pc.fill_null(frames["face_found"], False), pc.is_valid(frames["pose_c2w"]))
+        ok = np.flatnonzero(np.asarray(usable.to_numpy(zero_copy_only=False), bool))
+        if ok.size == 0:
+            raise DataError(f"identity {name!r}: {frames.num_rows} frame rows but none with a face and a pose")
+        if max_frames is not None:
+            ok = ok[:max_frames]
+        rows = frames.take(pa.array(ok)).to_pylist()
+        n = len(rows)
+
+        bg_png = identity.get("background_png") or b""
+        bg = cv2.imdecode(np.frombuffer(bg_png, np.uint8), cv2.IMREAD_COLOR) if bg_png else None
+        if bg is None:
+            raise DataError(f"identity {name!r} has no background image in identities/; rebuild the identities table")
+        background = cv2.cvtColor(cv2.resize(bg, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+
+        images = np.empty((n, size, size, 3), np.uint8)
+        labels = np.empty((n, size, size), np.uint8)
+        intr = np.empty((n, 3), np.float32)
+        lips = np.empty((n, 4), np.int32)
+        face = np.empty((n, 4), np.int32)
+        lms = np.full((n, 68, 2), np.nan, np.float32)
+        audio = np.zeros((n, 16, 80), np.float32)
+        eye_raw = np.full(n, np.nan, np.float32)
+        for k, r in enumerate(rows):
+            where = f"identity {name!r} clip {r['clip_id']} frame {r['frame_index']}"
+            img = cv2.imdecode(np.frombuffer(r["image_jpeg"] or b"", np.uint8), cv2.IMREAD_COLOR)
+            if img is None:
+                raise DataError(f"{where}: image_jpeg does not decode")
+            src = int(r["image_size"] or img.shape[0])
+            s = size / src
+            images[k] = cv2.cvtColor(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+            lab = cv2.imdecode(np.frombuffer(r["parsing_png"] or b"", np.uint8), cv2.IMREAD_UNCHANGED)
+            if lab is None:
+                raise DataError(f"{where}: parsing_png does not decode")
+            labels[k] = cv2.resize(lab, (size, size), interpolation=cv2.INTER_NEAREST)
+            intr[k] = (r["focal"] * s, r["cx"] * s, r["cy"] * s)
+            lips[k] = _scale_rect(r["lips_rect"], s, size)
+            face[k] = _scale_rect(r["face_rect"], s, size)
+            if r["landmarks_2d"] is not None:
+                lms[k] = np.asarray(r["landmarks_2d"], np.float32).reshape(68, 2) * s
+            if r["audio_features"] is not None:
+                a = np.asarray(r["audio_features"], np.float32)
+                audio[k] = a.reshape(audio.shape[1:]) if a.size == audio[k].size else 0.0
+            if r["eye_ratio"] is not None:
+                eye_raw[k] = r["eye_ratio"]
+        finite = eye_raw[np.isfinite(eye_raw)]
+        open_eye = float(np.percentile(finite, 90)) if finite.size else 0.3
+        eye = np.nan_to_num(eye_raw / max(open_eye, 1e-3), nan=1.0).astype(np.float32)
+        poses = np.stack([np.asarray(r["pose_c2w"], np.float32).reshape(4, 4) for r in rows])
+        return cls(
+            identity=name, size=size, images=images, labels=labels, poses=poses, intrinsics=intr, audio=audio,
+            eye=eye, lips_rect=lips, face_rect=face, landmarks=lms, background=background,
+            near=float(identity.get("near") or 0.3), far=float(identity.get("far") or 1.0),
+            clip_ids=[str(r["clip_id"]) for r in rows],
+            frame_index=np.asarray([r["frame_index"] for r in rows], np.int32),
+            n_train=train_count(n, holdout), open_eye=open_eye,
+        )
+
+
+def _scale_rect(rect: Any, s: float, size: int) -> np.ndarray:
+    if rect is None:
+        return np.array([0, 0, size, size], np.int32)
+    r = np.asarray(rect, np.float64) * s
+    out = np.array([np.floor(r[0]), np.floor(r[1]), np.ceil(r[2]), np.ceil(r[3])])
+    return np.clip(out, 0, size).astype(np.int32)
+
+
+@dataclass
+class RayBatch:
+    """Rays of a few frames with their targets; every tensor is on the training device."""
+
+    frame: Tensor
+    """int64 [R] frame id of each ray."""
+    origins: Tensor
+    """[R, 3] world."""
+    directions: Tensor
+    """[R, 3] world, unit length."""
+    rgb: Tensor
+    """[R, 3] target colour in [0, 1]."""
+    background: Tensor
+    """[R, 3] colour behind the head (the background, or the torso where the head stage learns the head only)."""
+    face: Tensor
+    """bool [R] the ray's pixel is inside the face rectangle."""
+    pixels: Tensor
+    """[R, 2] pixel coordinates (x, y) of the ray, centres at +0.5."""
+
+
+def pixel_rays(pose: Tensor, intrinsics: Tensor, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """World rays through pixel positions (OpenGL camera: x right, y up, looking down -z).
+
+    Args:
+        pose: [R, 4, 4] camera-to-world per ray (or [4, 4] for all).
+        intrinsics: [R, 3] focal, cx, cy per ray (or [3]).
+        pixels: [R, 2] continuous pixel positions (x, y); a pixel's centre is at +0.5.
+
+    Returns:
+        origins [R, 3], unit directions [R, 3].
+    """
+    if pose.dim() == 2:
+        pose = pose.expand(pixels.shape[0], 4, 4)
+    if intrinsics.dim() == 1:
+        intrinsics = intrinsics.expand(pixels.shape[0], 3)
+    f, cx, cy = intrinsics.unbind(-1)
+    d_cam = torch.stack([(pixels[:, 0] - cx) / f, -(pixels[:, 1] - cy) / f, -torch.ones_like(f)], -1)
+    d = torch.einsum("rij,rj->ri", pose[:, :3, :3], d_cam)
+    return pose[:, :3, 3].clone(), d / d.norm(dim=-1, keepdim=True)
+
+
+class FrameStore:
+    """An identity's frames as tensors on a device, and the ray batches of the training stages."""
+
+    def __init__(self, data: IdentityFrames, device: torch.device | str = "cpu"):
+        self.data = data
+        self.device = torch.device(device)
+        dev = self.device
+        self.size = data.size
+        self.images = torch.from_numpy(data.images).to(dev)  # uint8 [N, S, S, 3]
+        self.labels = torch.from_numpy(data.labels).to(dev)
+        self.poses = torch.from_numpy(data.poses).to(dev)
+        self.intrinsics = torch.from_numpy(data.intrinsics).to(dev)
+        self.audio = torch.from_numpy(data.audio).to(dev)
+        self.eye = torch.from_numpy(data.eye).to(dev)
+        self.face_rect = torch.from_numpy(data.face_rect).to(dev)
+        self.lips_rect = torch.from_numpy(data.lips_rect).to(dev)
+        self.background = torch.from_numpy(data.background).to(dev).float() / 255.0  # [S, S, 3]
+        self.n_train = data.n_train
+
+    def rays(self, frames: Tensor, pixels: Tensor, head_only: bool) -> RayBatch:
+        """A batch for given frames and integer pixel positions.
+
+        Args:
+            frames: int64 [R] frame ids.
+            pixels: int64 [R, 2] (x, y).
+            head_only: the target behind the head is the ground truth's torso and neck (head stage) instead of
+                the background.
+        """
+        x, y = pixels[:, 0], pixels[:, 1]
+        rgb = self.images[frames, y, x].float() / 255.0
+        bg = self.background[y, x]
+        if head_only:
+            lab = self.labels[frames, y, x]
+            body = (lab == TORSO) | (lab == NECK)
+            bg = torch.where(body[:, None], rgb, bg)
+        centres = pixels.float() + 0.5
+        o, d = pixel_rays(self.poses[frames], self.intrinsics[frames], centres)
+        fr = self.face_rect[frames]
+        face = (x >= fr[:, 0]) & (x < fr[:, 2]) & (y >= fr[:, 1]) & (y < fr[:, 3])
+        return RayBatch(frame=frames, origins=o, directions=d, rgb=rgb, background=bg, face=face, pixels=centres)
+
+    def sample(self, n_rays: int, n_frames: int, generator: torch.Generator, head_only: bool,
+               face_fraction: float = 0.5) -> RayBatch:
+        """Random rays of random training frames; ``face_fraction`` of them inside the face rectangle."""
+        g = generator
+        frames = torch.randint(0, self.n_train, (n_frames,), generator=g)
+        per = max(n_rays // n_frames, 1)
+        fid = frames.repeat_interleave(per)
+        r = fid.shape[0]
+        u = torch.rand(r, 2, generator=g)
+        n_face = int(round(r * face_fraction))
+        rect = self.face_rect.cpu()[fid].float()
+        lo = torch.cat([rect[:n_face, :2], torch.zeros(r - n_face, 2)])
+        hi = torch.cat([rect[:n_face, 2:], torch.full((r - n_face, 2), float(self.size))])
+        pix = (lo + u * (hi - lo)).long().clamp(0, self.size - 1)
+        return self.rays(fid.to(self.device), pix.to(self.device), head_only)
+
+    def frame_rays(self, frame: int, head_only: bool = False) -> RayBatch:
+        """Every pixel of one frame, row by row."""
+        ys, xs = torch.meshgrid(torch.arange(self.size), torch.arange(self.size), indexing="ij")
+        pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).to(self.device)
+        fid = torch.full((pix.shape[0],), frame, dtype=torch.long, device=self.device)
+        return self.rays(fid, pix, head_only)
+
+    def lips_patch(self, generator: torch.Generator, patch: int) -> tuple[RayBatch, Tensor]:
+        """A ``patch`` x ``patch`` grid of rays over the lips of a random training frame.
+
+        The grid spans the lips rectangle made square (and enlarged by a random 0-20%); targets are
+        bilinear samples of the image at the rays' positions, so small lips still give a full patch.
+
+        Returns:
+            the rays ([patch * patch], row by row) and the target patch [patch, patch, 3].
+        """
+        g = generator
+        f = int(torch.randint(0, self.n_train, (1,), generator=g))
+        x0, y0, x1, y1 = (float(v) for v in self.lips_rect[f].tolist())
+        side = max(x1 - x0, y1 - y0, 8.0) * (1.0 + 0.2 * float(torch.rand(1, generator=g)))
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        t = (torch.arange(patch, dtype=torch.float32) + 0.5) / patch - 0.5
+        ys, xs = torch.meshgrid(cy + t * side, cx + t * side, indexing="ij")
+        pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).clamp(0.5, self.size - 0.5).to(self.device)
+        img = self.images[f].permute(2, 0, 1)[None].float() / 255.0  # [1, 3, S, S]
+        grid = (pix / self.size * 2 - 1).view(1, patch, patch, 2)
+        target = torch.nn.functional.grid_sample(img, grid, align_corners=False)[0].permute(1, 2, 0)
+        fid = torch.full((pix.shape[0],), f, dtype=torch.long, device=self.device)
+        o, d = pixel_rays(self.poses[fid], self.intrinsics[fid], pix)
+        bg_grid = torch.nn.functional.grid_sample(self.background.permute(2, 0, 1)[None], grid, align_corners=False)
+        face = torch.ones(pix.shape[0], dtype=torch.bool, device=self.device)
+        rays = RayBatch(frame=fid, origins=o, directions=d, rgb=target.reshape(-1, 3),
+                        background=bg_grid[0].permute(1, 2, 0).reshape(-1, 3), face=face, pixels=pix)
+        return rays, target

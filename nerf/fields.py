@@ -1,0 +1,247 @@
+"""Fields: the audio-conditioned head radiance field and the pseudo-3D torso of RAD-NeRF.
+
+Verbs: a field maps positions and per-frame conditions to outputs (``get_density``,
+``get_outputs``); it knows nothing about rays or sampling (:mod:`nerf.rendering`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from nerf.encoders import FrequencyEncoder, FrequencyEncoderConfig, GridEncoderConfig, PlaneEncoder
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp with a gradient clamped at exp(15): the density activation of instant-ngp."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(-15, 15))
+
+
+def trunc_exp(x: Tensor) -> Tensor:
+    """exp(x) with a clamped gradient."""
+    return _TruncExp.apply(x)  # type: ignore[no-any-return]
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
+    """``layers`` linear layers with ReLU between them."""
+    dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
+    mods: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        mods.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            mods.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*mods)
+
+
+@dataclass(frozen=True)
+class AudioEncoderConfig:
+    """The audio net: a window of log-mel frames -> an audio feature vector."""
+
+    n_mels: int = 80
+    """Input mel bands (the dataset's ``audio_features`` are [window, n_mels])."""
+    window: int = 16
+    """Mel frames per video frame."""
+    channels: int = 64
+    """Convolution channels."""
+    out_dim: int = 32
+    """Audio feature dimension."""
+
+
+class AudioEncoder(nn.Module):
+    """RAD-NeRF's AudioNet on log-mels: strided 1D convolutions over time, then a linear layer."""
+
+    def __init__(self, config: AudioEncoderConfig):
+        super().__init__()
+        c = config.channels
+        layers: list[nn.Module] = []
+        in_ch, length = config.n_mels, config.window
+        while length > 1:
+            layers += [nn.Conv1d(in_ch, c, 3, stride=2, padding=1), nn.LeakyReLU(0.02, inplace=True)]
+            in_ch, length = c, (length + 1) // 2
+        self.convs = nn.Sequential(*layers)
+        self.fc = nn.Sequential(nn.Linear(c, c), nn.LeakyReLU(0.02, inplace=True), nn.Linear(c, config.out_dim))
+        self.out_dim = config.out_dim
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """``mel [B, window, n_mels]`` -> ``[B, out_dim]``."""
+        return self.fc(self.convs(mel.transpose(1, 2)).flatten(1))
+
+
+@dataclass(frozen=True)
+class HeadFieldConfig:
+    """The head: tri-plane (or frequency) encoding, audio coordinate in a 2D audio grid, eye, latent -> density, RGB."""
+
+    backbone: Literal["grid", "frequency"] = "grid"
+    """``grid``: RAD-NeRF's decomposed grids; ``frequency``: an AD-NeRF-like implicit MLP (the baseline)."""
+    spatial: GridEncoderConfig = field(default_factory=lambda: GridEncoderConfig(
+        n_levels=8, features_per_level=2, base_resolution=16, max_resolution=512))
+    """Tri-plane over the head box (``grid`` backbone)."""
+    audio_grid: GridEncoderConfig = field(default_factory=lambda: GridEncoderConfig(
+        n_levels=4, features_per_level=2, base_resolution=8, max_resolution=64))
+    """2D grid over the audio coordinate (``grid`` backbone)."""
+    frequency: FrequencyEncoderConfig = field(default_factory=FrequencyEncoderConfig)
+    """Positional encoding of the ``frequency`` backbone."""
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    audio_coord_dim: int = 2
+    """Dimension of the audio coordinate x_a = MLP(a, f) (RAD-NeRF: 1-3)."""
+    use_eye: bool = True
+    """Condition density on eye openness."""
+    latent_dim: int = 4
+    """Per-frame appearance latent fed to the colour net (0: none)."""
+    hidden: int = 64
+    """Width of the small MLPs (``grid`` backbone)."""
+    geo_feat_dim: int = 32
+    """Features passed from the density net to the colour net."""
+    mlp_hidden: int = 256
+    """Width of the ``frequency`` backbone's MLP."""
+    mlp_layers: int = 6
+    """Depth of the ``frequency`` backbone's MLP."""
+    bound: float = 0.2
+    """Half side of the head box in metres (the ICT head spans about +-0.13 x, -0.19..0.15 y, -0.09..0.13 z)."""
+
+
+class HeadField(nn.Module):
+    """The audio-spatial decomposed head field of RAD-NeRF (or its implicit-MLP baseline)."""
+
+    def __init__(self, config: HeadFieldConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.audio_net = AudioEncoder(c.audio)
+        eye_dim = 1 if c.use_eye else 0
+        if not 1 <= c.audio_coord_dim <= 3:
+            raise ValueError(f"audio_coord_dim must be 1, 2 or 3, got {c.audio_coord_dim}")
+        self.spatial: PlaneEncoder | FrequencyEncoder
+        if c.backbone == "grid":
+            self.spatial = PlaneEncoder(3, c.spatial)
+            self.audio_coord_net = mlp(self.spatial.out_dim + self.audio_net.out_dim, c.audio_coord_dim, c.hidden, 3)
+            # x_a in 1-3 dims: a 2D grid (1 dim: its v = 0 line) or, for 3 dims, a tri-plane.
+            self.audio_grid: PlaneEncoder | None = PlaneEncoder(3 if c.audio_coord_dim == 3 else 2, c.audio_grid)
+            h_in = self.spatial.out_dim + self.audio_grid.out_dim + eye_dim
+            self.sigma_net = mlp(h_in, 1 + c.geo_feat_dim, c.hidden, 3)
+            self.color_net = mlp(c.geo_feat_dim + c.latent_dim, 3, c.hidden, 2)
+        elif c.backbone == "frequency":
+            self.spatial = FrequencyEncoder(3, c.frequency)
+            self.audio_coord_net = None  # type: ignore[assignment]
+            self.audio_grid = None
+            h_in = self.spatial.out_dim + self.audio_net.out_dim + eye_dim
+            self.sigma_net = mlp(h_in, 1 + c.geo_feat_dim, c.mlp_hidden, c.mlp_layers)
+            self.color_net = mlp(c.geo_feat_dim + c.latent_dim, 3, c.mlp_hidden // 2, 2)
+        else:
+            raise ValueError(f"unknown head backbone {c.backbone!r} (grid or frequency)")
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """World positions [N, 3] -> the head box's [-1, 1]^3."""
+        return x / self.config.bound
+
+    def encode_audio(self, audio: Tensor) -> Tensor:
+        """``[B, window, n_mels]`` -> audio features ``[B, A]``."""
+        return self.audio_net(audio)
+
+    def _audio_lookup(self, x_a: Tensor) -> Tensor:
+        assert self.audio_grid is not None
+        if self.config.audio_coord_dim == 1:
+            x_a = torch.cat([x_a, torch.zeros_like(x_a)], -1)
+        return self.audio_grid(x_a)
+
+    def get_outputs(self, x: Tensor, audio_feat: Tensor, eye: Tensor, latent: Tensor,
+                    with_color: bool = True) -> dict[str, Tensor]:
+        """Density, colour and audio coordinate at points.
+
+        Args:
+            x: [N, 3] world positions.
+            audio_feat: [N, A] audio features of each point's frame (:meth:`encode_audio`).
+            eye: [N] eye openness of each point's frame.
+            latent: [N, latent_dim] appearance latent of each point's frame.
+            with_color: also compute the colour (not needed to update the occupancy grid).
+
+        Returns:
+            ``sigma`` [N], ``rgb`` [N, 3] (with_color), ``audio_coord`` [N, audio_coord_dim] (grid backbone).
+        """
+        xn = self.normalise(x)
+        enc = self.spatial(xn)
+        parts = [enc]
+        out: dict[str, Tensor] = {}
+        if self.config.backbone == "grid":
+            x_a = torch.tanh(self.audio_coord_net(torch.cat([enc, audio_feat], -1)))
+            out["audio_coord"] = x_a
+            parts.append(self._audio_lookup(x_a))
+        else:
+            parts.append(audio_feat)
+        if self.config.use_eye:
+            parts.append(eye[:, None])
+        h = self.sigma_net(torch.cat(parts, -1))
+        out["sigma"] = trunc_exp(h[:, 0] - 1.0)
+        if with_color:
+            geo = h[:, 1:]
+            color_in = torch.cat([geo, latent], -1) if self.config.latent_dim else geo
+            out["rgb"] = torch.sigmoid(self.color_net(color_in))
+        return out
+
+    def get_density(self, x: Tensor, audio_feat: Tensor, eye: Tensor) -> Tensor:
+        """Density ``[N]`` at world positions ``[N, 3]`` (conditions as in :meth:`get_outputs`)."""
+        latent = torch.zeros(x.shape[0], self.config.latent_dim, device=x.device)
+        return self.get_outputs(x, audio_feat, eye, latent, with_color=False)["sigma"]
+
+
+@dataclass(frozen=True)
+class TorsoFieldConfig:
+    """RAD-NeRF's pseudo-3D torso: a 2D image-space grid sampled at pose-deformed pixel positions."""
+
+    grid: GridEncoderConfig = field(default_factory=lambda: GridEncoderConfig(
+        n_levels=8, features_per_level=2, base_resolution=16, max_resolution=512))
+    """2D grid over the image plane."""
+    pixel_frequencies: int = 6
+    """Octaves of the pixel position's encoding for the deformation net."""
+    pose_frequencies: int = 4
+    """Octaves of the head pose's encoding."""
+    latent_dim: int = 8
+    """Per-frame appearance latent of the torso (0: none)."""
+    hidden: int = 64
+    """Width of the deformation and colour nets."""
+    max_offset: float = 0.25
+    """Largest deformation, in the image's [-1, 1] units."""
+
+
+class TorsoField(nn.Module):
+    """Torso colour and alpha per pixel: one sample per pixel, deformed in 2D by the head pose."""
+
+    def __init__(self, config: TorsoFieldConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.grid = PlaneEncoder(2, c.grid)
+        self.pixel_enc = FrequencyEncoder(2, FrequencyEncoderConfig(c.pixel_frequencies))
+        self.pose_enc = FrequencyEncoder(12, FrequencyEncoderConfig(c.pose_frequencies))
+        self.deform_net = mlp(self.pixel_enc.out_dim + self.pose_enc.out_dim + c.latent_dim, 2, c.hidden, 3)
+        self.color_net = mlp(self.grid.out_dim + self.pose_enc.out_dim + c.latent_dim, 4, c.hidden, 3)
+
+    def get_outputs(self, uv: Tensor, pose: Tensor, latent: Tensor) -> dict[str, Tensor]:
+        """Torso colour and alpha at image positions.
+
+        Args:
+            uv: [N, 2] pixel positions scaled to [-1, 1].
+            pose: [N, 12] the frame's head pose (camera-to-world 3x4, minus the training mean).
+            latent: [N, latent_dim] the frame's torso latent.
+
+        Returns:
+            ``rgb`` [N, 3], ``alpha`` [N], ``offset`` [N, 2] (the deformation).
+        """
+        pe = self.pose_enc(pose)
+        parts = [self.pixel_enc(uv), pe] + ([latent] if self.config.latent_dim else [])
+        offset = torch.tanh(self.deform_net(torch.cat(parts, -1))) * self.config.max_offset
+        feat = self.grid((uv + offset).clamp(-1, 1))
+        h = self.color_net(torch.cat([feat, pe] + ([latent] if self.config.latent_dim else []), -1))
+        return {"rgb": torch.sigmoid(h[:, :3]), "alpha": torch.sigmoid(h[:, 3]), "offset": offset}

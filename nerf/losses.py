@@ -1,0 +1,41 @@
+"""Losses of RAD-NeRF's stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms (the photometric MSE has weight 1)."""
+
+    alpha_entropy: float = 1e-4
+    """Binary entropy of each ray's accumulated alpha: pushes the head (and torso) to be opaque or empty."""
+    ambient_l1: float = 1e-4
+    """L1 of the audio coordinate on rays outside the face: audio may only move the face."""
+    lips_lpips: float = 0.01
+    """LPIPS on the lip patch in the lips stage."""
+    lips_mse: float = 1.0
+    """MSE on the lip patch in the lips stage."""
+
+
+def mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error of colours [R, 3]."""
+    return torch.mean((pred - target) ** 2)
+
+
+def alpha_entropy(alpha: Tensor) -> Tensor:
+    """Mean binary entropy (bits) of alphas [R], clamped away from 0 and 1."""
+    p = alpha.clamp(1e-5, 1 - 1e-5)
+    return torch.mean(-(p * torch.log2(p) + (1 - p) * torch.log2(1 - p)))
+
+
+def ambient_l1(ambient: Tensor, face: Tensor) -> Tensor:
+    """Mean of the weighted |audio coordinate| [R] over rays outside the face (bool [R]); 0 if there are none."""
+    outside = ~face
+    if not bool(outside.any()):
+        return ambient.sum() * 0.0
+    return ambient[outside].mean()

@@ -1,0 +1,209 @@
+"""The RAD-NeRF avatar model: head field + torso field + occupancy grid + per-frame latents.
+
+Verbs (after nerfstudio): :meth:`RadNerf.get_outputs` renders rays under per-frame conditions,
+:meth:`RadNerf.get_loss_dict` turns outputs and targets into weighted losses,
+:meth:`RadNerf.get_param_groups` gives each training stage its parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from nerf.encoders import PlaneEncoder
+from nerf.fields import HeadField, HeadFieldConfig, TorsoField, TorsoFieldConfig
+from nerf.losses import LossWeights, alpha_entropy, ambient_l1, mse
+from nerf.rendering import OccupancyGrid, OccupancyGridConfig, SamplerConfig, composite, sample_rays
+
+Stage = Literal["head", "lips", "torso"]
+STAGES: tuple[Stage, ...] = ("head", "lips", "torso")
+
+
+@dataclass(frozen=True)
+class RadNerfConfig:
+    """Everything that shapes the model (not how it is trained)."""
+
+    head: HeadFieldConfig = field(default_factory=HeadFieldConfig)
+    torso: TorsoFieldConfig = field(default_factory=TorsoFieldConfig)
+    grid: OccupancyGridConfig = field(default_factory=OccupancyGridConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    losses: LossWeights = field(default_factory=LossWeights)
+
+
+@dataclass
+class FrameConditions:
+    """What a frame is rendered under; one row per frame of a batch."""
+
+    audio: Tensor
+    """[B, window, n_mels] log-mel windows."""
+    eye: Tensor
+    """[B] eye openness (~1 open)."""
+    pose: Tensor
+    """[B, 4, 4] camera-to-world."""
+    head_latent: Tensor
+    """[B, head latent_dim]."""
+    torso_latent: Tensor
+    """[B, torso latent_dim]."""
+
+
+class RadNerf(nn.Module):
+    """Head and torso of one identity, with a latent per training frame."""
+
+    pose_mean: Tensor
+    """[12] mean training pose (3x4), subtracted from the torso's pose input."""
+    n_train: Tensor
+    """int64 [] training frames (latents [0, n_train) are trained)."""
+
+    def __init__(self, config: RadNerfConfig, n_frames: int, image_size: int, near: float, far: float):
+        """Args:
+            config: the model's shape.
+            n_frames: frames with an appearance latent (all of the identity's frames; held-out ones are never
+                trained, and render with the mean latent).
+            image_size: rendered image side (pixels), for the torso's image-plane coordinates.
+            near, far: depth bounds of the identity (metres).
+        """
+        super().__init__()
+        self.config = config
+        self.image_size = image_size
+        self.near, self.far = near, far
+        self.head = HeadField(config.head)
+        self.torso = TorsoField(config.torso)
+        self.grid = OccupancyGrid(config.grid, config.head.bound)
+        self.head_latents = nn.Parameter(torch.zeros(n_frames, config.head.latent_dim))
+        self.torso_latents = nn.Parameter(torch.zeros(n_frames, config.torso.latent_dim))
+        self.register_buffer("pose_mean", torch.zeros(12))
+        self.register_buffer("n_train", torch.zeros((), dtype=torch.long))
+
+    # conditions ------------------------------------------------------------------------------------------
+    def train_conditions(self, frames: Tensor, audio: Tensor, eye: Tensor, pose: Tensor) -> FrameConditions:
+        """Conditions of training frames (their own latents). ``frames`` [B] ids, the rest per frame."""
+        return FrameConditions(audio, eye, pose, self.head_latents[frames], self.torso_latents[frames])
+
+    def novel_conditions(self, audio: Tensor, eye: Tensor, pose: Tensor) -> FrameConditions:
+        """Conditions of frames without a latent (held-out frames, new audio): the mean training latent."""
+        n = max(int(self.n_train), 1)
+        b = audio.shape[0]
+        head = self.head_latents[:n].mean(0, keepdim=True).expand(b, -1)
+        torso = self.torso_latents[:n].mean(0, keepdim=True).expand(b, -1)
+        return FrameConditions(audio, eye, pose, head, torso)
+
+    def torso_pose(self, pose: Tensor) -> Tensor:
+        """[B, 4, 4] -> the torso's pose input [B, 12] (3x4, centred on the training mean)."""
+        return pose[:, :3, :4].reshape(-1, 12) - self.pose_mean
+
+    # rendering -------------------------------------------------------------------------------------------
+    def render_head(self, origins: Tensor, directions: Tensor, ray_frame: Tensor, cond: FrameConditions,
+                    generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The head alone along rays.
+
+        Args:
+            origins, directions: [R, 3] world rays.
+            ray_frame: int64 [R] row of ``cond`` of each ray.
+            cond: per-frame conditions.
+            generator: sampling jitter (training) or None (evaluation).
+
+        Returns:
+            ``rgb`` [R, 3] premultiplied, ``acc`` [R] alpha, ``ambient`` [R] weighted |audio coordinate|,
+            ``n_samples`` (scalar) samples evaluated.
+        """
+        r = origins.shape[0]
+        dev = origins.device
+        audio_feat = self.head.encode_audio(cond.audio)  # [B, A]
+        samples = sample_rays(origins, directions, self.near, self.far, self.grid, self.config.sampler, generator)
+        rgb = torch.zeros(r, 3, device=dev)
+        acc = torch.zeros(r, device=dev)
+        ambient = torch.zeros(r, device=dev)
+        n_rays, s = samples.t.shape
+        if n_rays:
+            fr = ray_frame[samples.ray].repeat_interleave(s)
+            out = self.head.get_outputs(samples.points.reshape(-1, 3), audio_feat[fr], cond.eye[fr],
+                                        cond.head_latent[fr])
+            w, c, a = composite(out["sigma"].view(n_rays, s), out["rgb"].view(n_rays, s, 3), samples.delta)
+            rgb = rgb.index_put((samples.ray,), c)
+            acc = acc.index_put((samples.ray,), a)
+            if "audio_coord" in out:
+                amb = (w * out["audio_coord"].abs().sum(-1).view(n_rays, s)).sum(-1)
+                ambient = ambient.index_put((samples.ray,), amb)
+        return {"rgb": rgb, "acc": acc, "ambient": ambient, "n_samples": torch.tensor(n_rays * s)}
+
+    def render_torso(self, pixels: Tensor, ray_frame: Tensor, cond: FrameConditions) -> dict[str, Tensor]:
+        """The torso at pixel positions [R, 2] (rows of ``cond`` per ray): ``rgb`` [R, 3], ``alpha`` [R]."""
+        uv = pixels / self.image_size * 2 - 1
+        pose = self.torso_pose(cond.pose)[ray_frame]
+        return self.torso.get_outputs(uv, pose, cond.torso_latent[ray_frame])
+
+    def get_outputs(self, origins: Tensor, directions: Tensor, pixels: Tensor, ray_frame: Tensor,
+                    cond: FrameConditions, background: Tensor, with_torso: bool,
+                    generator: torch.Generator | None = None, head_grad: bool = True) -> dict[str, Tensor]:
+        """Render rays: head over (torso over) the background.
+
+        Args:
+            origins, directions, pixels: [R, 3], [R, 3], [R, 2] the rays and their pixel positions.
+            ray_frame: int64 [R] row of ``cond`` of each ray.
+            cond: per-frame conditions.
+            background: [R, 3] colour behind everything (in the head stage, the ground truth's torso or the
+                background).
+            with_torso: render the torso between head and background.
+            generator: sampling jitter (training) or None (evaluation).
+            head_grad: track gradients through the head (False in the torso stage).
+
+        Returns:
+            ``rgb`` [R, 3] the image, ``head_rgb``, ``head_acc``, ``ambient`` and, with the torso, ``torso_rgb``,
+            ``torso_alpha``.
+        """
+        with torch.set_grad_enabled(head_grad and torch.is_grad_enabled()):
+            head = self.render_head(origins, directions, ray_frame, cond, generator)
+        behind = background
+        out = {"head_rgb": head["rgb"], "head_acc": head["acc"], "ambient": head["ambient"],
+               "n_samples": head["n_samples"]}
+        if with_torso:
+            torso = self.render_torso(pixels, ray_frame, cond)
+            ta = torso["alpha"][:, None]
+            behind = torso["rgb"] * ta + (1 - ta) * background
+            out["torso_rgb"], out["torso_alpha"] = torso["rgb"], torso["alpha"]
+        out["rgb"] = head["rgb"] + (1 - head["acc"][:, None]) * behind
+        return out
+
+    def get_loss_dict(self, outputs: dict[str, Tensor], target: Tensor, face: Tensor,
+                      stage: Stage) -> dict[str, Tensor]:
+        """Weighted losses of a ray batch (the lips stage adds its LPIPS term itself, on a patch).
+
+        Args:
+            outputs: from :meth:`get_outputs`.
+            target: [R, 3] ground truth colours.
+            face: bool [R] rays inside the face rectangle.
+            stage: training stage.
+        """
+        w = self.config.losses
+        losses = {"mse": mse(outputs["rgb"], target)}
+        if stage in ("head", "lips"):
+            losses["alpha_entropy"] = w.alpha_entropy * alpha_entropy(outputs["head_acc"])
+            losses["ambient_l1"] = w.ambient_l1 * ambient_l1(outputs["ambient"], face)
+        else:
+            losses["torso_entropy"] = w.alpha_entropy * alpha_entropy(outputs["torso_alpha"])
+        return losses
+
+    def get_param_groups(self, stage: Stage) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters of a stage: ``grid`` (feature planes) and ``net`` (MLPs, latents)."""
+        module: nn.Module = self.torso if stage == "torso" else self.head
+        latents = self.torso_latents if stage == "torso" else self.head_latents
+        grids = [p for m in module.modules() if isinstance(m, PlaneEncoder) for p in m.parameters()]
+        ids = {id(p) for p in grids}
+        nets = [p for p in module.parameters() if id(p) not in ids] + [latents]
+        return {"grid": grids, "net": nets}
+
+    # occupancy -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_grid(self, audio: Tensor, eye: Tensor, generator: torch.Generator) -> None:
+        """Update the occupancy grid with random conditions drawn from the training frames' ``audio`` [N, W, M]
+        and ``eye`` [N]: the grid keeps the maximum density over them."""
+        feats = self.head.encode_audio(audio)
+
+        def density(x: Tensor) -> Tensor:
+            pick = torch.randint(0, feats.shape[0], (x.shape[0],), generator=generator).to(x.device)
+            return self.head.get_density(x, feats[pick], eye[pick])
+
+        self.grid.update(density, generator)

@@ -1,0 +1,73 @@
+"""Training presets: one registry, variants made with ``dataclasses.replace``.
+
+* ``debug``: tiny grids at 64 px, a few steps per stage; runs in seconds (tests, wiring checks).
+* ``cpu``: sized for a 2-core machine at 256 px (about half an hour per identity).
+* ``paper``: RAD-NeRF's settings at 512 px for a GPU (grid resolutions, 16 samples per ray,
+  200k head / 50k... steps as in the paper's released config, scaled to this trainer's batches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from nerf.encoders import GridEncoderConfig
+from nerf.fields import AudioEncoderConfig, HeadFieldConfig, TorsoFieldConfig
+from nerf.models import RadNerfConfig
+from nerf.rendering import OccupancyGridConfig, SamplerConfig
+from nerf.trainer import ExperimentConfig, StageConfig, TrainerConfig
+
+
+def _debug() -> ExperimentConfig:
+    small = GridEncoderConfig(n_levels=2, features_per_level=2, base_resolution=8, max_resolution=32)
+    model = RadNerfConfig(
+        head=HeadFieldConfig(spatial=small, audio_grid=replace(small, max_resolution=16),
+                             audio=AudioEncoderConfig(channels=16, out_dim=8), hidden=32, geo_feat_dim=8),
+        torso=TorsoFieldConfig(grid=small, hidden=32, pixel_frequencies=3, pose_frequencies=2),
+        grid=OccupancyGridConfig(resolution=16, update_every=4),
+        sampler=SamplerConfig(samples_per_ray=8, candidates=32),
+    )
+    trainer = TrainerConfig(size=64, rays_per_batch=256, frames_per_batch=2, head=StageConfig(steps=12),
+                            lips=StageConfig(steps=4, lr_grid=2e-3, lr_net=2e-4), torso=StageConfig(steps=6),
+                            lips_patch=32, checkpoint_every=10)
+    return ExperimentConfig(name="debug", model=model, trainer=trainer)
+
+
+def _cpu() -> ExperimentConfig:
+    model = RadNerfConfig(
+        head=HeadFieldConfig(spatial=GridEncoderConfig(n_levels=8, base_resolution=16, max_resolution=256)),
+        torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=6, base_resolution=16, max_resolution=256)),
+        grid=OccupancyGridConfig(resolution=64, update_every=16, cells_per_update=1 << 16),
+    )
+    trainer = TrainerConfig(size=256, rays_per_batch=4096, frames_per_batch=4, head=StageConfig(steps=6000),
+                            lips=StageConfig(steps=600, lr_grid=2e-3, lr_net=2e-4), torso=StageConfig(steps=2000),
+                            checkpoint_every=500)
+    return ExperimentConfig(name="cpu", model=model, trainer=trainer)
+
+
+def _paper() -> ExperimentConfig:
+    model = RadNerfConfig(
+        head=HeadFieldConfig(spatial=GridEncoderConfig(n_levels=12, features_per_level=2, base_resolution=16,
+                                                       max_resolution=2048),
+                             audio_grid=GridEncoderConfig(n_levels=8, base_resolution=8, max_resolution=128)),
+        torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=12, base_resolution=16, max_resolution=2048)),
+        grid=OccupancyGridConfig(resolution=128, update_every=16),
+    )
+    trainer = TrainerConfig(size=512, rays_per_batch=65536, frames_per_batch=8, head=StageConfig(steps=100_000),
+                            lips=StageConfig(steps=25_000, lr_grid=2e-3, lr_net=2e-4),
+                            torso=StageConfig(steps=100_000), lips_patch=64, checkpoint_every=5000)
+    return ExperimentConfig(name="paper", model=model, trainer=trainer)
+
+
+PRESETS = {"debug": _debug, "cpu": _cpu, "paper": _paper}
+"""Preset name -> a function building its config."""
+
+
+def preset(name: str) -> ExperimentConfig:
+    """The named preset.
+
+    Raises:
+        KeyError: an unknown name (the known ones are listed).
+    """
+    if name not in PRESETS:
+        raise KeyError(f"no preset {name!r} (presets: {', '.join(PRESETS)})")
+    return PRESETS[name]()

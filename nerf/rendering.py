@@ -1,0 +1,196 @@
+"""Ray sampling with a maximum occupancy grid, and volume compositing.
+
+The occupancy grid holds, per cell of the head box, the largest density seen over the audio and eye
+conditions of the training frames (decayed over time, so stale maxima fade). Sampling places at most
+``samples_per_ray`` samples per ray, spread evenly over the ray's occupied length only; a ray that
+crosses no occupied cell costs nothing and shows the background.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class OccupancyGridConfig:
+    """The maximum occupancy grid over the head box."""
+
+    resolution: int = 64
+    """Cells per side."""
+    update_every: int = 16
+    """Training steps between updates."""
+    decay: float = 0.95
+    """Density kept from the previous maximum at each update."""
+    alpha_threshold: float = 0.01
+    """A cell is occupied when a ray crossing it would have at least this alpha."""
+    cells_per_update: int = 1 << 18
+    """Cells evaluated per update (all of them when the grid has fewer); the others keep their decayed value."""
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Samples along rays."""
+
+    samples_per_ray: int = 16
+    """At most this many samples per ray (RAD-NeRF: 16)."""
+    candidates: int = 64
+    """Positions per ray tested against the occupancy grid to find the occupied length."""
+
+
+class OccupancyGrid(nn.Module):
+    """A density grid over ``[-bound, bound]^3`` and its occupancy mask."""
+
+    density: Tensor
+    """[R, R, R] decayed maximum density per cell."""
+    mask: Tensor
+    """bool [R, R, R] occupied cells."""
+    updates: Tensor
+    """int64 [] updates so far."""
+
+    def __init__(self, config: OccupancyGridConfig, bound: float):
+        super().__init__()
+        self.config = config
+        self.bound = bound
+        r = config.resolution
+        self.register_buffer("density", torch.zeros((r, r, r)))  # every cell occupied until the first update
+        self.register_buffer("mask", torch.ones((r, r, r), dtype=torch.bool))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.cell = 2 * bound / r
+
+    def _index(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """World points [N, 3] -> flat cell index [N] and inside-box flag [N]."""
+        r = self.config.resolution
+        u = (x / self.bound + 1) * 0.5 * r
+        inside = ((u >= 0) & (u < r)).all(-1)
+        i = u.long().clamp(0, r - 1)
+        return (i[:, 0] * r + i[:, 1]) * r + i[:, 2], inside
+
+    def occupied(self, x: Tensor) -> Tensor:
+        """bool [N]: the cells of world points [N, 3] are occupied (points outside the box are not)."""
+        idx, inside = self._index(x)
+        return self.mask.view(-1)[idx] & inside
+
+    def sigma_threshold(self) -> float:
+        """Density above which a cell counts as occupied."""
+        return -torch.log1p(torch.tensor(-self.config.alpha_threshold)).item() / self.cell
+
+    @torch.no_grad()
+    def update(self, density_fn: Callable[[Tensor], Tensor], generator: torch.Generator, chunk: int = 1 << 16) -> None:
+        """Decay the grid and take the maximum with fresh densities at jittered cell positions.
+
+        Args:
+            density_fn: world points [M, 3] -> density [M], each call under conditions of its choice
+                (the model draws random training frames).
+            generator: random source for which cells and where in them.
+            chunk: points per call of ``density_fn``.
+        """
+        r = self.config.resolution
+        n = r**3
+        flat = self.density.view(-1)
+        flat.mul_(self.config.decay)
+        if self.config.cells_per_update >= n:
+            cells = torch.arange(n, device=flat.device)
+        else:
+            cells = torch.randperm(n, generator=generator)[: self.config.cells_per_update].to(flat.device)
+        ijk = torch.stack([cells // (r * r), (cells // r) % r, cells % r], -1).float()
+        jitter = torch.rand(ijk.shape, generator=generator).to(flat.device)
+        x = ((ijk + jitter) / r * 2 - 1) * self.bound
+        for s in range(0, x.shape[0], chunk):
+            sig = density_fn(x[s : s + chunk]).float()
+            idx = cells[s : s + chunk]
+            flat[idx] = torch.maximum(flat[idx], sig)
+        thr = min(self.sigma_threshold(), float(flat.mean()))
+        self.mask.copy_(self.density > thr)
+        self.updates += 1
+
+    def occupancy(self) -> float:
+        """Fraction of occupied cells."""
+        return float(self.mask.float().mean())
+
+
+def box_intersection(origins: Tensor, directions: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+    """Entry and exit distances [R] of rays with the box ``[-bound, bound]^3`` (exit <= entry: a miss)."""
+    inv = 1.0 / torch.where(directions.abs() < 1e-9, torch.full_like(directions, 1e-9), directions)
+    t0 = (-bound - origins) * inv
+    t1 = (bound - origins) * inv
+    return torch.minimum(t0, t1).amax(-1), torch.maximum(t0, t1).amin(-1)
+
+
+@dataclass
+class RaySamples:
+    """Samples of the rays that cross occupied space."""
+
+    ray: Tensor
+    """int64 [R'] which input ray each row belongs to."""
+    t: Tensor
+    """[R', S] distances of the samples along the ray."""
+    delta: Tensor
+    """[R', 1] length each sample stands for (the occupied length / S)."""
+    points: Tensor
+    """[R', S, 3] world positions."""
+
+
+def sample_rays(origins: Tensor, directions: Tensor, near: float, far: float, grid: OccupancyGrid,
+                config: SamplerConfig, generator: torch.Generator | None = None) -> RaySamples:
+    """Place up to ``config.samples_per_ray`` samples on each ray, in its occupied cells only.
+
+    Candidates at the midpoints of ``config.candidates`` equal steps between the ray's entry and exit
+    (of the head box, clipped to [near, far]) find the occupied steps; the samples are then spread
+    evenly over those steps by inverse transform sampling of a piecewise-constant density.
+
+    Args:
+        origins, directions: [R, 3] world rays (unit directions).
+        near, far: the identity's depth bounds.
+        grid: the occupancy grid.
+        config: sample counts.
+        generator: stratified jitter for training; ``None`` samples at the strata's midpoints (evaluation).
+
+    Returns:
+        The samples of the rays with any occupied step (possibly none).
+    """
+    t_in, t_out = box_intersection(origins, directions, grid.bound)
+    t_in = t_in.clamp(min=near)
+    t_out = t_out.clamp(max=far)
+    hit = torch.nonzero(t_out > t_in).squeeze(-1)
+    o, d, t_in, t_out = origins[hit], directions[hit], t_in[hit], t_out[hit]
+    m, s = config.candidates, config.samples_per_ray
+    step = (t_out - t_in) / m  # [R']
+    mid = t_in[:, None] + (torch.arange(m, device=o.device) + 0.5) * step[:, None]  # [R', M]
+    occ = grid.occupied((o[:, None] + d[:, None] * mid[..., None]).reshape(-1, 3)).view(-1, m)
+    keep = torch.nonzero(occ.any(-1)).squeeze(-1)
+    hit, o, d, t_in, step, occ = hit[keep], o[keep], d[keep], t_in[keep], step[keep], occ[keep]
+    cum = occ.float().cumsum(-1)  # [R', M]
+    total = cum[:, -1:]  # occupied steps
+    if generator is None:
+        jitter = torch.full((hit.shape[0], s), 0.5, device=o.device)
+    else:
+        jitter = torch.rand((hit.shape[0], s), generator=generator).to(o.device)
+    u = (torch.arange(s, device=o.device) + jitter) / s * total  # [R', S] in [0, total)
+    j = torch.searchsorted(cum, u, right=True).clamp(max=m - 1)  # the occupied step holding u
+    frac = u - (cum.gather(-1, j) - 1.0)  # position inside that step, in [0, 1)
+    t = t_in[:, None] + (j.float() + frac) * step[:, None]
+    delta = total * step[:, None] / s
+    points = o[:, None] + d[:, None] * t[..., None]
+    return RaySamples(ray=hit, t=t, delta=delta, points=points)
+
+
+def composite(sigma: Tensor, rgb: Tensor, delta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Volume rendering of samples along rays.
+
+    Args:
+        sigma: [R, S] densities.
+        rgb: [R, S, 3] colours.
+        delta: [R, 1] or [R, S] sample lengths.
+
+    Returns:
+        weights [R, S], colour [R, 3] (premultiplied by alpha: add ``(1 - acc) * background``), accumulated
+        alpha [R].
+    """
+    alpha = 1.0 - torch.exp(-sigma * delta)
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10], -1), -1)[:, :-1]
+    weights = alpha * trans
+    return weights, (weights[..., None] * rgb).sum(1), weights.sum(1)

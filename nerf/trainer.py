@@ -1,0 +1,445 @@
+"""Training of one identity through the stages head -> lips -> torso, with EMA, LR decay and checkpoints.
+
+A checkpoint is a plain dict of tensors, numbers and strings (``torch.load(weights_only=True)`` reads
+it): the model and EMA weights, the optimizer and scheduler state of the current stage, the stage and
+step, the random generator's state, the JSON config, and the render kit (background, the dataset's
+poses and eye openness, intrinsics) so a checkpoint renders without the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nerf.data import FrameStore, IdentityFrames
+from nerf.models import STAGES, FrameConditions, RadNerf, RadNerfConfig, Stage
+
+CHECKPOINT_FORMAT = "parley-radnerf/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or not a parley RAD-NeRF checkpoint."""
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Optimisation of one stage."""
+
+    steps: int
+    """Optimiser steps (0 skips the stage)."""
+    lr_grid: float = 1e-2
+    """Learning rate of feature planes."""
+    lr_net: float = 1e-3
+    """Learning rate of MLPs and latents."""
+    lr_final: float = 0.1
+    """The learning rate decays exponentially to this fraction of its start over the stage."""
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """How one identity is trained."""
+
+    size: int = 256
+    """Training image side (the person crop scaled)."""
+    rays_per_batch: int = 4096
+    """Rays per step."""
+    frames_per_batch: int = 4
+    """Frames the rays of one step come from."""
+    face_fraction: float = 0.5
+    """Share of a batch's rays drawn inside the face rectangle (the rest anywhere)."""
+    head: StageConfig = field(default_factory=lambda: StageConfig(steps=2000))
+    lips: StageConfig = field(default_factory=lambda: StageConfig(steps=300, lr_grid=2e-3, lr_net=2e-4))
+    torso: StageConfig = field(default_factory=lambda: StageConfig(steps=1000))
+    lips_patch: int = 48
+    """Side of the lip patch (rays) of the lips stage."""
+    ema_decay: float = 0.95
+    """Exponential moving average of weights, updated every step; evaluation and rendering use it."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (and at the end of every stage)."""
+    max_frames: int | None = None
+    """Use only the first frames of the identity (before the held-out split); None for all."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A complete training recipe: the model's shape and its training."""
+
+    name: str = "cpu"
+    model: RadNerfConfig = field(default_factory=RadNerfConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+class Ema:
+    """Exponential moving average of a module's floating-point parameters."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, p in model.named_parameters():
+            self.shadow[k].lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def swap(self, model: torch.nn.Module) -> None:
+        """Exchange the model's parameters and the averages (call twice to restore)."""
+        for k, p in model.named_parameters():
+            tmp = p.detach().clone()
+            p.copy_(self.shadow[k])
+            self.shadow[k].copy_(tmp)
+
+
+@dataclass
+class StepResult:
+    """Scalars of one training step."""
+
+    stage: Stage
+    step: int
+    """Step within the stage (1-based, after the step)."""
+    global_step: int
+    losses: dict[str, float]
+    loss: float
+    lr: float
+    samples: int
+    """Head samples evaluated."""
+    seconds: float
+
+
+class Trainer:
+    """Trains a :class:`RadNerf` on one identity's frames.
+
+    Args:
+        config: the recipe.
+        data: the identity's frames at ``config.trainer.size``.
+        device: where to train.
+        lips_loss: a module mapping ``pred, target [B, 3, H, W]`` in [0, 1] to per-image LPIPS ``[B]``
+            (:class:`nerf.metrics.LPIPS`); required when the lips stage has steps.
+    """
+
+    def __init__(self, config: ExperimentConfig, data: IdentityFrames, device: str | torch.device = "cpu",
+                 lips_loss: torch.nn.Module | None = None):
+        self.config = config
+        self.tc = config.trainer
+        self.device = torch.device(device)
+        if data.size != self.tc.size:
+            raise ValueError(f"frames are {data.size}px but the config trains at {self.tc.size}px")
+        self.data = data
+        self.store = FrameStore(data, self.device)
+        self.model = RadNerf(config.model, data.n_frames, data.size, data.near, data.far).to(self.device)
+        poses = torch.from_numpy(data.poses[: data.n_train, :3, :4].reshape(-1, 12))
+        self.model.pose_mean.copy_(poses.mean(0))
+        self.model.n_train.fill_(data.n_train)
+        self.lips_loss = lips_loss.to(self.device) if lips_loss is not None else None
+        if self.tc.lips.steps and lips_loss is None:
+            raise ValueError("the lips stage needs an LPIPS module (lips_loss); pass one or set lips steps to 0")
+        self.ema = Ema(self.model, self.tc.ema_decay)
+        self.generator = torch.Generator().manual_seed(self.tc.seed)
+        self.stage: Stage = STAGES[0]
+        self.stage_step = 0
+        self.global_step = 0
+        self._make_optimizer()
+
+    # stages ----------------------------------------------------------------------------------------------
+    def stage_config(self, stage: Stage) -> StageConfig:
+        return {"head": self.tc.head, "lips": self.tc.lips, "torso": self.tc.torso}[stage]
+
+    def _make_optimizer(self) -> None:
+        sc = self.stage_config(self.stage)
+        groups = self.model.get_param_groups(self.stage)
+        self.optimizer = torch.optim.Adam(
+            [{"params": groups["grid"], "lr": sc.lr_grid, "eps": 1e-15},
+             {"params": groups["net"], "lr": sc.lr_net, "weight_decay": 0.0}], betas=(0.9, 0.99))
+        gamma = sc.lr_final ** (1.0 / max(sc.steps, 1))
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
+
+    def _advance_stage(self) -> bool:
+        """Move past finished (or empty) stages; False when all are done."""
+        while self.stage_step >= self.stage_config(self.stage).steps:
+            i = STAGES.index(self.stage)
+            if i + 1 == len(STAGES):
+                return False
+            self.stage = STAGES[i + 1]
+            self.stage_step = 0
+            self._make_optimizer()
+        return True
+
+    @property
+    def done(self) -> bool:
+        return self.stage == STAGES[-1] and self.stage_step >= self.stage_config(self.stage).steps
+
+    def total_steps(self) -> int:
+        return sum(self.stage_config(s).steps for s in STAGES)
+
+    # one step --------------------------------------------------------------------------------------------
+    def _conditions(self, frames: Tensor) -> tuple[FrameConditions, Tensor]:
+        """Conditions of the unique frames of a batch and each ray's row in them."""
+        uniq, inverse = torch.unique(frames, return_inverse=True)
+        s = self.store
+        cond = self.model.train_conditions(uniq, s.audio[uniq], s.eye[uniq], s.poses[uniq])
+        return cond, inverse
+
+    def step(self) -> StepResult | None:
+        """One optimiser step of the current stage (moving on to the next stage when it is done).
+
+        Returns:
+            The step's scalars, or None when training is complete.
+        """
+        if not self._advance_stage():
+            return None
+        t0 = time.perf_counter()
+        stage = self.stage
+        self.model.train()
+        g = self.generator
+        grid_cfg = self.config.model.grid
+        if stage != "torso" and self.stage_step % grid_cfg.update_every == 0 and self.global_step > 0:
+            n = self.store.n_train
+            self.model.update_grid(self.store.audio[:n], self.store.eye[:n], g)
+
+        batch = self.store.sample(self.tc.rays_per_batch, self.tc.frames_per_batch, g, head_only=stage != "torso",
+                                  face_fraction=self.tc.face_fraction)
+        cond, ray_frame = self._conditions(batch.frame)
+        out = self.model.get_outputs(batch.origins, batch.directions, batch.pixels, ray_frame, cond,
+                                     batch.background, with_torso=stage == "torso", generator=g,
+                                     head_grad=stage != "torso")
+        losses = self.model.get_loss_dict(out, batch.rgb, batch.face, stage)
+        samples = int(out["n_samples"])
+        if stage == "lips":
+            assert self.lips_loss is not None
+            w = self.config.model.losses
+            p = self.tc.lips_patch
+            rays, target = self.store.lips_patch(g, p)
+            pcond, pframe = self._conditions(rays.frame)
+            pout = self.model.get_outputs(rays.origins, rays.directions, rays.pixels, pframe, pcond, rays.background,
+                                          with_torso=False, generator=g)
+            pred = pout["rgb"].view(p, p, 3).permute(2, 0, 1)[None]
+            losses["lips_lpips"] = w.lips_lpips * self.lips_loss(pred, target.permute(2, 0, 1)[None]).mean()
+            losses["lips_mse"] = w.lips_mse * torch.mean((pout["rgb"] - rays.rgb) ** 2)
+            samples += int(pout["n_samples"])
+        loss = torch.stack(list(losses.values())).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        self.stage_step += 1
+        self.global_step += 1
+        return StepResult(stage=stage, step=self.stage_step, global_step=self.global_step,
+                          losses={k: float(v.detach()) for k, v in losses.items()}, loss=float(loss.detach()),
+                          lr=float(self.optimizer.param_groups[0]["lr"]), samples=samples,
+                          seconds=time.perf_counter() - t0)
+
+    def train(self, checkpoint_path: str | Path | None = None,
+              on_step: Callable[[StepResult], None] | None = None,
+              on_checkpoint: Callable[[Path], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> None:
+        """Run every remaining step, checkpointing every ``checkpoint_every`` steps and at each stage's end.
+
+        Args:
+            checkpoint_path: where checkpoints go (overwritten atomically); None keeps none.
+            on_step: called after every step (metrics reporting).
+            on_checkpoint: called after a checkpoint is written.
+            should_stop: polled after every step; True stops early (after a checkpoint).
+        """
+        path = Path(checkpoint_path) if checkpoint_path is not None else None
+        while True:
+            result = self.step()
+            if result is None:
+                break
+            if on_step is not None:
+                on_step(result)
+            stage_end = result.step >= self.stage_config(result.stage).steps
+            stop = should_stop is not None and should_stop()
+            if path is not None and (stage_end or stop or result.global_step % self.tc.checkpoint_every == 0):
+                self.save_checkpoint(path)
+                if on_checkpoint is not None:
+                    on_checkpoint(path)
+            if stop:
+                break
+
+    # evaluation ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_frame(self, frame: int, chunk: int = 1 << 15, use_ema: bool = True,
+                     novel: bool | None = None) -> Tensor:
+        """Render one dataset frame under its own pose, audio and eye.
+
+        Args:
+            frame: frame id.
+            chunk: rays per forward pass.
+            use_ema: render with the averaged weights.
+            novel: use the mean latent instead of the frame's own (default: for held-out frames).
+
+        Returns:
+            [S, S, 3] float in [0, 1].
+        """
+        s = self.store
+        fid = torch.tensor([frame], device=self.device)
+        if novel is None:
+            novel = frame >= s.n_train
+        if novel:
+            cond = self.model.novel_conditions(s.audio[fid], s.eye[fid], s.poses[fid])
+        else:
+            cond = self.model.train_conditions(fid, s.audio[fid], s.eye[fid], s.poses[fid])
+        rays = s.frame_rays(frame)
+        return render_image(self.model, rays.origins, rays.directions, rays.pixels, cond, rays.background,
+                            with_torso=self.tc.torso.steps > 0 and (self.stage == "torso" or self.done),
+                            size=s.size, chunk=chunk, ema=self.ema if use_ema else None)
+
+    # checkpoints -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        d = self.data
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": config_to_json(self.config),
+            "identity": d.identity,
+            "stage": self.stage,
+            "stage_step": self.stage_step,
+            "global_step": self.global_step,
+            "done": self.done,
+            "model": self.model.state_dict(),
+            "ema": dict(self.ema.shadow),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "render_kit": render_kit(d),
+        }
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write a checkpoint atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Resume from a checkpoint of the same recipe and identity.
+
+        Raises:
+            CheckpointError: unreadable file, another format, another recipe or identity.
+        """
+        ckpt = load_checkpoint(path)
+        if ckpt["config"] != config_to_json(self.config):
+            raise CheckpointError(f"{path}: trained with another config; start a new run or use the same recipe")
+        if ckpt["identity"] != self.data.identity:
+            raise CheckpointError(f"{path}: a checkpoint of identity {ckpt['identity']!r}, not {self.data.identity!r}")
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.shadow = {k: v.to(self.device) for k, v in ckpt["ema"].items()}
+        self.stage = ckpt["stage"]
+        self.stage_step = int(ckpt["stage_step"])
+        self.global_step = int(ckpt["global_step"])
+        self._make_optimizer()
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.generator.set_state(ckpt["generator"])
+
+
+def render_kit(d: IdentityFrames) -> dict[str, Any]:
+    """What rendering needs from the dataset: background, per-frame poses, intrinsics and eye openness."""
+    return {
+        "size": d.size,
+        "background": torch.from_numpy(d.background.copy()),
+        "poses": torch.from_numpy(d.poses.copy()),
+        "intrinsics": torch.from_numpy(d.intrinsics.copy()),
+        "eye": torch.from_numpy(d.eye.copy()),
+        "n_train": d.n_train,
+        "near": d.near,
+        "far": d.far,
+    }
+
+
+@torch.no_grad()
+def render_image(model: RadNerf, origins: Tensor, directions: Tensor, pixels: Tensor, cond: FrameConditions,
+                 background: Tensor, with_torso: bool, size: int, chunk: int = 1 << 15,
+                 ema: Ema | None = None) -> Tensor:
+    """Render every ray of one frame (``cond`` has one row) in chunks: [S, S, 3] in [0, 1]."""
+    was_training = model.training
+    model.eval()
+    if ema is not None:
+        ema.swap(model)
+    try:
+        parts = []
+        for i in range(0, origins.shape[0], chunk):
+            sl = slice(i, i + chunk)
+            fr = torch.zeros(origins[sl].shape[0], dtype=torch.long, device=origins.device)
+            out = model.get_outputs(origins[sl], directions[sl], pixels[sl], fr, cond, background[sl],
+                                    with_torso=with_torso, generator=None)
+            parts.append(out["rgb"])
+    finally:
+        if ema is not None:
+            ema.swap(model)
+        model.train(was_training)
+    return torch.cat(parts).clamp(0, 1).view(size, size, 3)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: missing, unreadable or not a parley RAD-NeRF checkpoint.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such checkpoint file")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (torch raises many kinds for a corrupt file)
+        raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{p}: not a parley RAD-NeRF checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    return ckpt
+
+
+# config JSON -------------------------------------------------------------------------------------------------
+def config_to_json(config: ExperimentConfig) -> str:
+    """The config as JSON (sorted keys: equal configs give equal strings)."""
+    import dataclasses
+
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def config_from_json(text: str) -> ExperimentConfig:
+    """Inverse of :func:`config_to_json`.
+
+    Raises:
+        ValueError: a key the config does not have (named), or malformed JSON.
+    """
+    return _from_dict(ExperimentConfig, json.loads(text), "config")
+
+
+def _from_dict(cls: Any, data: dict[str, Any], where: str) -> Any:
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown} for {cls.__name__} (known: {sorted(names)})")
+    kwargs = {}
+    for k, v in data.items():
+        t = hints[k]
+        if dataclasses.is_dataclass(t) and isinstance(v, dict):
+            kwargs[k] = _from_dict(t, v, f"{where}.{k}")
+        elif isinstance(v, list):
+            kwargs[k] = tuple(v)
+        else:
+            kwargs[k] = v
+    return cls(**kwargs)
+
+
+def seconds_per_step(results: list[StepResult]) -> float:
+    """Median seconds of steps (for reports)."""
+    return float(np.median([r.seconds for r in results])) if results else math.nan

@@ -1,0 +1,203 @@
+"""The RAD-NeRF model and trainer on a small real dataset: presets, stages, checkpoints, occupancy, bad inputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.train import load_identity, lpips_module
+from nerf.data import DataError, FrameStore, IdentityFrames
+from nerf.presets import PRESETS, preset
+from nerf.rendering import OccupancyGrid, OccupancyGridConfig, SamplerConfig, sample_rays
+from nerf.trainer import CheckpointError, ExperimentConfig, StageConfig, Trainer, config_from_json, config_to_json
+from tests.conftest import ROOT, SHARED
+
+IDENTITY = "RD_Radio2_000"
+
+
+def _steps(cfg: ExperimentConfig, head: int, lips: int = 0, torso: int = 0) -> ExperimentConfig:
+    tc = cfg.trainer
+    return replace(cfg, trainer=replace(tc, head=replace(tc.head, steps=head), lips=replace(tc.lips, steps=lips),
+                                        torso=replace(tc.torso, steps=torso)))
+
+
+@pytest.fixture(scope="module")
+def lpips():
+    """The LPIPS module (AlexNet weights from ../shared/assets)."""
+    return lpips_module()
+
+
+@pytest.fixture(scope="module")
+def frames64(small_dataset) -> IdentityFrames:
+    """The small dataset's identity at 64 px."""
+    return load_identity(str(small_dataset), IDENTITY, 64)
+
+
+def test_frames_split_and_shapes(frames64):
+    """The last ~1/11 of the frames are held out; arrays have the training size; eye ~1 when open."""
+    d = frames64
+    assert d.n_frames == 30 and d.n_train == 27 and list(d.val_ids) == [27, 28, 29]
+    assert d.images.shape == (30, 64, 64, 3) and d.labels.shape == (30, 64, 64) and d.background.shape == (64, 64, 3)
+    assert d.audio.shape == (30, 16, 80) and np.abs(d.audio).sum() > 0
+    assert 0.5 < float(np.median(d.eye)) < 1.2
+    assert (d.intrinsics[:, 0] > 50).all() and (d.face_rect[:, 2] > d.face_rect[:, 0]).all()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_trains_two_steps(small_dataset, name):
+    """Each preset (its real model and batch size) takes two head steps on CPU with a finite, changing loss."""
+    cfg = _steps(preset(name), head=2)
+    data = load_identity(str(small_dataset), IDENTITY, cfg.trainer.size)
+    tr = Trainer(cfg, data)
+    before = [p.detach().clone() for p in tr.model.head.parameters()]
+    results = [tr.step(), tr.step()]
+    assert all(r is not None and np.isfinite(r.loss) and r.samples > 0 for r in results)
+    assert tr.step() is None and tr.done
+    changed = sum(not torch.equal(a, b) for a, b in zip(before, tr.model.head.parameters(), strict=True))
+    assert changed > 0
+
+
+def test_debug_runs_all_stages(frames64, lpips, tmp_path):
+    """The debug preset goes head -> lips -> torso; the lips stage adds LPIPS; the torso stage trains only the
+    torso; the final render has torso pixels in front of the background."""
+    cfg = preset("debug")
+    tr = Trainer(cfg, frames64, lips_loss=lpips)
+    seen: dict[str, list] = {}
+    head_before = None
+    while (r := tr.step()) is not None:
+        seen.setdefault(r.stage, []).append(r)
+        if r.stage == "lips" and r.step == cfg.trainer.lips.steps:
+            head_before = [p.detach().clone() for p in tr.model.head.parameters()]
+    assert [len(seen[s]) for s in ("head", "lips", "torso")] == [12, 4, 6]
+    assert "lips_lpips" in seen["lips"][0].losses and seen["lips"][0].losses["lips_lpips"] > 0
+    assert "torso_entropy" in seen["torso"][0].losses
+    assert head_before is not None
+    assert all(torch.equal(a, b) for a, b in zip(head_before, tr.model.head.parameters(), strict=True))
+    img = tr.render_frame(int(frames64.val_ids[0]))
+    assert img.shape == (64, 64, 3) and torch.isfinite(img).all()
+
+
+def test_checkpoint_resumes_to_the_same_loss(frames64, lpips, tmp_path):
+    """A checkpoint saved mid-stage (weights_only-loadable) resumes to exactly the loss of the uninterrupted run."""
+    cfg = preset("debug")
+    a = Trainer(cfg, frames64, lips_loss=lpips)
+    for _ in range(7):  # mid head stage, after occupancy updates
+        a.step()
+    path = a.save_checkpoint(tmp_path / "ck.pt")
+    ck = torch.load(path, weights_only=True)
+    assert ck["stage"] == "head" and ck["stage_step"] == 7 and config_from_json(ck["config"]) == cfg
+    expected = [a.step().loss for _ in range(8)]  # crosses into the lips stage
+    b = Trainer(cfg, frames64, lips_loss=lpips)
+    b.load_checkpoint(path)
+    got = [b.step().loss for _ in range(8)]
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert b.stage == a.stage and b.global_step == a.global_step == 15
+
+
+def test_checkpoint_errors(frames64, lpips, tmp_path):
+    """Missing, corrupt, foreign and other-recipe checkpoints raise CheckpointError naming the file."""
+    tr = Trainer(preset("debug"), frames64, lips_loss=lpips)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        tr.load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="corrupt.pt: not a readable checkpoint"):
+        tr.load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="not a parley RAD-NeRF checkpoint"):
+        tr.load_checkpoint(foreign)
+    other = Trainer(_steps(preset("debug"), head=3), frames64, lips_loss=lpips)
+    other.step()
+    path = other.save_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="another config"):
+        tr.load_checkpoint(path)
+
+
+def test_config_json_round_trip():
+    """Every preset survives JSON; unknown keys are named."""
+    for name in PRESETS:
+        cfg = preset(name)
+        assert config_from_json(config_to_json(cfg)) == cfg
+    with pytest.raises(ValueError, match="unknown keys \\['bogus'\\]"):
+        config_from_json('{"name": "x", "bogus": 1}')
+    with pytest.raises(KeyError, match="presets: debug, cpu, paper"):
+        preset("nope")
+
+
+def _head_shell_density(x: torch.Tensor, verts: torch.Tensor, radius: float = 0.01) -> torch.Tensor:
+    """Density 500 within ``radius`` of the ICT head mesh vertices, 0 elsewhere."""
+    d = torch.cdist(x, verts).amin(1)
+    return torch.where(d < radius, torch.full_like(d, 500.0), torch.zeros_like(d))
+
+
+def test_occupancy_grid_prunes_empty_space_and_keeps_the_head(frames64):
+    """With a density living on the real head surface, the grid keeps every surface cell, empties most of the
+    box, and rays through the face get <= 16 samples on the head while rays past it get none."""
+    mesh = np.load(SHARED / "assets" / "ict_face_model_light.npz")
+    verts = torch.from_numpy(mesh["mean"][::7] * 0.01).float()  # metres
+    grid = OccupancyGrid(OccupancyGridConfig(resolution=48), bound=0.2)
+    grid.update(lambda x: _head_shell_density(x, verts), torch.Generator().manual_seed(0))
+    assert grid.occupied(verts).float().mean() > 0.98
+    assert grid.occupancy() < 0.15
+    corners = torch.tensor([[0.19, 0.19, 0.19], [-0.19, -0.19, -0.19], [0.19, -0.19, -0.19]])
+    assert not grid.occupied(corners).any()
+
+    store = FrameStore(frames64)
+    rays = store.frame_rays(0)
+    s = sample_rays(rays.origins, rays.directions, frames64.near, frames64.far, grid, SamplerConfig(), None)
+    assert s.t.shape[1] == 16
+    fr = frames64.face_rect[0]
+    px = rays.pixels[s.ray]
+    in_face = (px[:, 0] > fr[0]) & (px[:, 0] < fr[2]) & (px[:, 1] > fr[1]) & (px[:, 1] < fr[3])
+    assert in_face.sum() >= 0.8 * ((fr[2] - fr[0]) * (fr[3] - fr[1]))  # face pixels (rect padded 10%) keep samples
+    assert s.ray.shape[0] < 0.6 * rays.origins.shape[0]  # many rays are skipped entirely
+    on_head = grid.occupied(s.points.reshape(-1, 3))
+    # samples sit in occupied cells (a few spill into neighbours: candidate steps are ~cell-sized)
+    assert on_head.float().mean() > 0.85
+
+
+def test_bad_dataset_inputs(small_dataset, tmp_path):
+    """A missing identity names the known ones; an empty folder is not a dataset; frames without faces are an
+    error naming the identity."""
+    with pytest.raises(KeyError, match="no identity 'nobody'.*RD_Radio2_000"):
+        load_identity(str(small_dataset), "nobody", 64)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a dataset"):
+        load_identity(str(tmp_path / "empty"), IDENTITY, 64)
+    from pipelines.dataset import Dataset
+
+    ds = Dataset(str(small_dataset))
+    frames = ds.frames(IDENTITY)
+    faceless = frames.set_column(frames.schema.get_field_index("face_found"), "face_found",
+                                 __import__("pyarrow").array([False] * frames.num_rows))
+    with pytest.raises(DataError, match="none with a face"):
+        IdentityFrames.from_rows(faceless, ds.identity(IDENTITY), 64)
+    with pytest.raises(DataError, match="no background"):
+        IdentityFrames.from_rows(frames, {**ds.identity(IDENTITY), "background_png": None}, 64)
+
+
+def test_nerf_imports_no_ray_mlflow_or_workers():
+    """nerf/ reads pipelines.schema only: importing all of it loads no ray, mlflow, workers or other pipelines."""
+    code = ("import sys, nerf.avatar, nerf.presets, nerf.trainer, nerf.metrics, nerf.kernels;"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'workers') or "
+            "(m.startswith('pipelines.') and m != 'pipelines.schema'));"
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_train_stage_steps_zero_skips(frames64):
+    """A stage with 0 steps is skipped; the lips stage without an LPIPS module is refused up front."""
+    tr = Trainer(_steps(preset("debug"), head=1, lips=0, torso=1), frames64)
+    stages = [tr.step().stage, tr.step().stage]
+    assert stages == ["head", "torso"] and tr.step() is None
+    with pytest.raises(ValueError, match="lips stage needs an LPIPS"):
+        Trainer(_steps(preset("debug"), head=1, lips=1), frames64)
+    assert isinstance(StageConfig(steps=1), StageConfig) and Path(SHARED).is_dir()

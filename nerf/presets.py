@@ -2,8 +2,9 @@
 
 * ``debug``: tiny grids at 64 px, a few steps per stage; runs in seconds (tests, wiring checks).
 * ``cpu``: sized for a 2-core machine at 256 px (about half an hour per identity).
-* ``paper``: RAD-NeRF's settings at 512 px for a GPU (grid resolutions, 16 samples per ray,
-  200k head / 50k... steps as in the paper's released config, scaled to this trainer's batches).
+* ``paper``: for a GPU at 512 px, after RAD-NeRF: 12-level grids up to 2048 texels, 16 samples per
+  ray, 65536 rays per step, 100k head / 25k lips / 100k torso steps (the order of the released
+  training scripts; not yet tuned on a GPU here).
 """
 
 from __future__ import annotations

@@ -271,7 +271,7 @@ class Trainer:
     # evaluation ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def render_frame(self, frame: int, chunk: int = 1 << 15, use_ema: bool = True,
-                     novel: bool | None = None) -> Tensor:
+                     novel: bool | None = None, head_only: bool = False) -> Tensor:
         """Render one dataset frame under its own pose, audio and eye.
 
         Args:
@@ -279,6 +279,8 @@ class Trainer:
             chunk: rays per forward pass.
             use_ema: render with the averaged weights.
             novel: use the mean latent instead of the frame's own (default: for held-out frames).
+            head_only: the head over the ground truth's torso and background (the head stage's target) instead
+                of the full model.
 
         Returns:
             [S, S, 3] float in [0, 1].
@@ -291,9 +293,10 @@ class Trainer:
             cond = self.model.novel_conditions(s.audio[fid], s.eye[fid], s.poses[fid])
         else:
             cond = self.model.train_conditions(fid, s.audio[fid], s.eye[fid], s.poses[fid])
-        rays = s.frame_rays(frame)
+        rays = s.frame_rays(frame, head_only=head_only)
+        with_torso = not head_only and self.tc.torso.steps > 0 and (self.stage == "torso" or self.done)
         return render_image(self.model, rays.origins, rays.directions, rays.pixels, cond, rays.background,
-                            with_torso=self.tc.torso.steps > 0 and (self.stage == "torso" or self.done),
+                            with_torso=with_torso,
                             size=s.size, chunk=chunk, ema=self.ema if use_ema else None)
 
     # checkpoints -----------------------------------------------------------------------------------------

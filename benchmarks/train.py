@@ -1,0 +1,331 @@
+"""Training of one avatar on this machine's CPU: quality after a fixed time budget, convergence vs a baseline.
+
+    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/train.py [--minutes 30] [--size 256]
+        [--clip ../shared/data/clips/RD_Radio2_000.mp4] [--baseline-minutes M] [--no-baseline] [--eval-every S]
+
+What is measured:
+
+* A one-identity dataset is built from the whole clip (200 frames: 181 train, the last 19 held out) with
+  :class:`workers.clip.ClipProcessor` (no Ray) and cached in ``--work``.
+* The ``cpu`` preset (RAD-NeRF's grid head) trains for ``--minutes`` of training wall-clock, split head 70% /
+  lips 5% / torso 25%. Each stage's seconds per step are measured first (warm-up steps of a throwaway trainer,
+  plus the amortised occupancy-grid update), and each stage gets the steps that fit its share, so that its
+  exponential learning-rate decay completes.
+* A curve every ``--eval-every`` seconds of *training* time (evaluation is off the clock) on every 2nd
+  held-out frame: the head PSNR (the head rendered over the ground truth's torso and background, the head
+  stage's own target) and, once the torso stage has started, the full-image PSNR.
+* Final evaluation on all held-out frames: PSNR, SSIM, LPIPS (AlexNet) and LMD (mouth landmark distance,
+  MediaPipe, px at the training size); training throughput = head samples / second over the head stage.
+* Baseline: the same recipe with an AD-NeRF-like implicit MLP head (``backbone="frequency"``), head stage only,
+  for ``--baseline-minutes``, with the same head-PSNR curve. ``convergence_ratio`` = the time the baseline
+  needed to first reach its best head PSNR P, divided by the (linearly interpolated) time the grid model
+  needed to reach P; below 1 when the grid model is slower, 0 when it never reaches P.
+
+Writes ``train_benchmark.json`` (curves, metrics, configs, steps, machine) and the grid model's
+``checkpoint.pt`` (for ``benchmarks/render.py``) in ``--work``. The last line is ``name=value`` pairs:
+
+    psnr=... lpips=... lmd=... samples_per_s=... head_psnr=... baseline_head_psnr=... convergence_ratio=... minutes=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("PARLEY_SHARED", ROOT.parent / "shared"))
+os.environ.setdefault("PARLEY_ASSETS", str(SHARED / "assets"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from jobs.train import landmark_fn, load_identity, lpips_module  # noqa: E402
+from nerf.avatar import evaluate  # noqa: E402
+from nerf.data import IdentityFrames  # noqa: E402
+from nerf.metrics import LPIPS, psnr  # noqa: E402
+from nerf.presets import preset  # noqa: E402
+from nerf.trainer import ExperimentConfig, StepResult, Trainer, config_to_json  # noqa: E402
+
+DEFAULT_CLIP = SHARED / "data" / "clips" / "RD_Radio2_000.mp4"
+DEFAULT_WORK = Path("/tmp/parley_bench_train")
+SHARES = {"head": 0.70, "lips": 0.05, "torso": 0.25}
+"""Share of the training budget of each stage."""
+CHECKPOINT = "checkpoint.pt"
+REPORT = "train_benchmark.json"
+
+
+def build_dataset(clip: Path, work: Path) -> Path:
+    """A one-identity dataset (identity = the clip's stem) of the whole clip, built once and cached in ``work``.
+
+    Returns:
+        The dataset root.
+    """
+    from pipelines import dataset as D
+    from pipelines.storage import Storage
+    from workers.clip import ClipConfig, ClipProcessor, clip_id_for
+
+    root = work / f"dataset_{clip.stem}"
+    done = root / ".complete"
+    if done.is_file() and done.read_text() == str(clip.resolve()):
+        return root
+    t = time.perf_counter()
+    processor = ClipProcessor(ClipConfig())
+    try:
+        res = processor(str(clip), identity=clip.stem, clip_id=clip_id_for(str(clip.resolve())))
+    finally:
+        processor.close()
+    st = Storage(root)
+    D.write_clip(st, res, identity=clip.stem)
+    D.write_identities(st, D.aggregate_identities(D.Dataset(st).clip_rows().values()))
+    done.write_text(str(clip.resolve()))
+    print(f"dataset: processed {clip.name} ({len(res.rows)} frames) in {time.perf_counter() - t:.0f} s -> {root}",
+          flush=True)
+    return root
+
+
+def with_steps(cfg: ExperimentConfig, head: int, lips: int, torso: int) -> ExperimentConfig:
+    """``cfg`` with each stage's step count replaced."""
+    tc = cfg.trainer
+    return replace(cfg, trainer=replace(tc, head=replace(tc.head, steps=head), lips=replace(tc.lips, steps=lips),
+                                        torso=replace(tc.torso, steps=torso)))
+
+
+def seconds_per_step(cfg: ExperimentConfig, data: IdentityFrames, stage: str, lips: LPIPS | None,
+                     warmup: int = 2, timed: int = 3) -> float:
+    """Seconds per step of one stage, measured on a throwaway trainer: the median of ``timed`` steps after
+    ``warmup`` steps, plus one occupancy-grid update divided by the update interval (head and lips stages)."""
+    n = warmup + timed
+    tr = Trainer(with_steps(cfg, *(n if s == stage else 0 for s in ("head", "lips", "torso"))), data,
+                 lips_loss=lips if stage == "lips" else None)
+    secs = []
+    for _ in range(n):
+        t = time.perf_counter()
+        r = tr.step()
+        secs.append(time.perf_counter() - t)
+        assert r is not None and r.stage == stage, (r, stage)
+    per_step = float(np.median(secs[warmup:]))
+    if stage != "torso":
+        k = tr.store.n_train
+        t = time.perf_counter()
+        tr.model.update_grid(tr.store.audio[:k], tr.store.eye[:k], tr.generator)
+        per_step += (time.perf_counter() - t) / cfg.model.grid.update_every
+    return per_step
+
+
+@dataclass
+class Run:
+    """One training run with its curve."""
+
+    name: str
+    config: ExperimentConfig
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    results: list[StepResult] = field(default_factory=list)
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+
+def curve_point(trainer: Trainer, frames: list[int], t: float, stage: str, step: int) -> dict[str, Any]:
+    """Head PSNR (and full PSNR once the torso stage has started) averaged over ``frames``."""
+    head, full = [], []
+    torso_started = trainer.stage == "torso" or trainer.done
+    for f in frames:
+        gt = torch.from_numpy(trainer.data.images[f]).float() / 255.0
+        head.append(psnr(trainer.render_frame(f, head_only=True), gt))
+        if torso_started and trainer.tc.torso.steps:
+            full.append(psnr(trainer.render_frame(f), gt))
+    return {"t": t, "stage": stage, "step": step, "global_step": trainer.global_step,
+            "head_psnr": float(np.mean(head)), "psnr": float(np.mean(full)) if full else None}
+
+
+def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_every: float) -> Trainer:
+    """Train ``run.config`` to the end, adding a curve point at t=0, every ``eval_every`` s of training time,
+    at the end of each stage and at the end."""
+    trainer = Trainer(run.config, data, lips_loss=lips if run.config.trainer.lips.steps else None)
+    frames = [int(f) for f in data.val_ids[::2]]
+
+    def point(stage: str, step: int) -> None:
+        t = time.perf_counter()
+        p = curve_point(trainer, frames, run.train_s, stage, step)
+        run.eval_s += time.perf_counter() - t
+        run.curve.append(p)
+        full = f" psnr={p['psnr']:.2f}" if p["psnr"] is not None else ""
+        print(f"[{run.name}] t={p['t']:.0f}s stage={stage} step={step} head_psnr={p['head_psnr']:.2f}{full} "
+              f"(eval {time.perf_counter() - t:.0f} s)", flush=True)
+
+    point("head", 0)
+    next_eval = eval_every
+    while True:
+        t = time.perf_counter()
+        r = trainer.step()
+        dt = time.perf_counter() - t
+        if r is None:
+            break
+        run.train_s += dt
+        run.stage_s[r.stage] = run.stage_s.get(r.stage, 0.0) + dt
+        run.results.append(r)
+        stage_end = r.step >= trainer.stage_config(r.stage).steps
+        if run.train_s >= next_eval or stage_end:
+            point(r.stage, r.step)
+            while next_eval <= run.train_s:
+                next_eval += eval_every
+    return trainer
+
+
+def time_to_reach(curve: list[dict[str, Any]], target: float) -> float | None:
+    """First training time at which the head PSNR reaches ``target``, linear between curve points; None if never."""
+    prev = None
+    for p in curve:
+        if p["head_psnr"] >= target:
+            if prev is None or p["head_psnr"] == prev["head_psnr"]:
+                return float(p["t"])
+            a = (target - prev["head_psnr"]) / (p["head_psnr"] - prev["head_psnr"])
+            return float(prev["t"] + a * (p["t"] - prev["t"]))
+        prev = p
+    return None
+
+
+def head_psnr_all(trainer: Trainer) -> float:
+    """Head PSNR over all held-out frames."""
+    vals = []
+    for f in trainer.data.val_ids.tolist():
+        gt = torch.from_numpy(trainer.data.images[f]).float() / 255.0
+        vals.append(psnr(trainer.render_frame(f, head_only=True), gt))
+    return float(np.mean(vals))
+
+
+def budget_steps(per_step: dict[str, float], seconds: float, shares: dict[str, float]) -> dict[str, int]:
+    """Steps of each stage so that its share of ``seconds`` fits (at least 1 for a stage with a share)."""
+    return {s: max(1, int(seconds * shares[s] / per_step[s])) if shares.get(s) else 0
+            for s in ("head", "lips", "torso")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP, help="talking-head clip (default: %(default)s)")
+    ap.add_argument("--minutes", type=float, default=30.0,
+                    help="training wall-clock of the grid model, all stages (default: %(default)s)")
+    ap.add_argument("--size", type=int, default=256, help="training image side in px (default: %(default)s)")
+    ap.add_argument("--baseline-minutes", type=float, default=None,
+                    help="training wall-clock of the implicit-MLP baseline, head stage only (default: --minutes)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the baseline (no convergence ratio)")
+    ap.add_argument("--eval-every", type=float, default=None,
+                    help="seconds of training time between curve points (default: minutes*60/10)")
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK,
+                    help="cache of the dataset, the report and the checkpoint (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    budget_s = args.minutes * 60.0
+    base_s = (args.minutes if args.baseline_minutes is None else args.baseline_minutes) * 60.0
+    eval_every = args.eval_every or budget_s / 10.0
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    root = build_dataset(args.clip, args.work)
+    identity = args.clip.stem
+    data = load_identity(str(root), identity, args.size)
+    print(f"identity {identity}: {data.n_train} train + {len(data.val_ids)} held-out frames at {args.size} px; "
+          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs", flush=True)
+    lips = lpips_module()
+
+    base_cfg = preset("cpu")
+    cfg = replace(base_cfg, trainer=replace(base_cfg.trainer, size=args.size))
+    per_step = {s: seconds_per_step(cfg, data, s, lips) for s in ("head", "lips", "torso")}
+    steps = budget_steps(per_step, budget_s, SHARES)
+    cfg = with_steps(cfg, steps["head"], steps["lips"], steps["torso"])
+    print("grid model: " + ", ".join(f"{s} {per_step[s]:.2f} s/step x {steps[s]} steps" for s in steps), flush=True)
+
+    runs = {"grid": Run("grid", cfg)}
+    if not args.no_baseline:
+        bcfg = replace(cfg, name="cpu-frequency", model=replace(cfg.model, head=replace(cfg.model.head,
+                                                                                        backbone="frequency")))
+        b_per_step = seconds_per_step(bcfg, data, "head", None)
+        b_steps = max(1, int(base_s / b_per_step))
+        runs["baseline"] = Run("baseline", with_steps(bcfg, b_steps, 0, 0))
+        print(f"baseline (frequency MLP head): head {b_per_step:.2f} s/step x {b_steps} steps", flush=True)
+
+    trainer = train_with_curve(runs["grid"], data, lips, eval_every)
+    ckpt = trainer.save_checkpoint(args.work / CHECKPOINT)
+    grid = runs["grid"]
+    head_results = [r for r in grid.results if r.stage == "head"]
+    samples_per_s = sum(r.samples for r in head_results) / max(sum(r.seconds for r in head_results), 1e-9)
+
+    t = time.perf_counter()
+    detect_pred, detect_gt, close = landmark_fn()
+    try:
+        final = evaluate(trainer, lpips=lips, landmarks=(detect_pred, detect_gt)).metrics
+    finally:
+        close()
+    head_psnr = head_psnr_all(trainer)
+    print(f"final evaluation ({int(final['n_frames'])} held-out frames, {time.perf_counter() - t:.0f} s): "
+          f"PSNR {final['psnr']:.2f} dB, SSIM {final['ssim']:.4f}, LPIPS {final['lpips']:.4f}, "
+          f"LMD {final['lmd']:.3f} px ({int(final['lmd_frames'])} frames), head PSNR {head_psnr:.2f} dB; "
+          f"{samples_per_s / 1e6:.3f} M samples/s",
+          flush=True)
+    del trainer
+
+    baseline: dict[str, Any] | None = None
+    ratio = math.nan
+    if "baseline" in runs:
+        b = runs["baseline"]
+        btrainer = train_with_curve(b, data, None, eval_every)
+        b_head = head_psnr_all(btrainer)
+        del btrainer
+        target = max(p["head_psnr"] for p in b.curve)
+        t_base = time_to_reach(b.curve, target)
+        t_grid = time_to_reach(grid.curve, target)
+        ratio = (t_base / t_grid if t_grid else math.inf) if t_grid is not None else 0.0
+        b_res = b.results
+        baseline = {"config": json.loads(config_to_json(b.config)), "steps": b.config.trainer.head.steps,
+                    "seconds_per_step": b_per_step, "train_s": b.train_s, "eval_s": b.eval_s, "curve": b.curve,
+                    "head_psnr": b_head, "best_curve_head_psnr": target, "t_reach_best": t_base,
+                    "grid_t_reach": t_grid,
+                    "samples_per_s": sum(r.samples for r in b_res) / max(sum(r.seconds for r in b_res), 1e-9)}
+        print("\nhead PSNR curves (dB, every 2nd held-out frame; t = training seconds)")
+        print(f"{'grid t':>8} {'stage':>6} {'head':>7} {'full':>7} | {'base t':>8} {'head':>7}")
+        for k in range(max(len(grid.curve), len(b.curve))):
+            g = grid.curve[k] if k < len(grid.curve) else None
+            p = b.curve[k] if k < len(b.curve) else None
+            left = (f"{g['t']:8.0f} {g['stage']:>6} {g['head_psnr']:7.2f} "
+                    f"{g['psnr'] if g['psnr'] is not None else math.nan:7.2f}") if g else " " * 30
+            right = f"{p['t']:8.0f} {p['head_psnr']:7.2f}" if p else ""
+            print(f"{left} | {right}")
+        reach = f"{t_grid:.0f} s" if t_grid is not None else "never"
+        print(f"baseline best head PSNR {target:.2f} dB first at {t_base:.0f} s; the grid model reached it at {reach}: "
+              f"convergence ratio {ratio:.2f}; baseline final head PSNR {b_head:.2f} dB (all held-out frames)",
+              flush=True)
+
+    report = {
+        "clip": str(args.clip), "identity": identity, "size": args.size, "minutes": args.minutes,
+        "n_train": data.n_train, "n_val": int(len(data.val_ids)), "eval_every_s": eval_every,
+        "machine": {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                    "platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__},
+        "grid": {"config": json.loads(config_to_json(cfg)), "steps": steps, "seconds_per_step": per_step,
+                 "stage_s": grid.stage_s, "train_s": grid.train_s, "eval_s": grid.eval_s, "curve": grid.curve,
+                 "final": final, "head_psnr": head_psnr, "samples_per_s": samples_per_s, "checkpoint": str(ckpt)},
+        "baseline": baseline, "convergence_ratio": ratio,
+    }
+    out = args.work / REPORT
+    out.write_text(json.dumps(report, indent=2, default=float))
+    print(f"grid: trained {grid.train_s:.0f} s ({', '.join(f'{s} {v:.0f} s' for s, v in grid.stage_s.items())}), "
+          f"curve evaluation {grid.eval_s:.0f} s -> {out}, {ckpt}")
+    b_head = baseline["head_psnr"] if baseline else math.nan
+    print(f"psnr={final['psnr']:.2f} lpips={final['lpips']:.4f} lmd={final['lmd']:.3f} "
+          f"samples_per_s={samples_per_s:.0f} head_psnr={head_psnr:.2f} baseline_head_psnr={b_head:.2f} "
+          f"convergence_ratio={ratio:.3f} minutes={args.minutes:g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

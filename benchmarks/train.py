@@ -203,6 +203,17 @@ def head_psnr_all(trainer: Trainer) -> float:
     return float(np.mean(vals))
 
 
+def finite(x: Any) -> Any:
+    """``x`` with every NaN or infinite float replaced by None (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite(v) for v in x]
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
 def budget_steps(per_step: dict[str, float], seconds: float, shares: dict[str, float]) -> dict[str, int]:
     """Steps of each stage so that its share of ``seconds`` fits (at least 1 for a stage with a share)."""
     return {s: max(1, int(seconds * shares[s] / per_step[s])) if shares.get(s) else 0
@@ -329,7 +340,7 @@ def main() -> int:
         "baseline": baseline, "convergence_ratio": ratio,
     }
     out = args.work / REPORT
-    out.write_text(json.dumps(report, indent=2, default=float))
+    out.write_text(json.dumps(finite(report), indent=2, allow_nan=False, default=float))
     print(f"grid: trained {grid.train_s:.0f} s ({', '.join(f'{s} {v:.0f} s' for s, v in grid.stage_s.items())}), "
           f"curve evaluation {grid.eval_s:.0f} s -> {out}, {ckpt}")
     b_head = baseline["head_psnr"] if baseline else math.nan

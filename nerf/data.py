@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
-from pipelines.schema import HOLDOUT_FRACTION, train_count
+from pipelines.schema import AUDIO_MELS, AUDIO_WINDOW, HOLDOUT_FRACTION, train_count
 
 # Parsing labels of the dataset (workers.parsing): background, head, neck, torso.
 BACKGROUND, HEAD, NECK, TORSO = 0, 1, 2, 3
@@ -119,7 +119,7 @@ class IdentityFrames:
         lips = np.empty((n, 4), np.int32)
         face = np.empty((n, 4), np.int32)
         lms = np.full((n, 68, 2), np.nan, np.float32)
-        audio = np.zeros((n, 16, 80), np.float32)
+        audio = np.zeros((n, AUDIO_WINDOW, AUDIO_MELS), np.float32)
         eye_raw = np.full(n, np.nan, np.float32)
         for k, r in enumerate(rows):
             where = f"identity {name!r} clip {r['clip_id']} frame {r['frame_index']}"

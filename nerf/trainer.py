@@ -8,16 +8,16 @@ poses and eye openness, intrinsics) so a checkpoint renders without the dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -408,8 +408,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 # config JSON -------------------------------------------------------------------------------------------------
 def config_to_json(config: ExperimentConfig) -> str:
     """The config as JSON (sorted keys: equal configs give equal strings)."""
-    import dataclasses
-
     return json.dumps(dataclasses.asdict(config), sort_keys=True)
 
 
@@ -423,9 +421,6 @@ def config_from_json(text: str) -> ExperimentConfig:
 
 
 def _from_dict(cls: Any, data: dict[str, Any], where: str) -> Any:
-    import dataclasses
-    import typing
-
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -442,7 +437,3 @@ def _from_dict(cls: Any, data: dict[str, Any], where: str) -> Any:
             kwargs[k] = v
     return cls(**kwargs)
 
-
-def seconds_per_step(results: list[StepResult]) -> float:
-    """Median seconds of steps (for reports)."""
-    return float(np.median([r.seconds for r in results])) if results else math.nan

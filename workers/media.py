@@ -68,6 +68,23 @@ def _rate(value: str | None) -> float | None:
     return r if r > 0 else None
 
 
+def _ffprobe(path: str, *args: str) -> dict:
+    """ffprobe's JSON about a file.
+
+    Raises:
+        ClipError: ffprobe fails or prints something that is not JSON.
+    """
+    cmd = [_require("ffprobe"), "-v", "error", *args, "-of", "json", path]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        msg = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise ClipError(path, f"not a readable media file ({msg})")
+    try:
+        return json.loads(proc.stdout or "{}")
+    except json.JSONDecodeError as exc:
+        raise ClipError(path, f"ffprobe output unreadable ({exc})") from exc
+
+
 def probe(path: str | Path) -> ClipInfo:
     """Read a clip's streams with ffprobe.
 
@@ -88,15 +105,7 @@ def probe(path: str | Path) -> ClipInfo:
         raise ClipError(path, "is a directory, not a clip")
     if p.stat().st_size == 0:
         raise ClipError(path, "file is empty (0 bytes)")
-    cmd = [_require("ffprobe"), "-v", "error", "-show_streams", "-show_format", "-of", "json", path]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        msg = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise ClipError(path, f"not a readable media file ({msg})")
-    try:
-        meta = json.loads(proc.stdout or "{}")
-    except json.JSONDecodeError as exc:
-        raise ClipError(path, f"ffprobe output unreadable ({exc})") from exc
+    meta = _ffprobe(path, "-show_streams", "-show_format")
     streams = meta.get("streams", [])
     fmt = meta.get("format", {})
     video = [s for s in streams if s.get("codec_type") == "video"
@@ -267,18 +276,7 @@ def audio_duration(path: str | Path) -> float:
     path = str(path)
     if not Path(path).is_file():
         raise ClipError(path, "file does not exist")
-    cmd = [
-        _require("ffprobe"), "-v", "error", "-select_streams", "a:0",
-        "-show_entries", "stream=duration:format=duration", "-of", "json", path,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        msg = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise ClipError(path, f"not a readable media file ({msg})")
-    try:
-        meta = json.loads(proc.stdout or "{}")
-    except json.JSONDecodeError as exc:
-        raise ClipError(path, f"ffprobe output unreadable ({exc})") from exc
+    meta = _ffprobe(path, "-select_streams", "a:0", "-show_entries", "stream=duration:format=duration")
     streams = meta.get("streams", [])
     if not streams:
         raise ClipError(path, "no audio stream")

@@ -93,7 +93,7 @@ def test_render_bad_inputs(trained, tmp_path):
     corrupt.write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match="corrupt.pt"):
         render_audio(corrupt, WAV, tmp_path / "c.mp4")
-    assert not list(tmp_path.glob("*.mp4"))[1:]  # only the video-only input exists
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["video_only.mp4"]  # no output, not even partial
 
 
 def test_pingpong_walks_back_and_forth():

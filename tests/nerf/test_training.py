@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from jobs.train import load_identity, lpips_module
 from nerf.data import DataError, FrameStore, IdentityFrames
 from nerf.presets import PRESETS, preset
 from nerf.rendering import OccupancyGrid, OccupancyGridConfig, SamplerConfig, sample_rays
-from nerf.trainer import CheckpointError, ExperimentConfig, StageConfig, Trainer, config_from_json, config_to_json
+from nerf.trainer import CheckpointError, ExperimentConfig, Trainer, config_from_json, config_to_json
 from tests.conftest import ROOT, SHARED
 
 IDENTITY = "RD_Radio2_000"
@@ -200,4 +199,3 @@ def test_train_stage_steps_zero_skips(frames64):
     assert stages == ["head", "torso"] and tr.step() is None
     with pytest.raises(ValueError, match="lips stage needs an LPIPS"):
         Trainer(_steps(preset("debug"), head=1, lips=1), frames64)
-    assert isinstance(StageConfig(steps=1), StageConfig) and Path(SHARED).is_dir()

@@ -29,12 +29,27 @@ $(STAMP): requirements.lock pyproject.toml overrides.txt Makefile
 
 env: $(STAMP)
 
+DEMO_PRESET ?= cpu
+DEMO_STEPS_SCALE ?= 0.05
+DEMO_AUDIO ?= $(SHARED)/data/audio/RD_Radio31_000.wav
+DEMO_TRACKING = sqlite:///$(abspath $(DEMO_OUT))/mlflow.db
+
+# The whole loop on the embedded defaults (local Ray, SQLite MLflow): build the shared clips, train every
+# identity briefly on CPU (one Tune trial each), register, promote, render one clip from the shared audio.
 demo: $(STAMP)
 	@if [ ! -d "$(CLIPS_DIR)" ]; then echo "no clips: put the shared folder at $(SHARED) or run make demo CLIPS_DIR=/my/clips" >&2; exit 1; fi
 	$(VENV)/bin/parley build-dataset --input $(CLIPS_DIR) --output $(DEMO_OUT)/dataset
 	$(VENV)/bin/parley export radnerf --dataset $(DEMO_OUT)/dataset --output $(DEMO_OUT)/radnerf --overwrite \
 	  --identity $$($(VENV)/bin/python -c "from pipelines.dataset import Dataset; print(Dataset('$(DEMO_OUT)/dataset').identity_names()[0])")
-	@echo "dataset: $(DEMO_OUT)/dataset (clips/ frames/ identities/ qc/*.png qc/quality.csv); RAD-NeRF layout: $(DEMO_OUT)/radnerf"
+	$(VENV)/bin/parley train --dataset $(DEMO_OUT)/dataset --identities all --preset $(DEMO_PRESET) \
+	  --steps-scale $(DEMO_STEPS_SCALE) --storage $(abspath $(DEMO_OUT))/tune --tracking-uri $(DEMO_TRACKING)
+	$(VENV)/bin/parley registry promote --tracking-uri $(DEMO_TRACKING)
+	$(VENV)/bin/parley registry list --tracking-uri $(DEMO_TRACKING)
+	$(VENV)/bin/parley render --tracking-uri $(DEMO_TRACKING) --audio $(DEMO_AUDIO) --out $(DEMO_OUT)/render.mp4 \
+	  --model models:/avatar-$$($(VENV)/bin/python -c "from pipelines.dataset import Dataset; print(Dataset('$(DEMO_OUT)/dataset').identity_names()[0])")@champion
+	@echo "dataset: $(DEMO_OUT)/dataset (qc/*.png, qc/quality.csv); RAD-NeRF layout: $(DEMO_OUT)/radnerf"
+	@echo "video: $(DEMO_OUT)/render.mp4"
+	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri $(DEMO_TRACKING) --port 5000  ->  http://127.0.0.1:5000"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

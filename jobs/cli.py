@@ -38,8 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     # The avatar commands import torch only when they run (keeps `parley --help` fast).
     from jobs import train_args
 
-    tr = sub.add_parser("train", help="train one identity's avatar (head -> lips -> torso) on this machine")
+    tr = sub.add_parser("train", help="train avatars (head -> lips -> torso): every identity on Ray, or one locally",
+                        description=train_args.TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     train_args.add_train_arguments(tr)
+    sw = sub.add_parser("sweep", help="a hyperparameter sweep x identities on Ray Tune (ASHA), tracked in MLflow")
+    train_args.add_sweep_arguments(sw)
+    rg = sub.add_parser("registry", help="registered avatars: list, show, promote the champion")
+    train_args.add_registry_arguments(rg)
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on its identity's held-out frames")
     train_args.add_evaluate_arguments(ev)
     rn = sub.add_parser("render", help="render a trained avatar speaking an audio file (mp4 with sound)")
@@ -59,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.build_dataset import run_cli as build_cli
 
         return build_cli(args)
+    if args.command == "train" and args.output is None or args.command == "sweep":
+        from jobs import fanout
+
+        return fanout.run_train_cli(args) if args.command == "train" else fanout.run_sweep_cli(args)
+    if args.command == "registry":
+        from jobs.registry import run_cli as registry_cli
+
+        return registry_cli(args)
     if args.command in ("train", "evaluate", "render"):
         from jobs import train as train_job
 

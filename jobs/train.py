@@ -30,6 +30,8 @@ from workers.errors import ClipError
 CHECKPOINT = "checkpoint.pt"
 EVAL_JSON = "eval.json"
 EVAL_VIDEO = "eval_side_by_side.mp4"
+QC_DIR = "qc"
+"""Side-by-side PNGs (prediction | ground truth) of the first, middle and last held-out frames."""
 LOG = "train_log.jsonl"
 
 
@@ -116,11 +118,19 @@ def landmark_fn():  # noqa: ANN201
     return detector("pred"), detector("gt"), close
 
 
-def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=None) -> dict[str, Any]:  # noqa: ANN001
+def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=None,  # noqa: ANN001
+                   config: ExperimentConfig | None = None) -> dict[str, Any]:
     """Train (or resume) one identity through head -> lips -> torso, then evaluate it.
 
     A checkpoint in ``job.output`` of the same recipe and identity is resumed; one of another recipe is an
     error (use another output directory).
+
+    Args:
+        job: what to train.
+        on_step: called with each :class:`StepResult`.
+        on_checkpoint: called with (checkpoint path, trainer) after each checkpoint is written.
+        should_stop: polled after every step; True stops after a checkpoint.
+        config: the recipe (default: :func:`recipe` of ``job``).
 
     Returns:
         ``checkpoint`` path, ``config`` (JSON), ``steps``, ``seconds`` and, when evaluated, ``metrics``.
@@ -132,7 +142,7 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
 
     if job.threads:
         torch.set_num_threads(job.threads)
-    cfg = recipe(job)
+    cfg = config or recipe(job)
     data = load_identity(job.dataset, job.identity, cfg.trainer.size, job.s3_endpoint, cfg.trainer.max_frames)
     lips = lpips_module() if cfg.trainer.lips.steps or job.evaluate else None
     trainer = Trainer(cfg, data, device=job.device, lips_loss=lips)
@@ -151,7 +161,11 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
             if on_step is not None:
                 on_step(r)
 
-        trainer.train(ckpt, on_step=step, on_checkpoint=on_checkpoint, should_stop=should_stop)
+        def checkpointed(path: Path) -> None:
+            if on_checkpoint is not None:
+                on_checkpoint(path, trainer)
+
+        trainer.train(ckpt, on_step=step, on_checkpoint=checkpointed, should_stop=should_stop)
     result: dict[str, Any] = {"checkpoint": str(ckpt), "config": config_to_json(cfg), "resumed": resumed,
                               "steps": trainer.global_step, "seconds": time.perf_counter() - t0,
                               "identity": job.identity, "n_train": data.n_train, "n_val": len(data.val_ids)}
@@ -165,16 +179,23 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
 
 
 def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path) -> EvalResult:
+    import cv2
+
     from workers.media import VideoWriter
 
     detect_pred, detect_gt, close = landmark_fn()
     s = trainer.data.size
     even = s + (s % 2)
+    val = trainer.data.val_ids
+    qc_frames = {int(val[0]), int(val[len(val) // 2]), int(val[-1])} if len(val) else set()
+    (out / QC_DIR).mkdir(exist_ok=True)
     try:
         with VideoWriter(out / EVAL_VIDEO, fps=25.0, size=(2 * even, even)) as video:
-            def frame(_: int, pred: np.ndarray, gt: np.ndarray) -> None:
+            def frame(f: int, pred: np.ndarray, gt: np.ndarray) -> None:
                 img = side_by_side(pred, gt)
                 video.write(np.pad(img, ((0, even - s), (0, 2 * even - 2 * s), (0, 0))))
+                if f in qc_frames:
+                    cv2.imwrite(str(out / QC_DIR / f"heldout_{f:05d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
             res = evaluate(trainer, lpips=lips, landmarks=(detect_pred, detect_gt), on_frame=frame)
     finally:
@@ -256,8 +277,14 @@ def _fail(cmd: str, exc: BaseException) -> int:
 
 
 def run_train_cli(args: argparse.Namespace) -> int:
-    job = TrainJob(dataset=args.dataset, identity=args.identity, output=Path(args.output), preset=args.preset,
-                   device=args.device, s3_endpoint=args.s3_endpoint, steps_scale=args.steps_scale,
+    """Local mode of ``parley train`` (``--output`` given): one identity on this machine."""
+    if not args.identity:
+        print("train: --output (local mode) needs --identity; without --output, identities train on Ray",
+              file=sys.stderr)
+        return 2
+    job = TrainJob(dataset=args.dataset, identity=args.identity, output=Path(args.output),
+                   preset=args.preset or "cpu", device=args.device, s3_endpoint=args.s3_endpoint,
+                   steps_scale=args.steps_scale if args.steps_scale is not None else 1.0,
                    evaluate=not args.no_eval, max_frames=args.max_frames, threads=args.threads)
     total = recipe(job).trainer
     n_total = total.head.steps + total.lips.steps + total.torso.steps
@@ -294,8 +321,19 @@ def run_evaluate_cli(args: argparse.Namespace) -> int:
 
 def run_render_cli(args: argparse.Namespace) -> int:
     try:
-        r = render_audio(args.checkpoint, args.audio, args.out, size=args.size, device=args.device, progress=True)
-    except (CheckpointError, ClipError, AudioError, ValueError) as exc:
+        if args.model:
+            from jobs import registry, tracking
+
+            uri = tracking.resolve_tracking_uri(args.tracking_uri)
+            tracking.check_tracking(uri)
+            avatar, info = registry.load(uri, args.model)
+            print(f"{args.model} -> {info.name} version {info.version} (run {info.run_id}; "
+                  + ", ".join(f"{k} {v:.3g}" for k, v in info.metrics.items()) + ")", file=sys.stderr)
+            r = avatar.render(args.audio, args.out, size=args.size, device=args.device, progress=True)
+        else:
+            r = render_audio(args.checkpoint, args.audio, args.out, size=args.size, device=args.device,
+                             progress=True)
+    except (CheckpointError, ClipError, AudioError, ValueError, LookupError, RuntimeError) as exc:
         return _fail("render", exc)
     print(f"rendered {r['frames']} frames in {r['seconds']:.1f} s ({r['fps']:.1f} frames/s) -> {r['video']}")
     return 0

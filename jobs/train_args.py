@@ -1,4 +1,5 @@
-"""Arguments of ``parley train`` / ``evaluate`` / ``render`` (light: no torch import)."""
+"""Arguments of ``parley train`` / ``sweep`` / ``evaluate`` / ``render`` / ``registry`` (light: no torch,
+ray or mlflow import)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,69 @@ PRESETS = ("cpu", "debug", "paper")
 """Names of :data:`nerf.presets.PRESETS` (kept here so `parley --help` does not import torch; a test checks)."""
 
 
+TRAIN_HELP = """Two modes:
+  on Ray (default): one Tune trial per identity (--identities a,b or all), GPU per trial when the cluster
+    has GPUs, tracked in MLflow and registered as avatar-<identity>;
+  local (--output DIR): one identity (--identity) on this machine, no Ray or MLflow."""
+
+
+def add_fanout_arguments(p: argparse.ArgumentParser, local: bool) -> None:
+    """Arguments of the Ray fan-out (``train`` without --output, and ``sweep``)."""
+    if not local:
+        p.add_argument("--dataset", "-d", required=True, help="dataset root (directory or s3://...)")
+        p.add_argument("--preset", choices=PRESETS, default=None, help="training recipe (default cpu)")
+        p.add_argument("--steps-scale", type=float, default=None, help="multiply every stage's steps")
+        p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames of each identity")
+        p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
+    p.add_argument("--identities", default="all", help="comma-separated identities, or all (default)")
+    p.add_argument("--gpus-per-trial", type=float, default=1.0, help="GPUs per trial when the cluster has GPUs")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (also its torch threads)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what fits)")
+    p.add_argument("--max-failures", type=int, default=2, help="restarts of a trial whose worker dies")
+    p.add_argument("--storage", default=None, help="Tune storage: local path or s3://bucket/prefix")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default parley/<dataset name>)")
+    p.add_argument("--name", default=None, help="Tune experiment name")
+    p.add_argument("--no-register", action="store_true", help="do not register the models")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
+    p.add_argument("--work-root", default=None, help="node-local scratch directory for trials")
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", "-d", required=True, help="dataset root (directory or s3://...)")
-    p.add_argument("--identity", required=True, help="identity to train")
-    p.add_argument("--output", "-o", required=True, help="run directory (checkpoint, log, evaluation); resumed")
-    p.add_argument("--preset", choices=PRESETS, default="cpu", help="training recipe")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
+    p.add_argument("--identity", default=None, help="one identity (local mode; or the same as --identities X)")
+    p.add_argument("--output", "-o", default=None,
+                   help="local mode: run directory (checkpoint, log, evaluation); resumed")
+    p.add_argument("--preset", choices=PRESETS, default=None, help="training recipe (default cpu)")
+    p.add_argument("--device", default="cpu", help="local mode: torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--steps-scale", type=float, default=None, help="multiply every stage's steps")
     p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames of the identity")
-    p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--no-eval", action="store_true", help="local mode: skip the held-out evaluation")
+    p.add_argument("--threads", type=int, default=None, help="local mode: torch threads")
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
+    add_fanout_arguments(p, local=True)
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", required=True, help="sweep YAML (search space, scheduler; see jobs/sweeps/)")
+    add_fanout_arguments(p, local=False)
+
+
+def add_registry_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="registry_command", required=True)
+    for name, helptext in (("list", "registered avatars with their aliases and the champion's metrics"),
+                           ("show", "every version of one avatar with its metrics and aliases"),
+                           ("promote", "move the champion alias (no arguments: best version of every avatar)")):
+        q = sub.add_parser(name, help=helptext)
+        q.add_argument("--tracking-uri", default=None,
+                       help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+        if name == "show":
+            q.add_argument("model", help="avatar-<identity> (or the identity)")
+        if name == "promote":
+            q.add_argument("--identity", default=None, help="only this identity")
+            q.add_argument("--version", type=int, default=None, help="this version (with --identity)")
+            q.add_argument("--metric", default="psnr", help="held-out metric to rank by (default psnr)")
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +83,11 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_render_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", "-c", required=True, help="checkpoint.pt of a trained run")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", "-c", help="checkpoint.pt of a trained run")
+    src.add_argument("--model", "-m", help="a registered avatar: models:/avatar-<identity>@champion (or /<version>)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="with --model: MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--audio", "-a", required=True, help="driving audio (wav, mp3, mp4, ...)")
     p.add_argument("--out", "-o", required=True, help="output mp4")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the training size)")

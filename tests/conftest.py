@@ -69,21 +69,34 @@ def link_clip(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="session")
-def small_dataset(tmp_path_factory) -> Path:
-    """A real one-identity dataset (``RD_Radio2_000``, first 30 frames of a shared clip) for the avatar tests."""
+def build_small_dataset(root: Path, stems: list[str], max_frames: int = 30) -> Path:
+    """A real dataset of the first ``max_frames`` frames of shared clips (identity = the clip's stem), built
+    with :class:`workers.clip.ClipProcessor` (no Ray)."""
     from pipelines import dataset as D
     from pipelines.storage import Storage
     from workers.clip import ClipConfig, ClipProcessor, clip_id_for
 
-    root = tmp_path_factory.mktemp("small_dataset") / "ds"
-    clip = next(c for c in CLIPS if c.stem == "RD_Radio2_000")
-    p = ClipProcessor(ClipConfig(max_frames=30))
+    st = Storage(root)
+    p = ClipProcessor(ClipConfig(max_frames=max_frames))
     try:
-        res = p(str(clip), identity=clip.stem, clip_id=clip_id_for(str(clip)))
+        for stem in stems:
+            clip = next(c for c in CLIPS if c.stem == stem)
+            res = p(str(clip), identity=clip.stem, clip_id=clip_id_for(str(clip)))
+            D.write_clip(st, res, identity=clip.stem)
     finally:
         p.close()
-    st = Storage(root)
-    D.write_clip(st, res, identity=clip.stem)
     D.write_identities(st, D.aggregate_identities(D.Dataset(st).clip_rows().values()))
     return root
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """A real one-identity dataset (``RD_Radio2_000``, first 30 frames of a shared clip) for the avatar tests."""
+    return build_small_dataset(tmp_path_factory.mktemp("small_dataset") / "ds", ["RD_Radio2_000"])
+
+
+@pytest.fixture(scope="session")
+def two_identity_dataset(tmp_path_factory) -> Path:
+    """A real two-identity dataset (first 30 frames of two shared clips) for the fan-out tests."""
+    return build_small_dataset(tmp_path_factory.mktemp("two_identities") / "ds",
+                               ["RD_Radio2_000", "WDA_BobMenendez_000"])

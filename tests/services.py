@@ -253,3 +253,40 @@ def ray_head(num_cpus: int = 2, env: Mapping[str, str] | None = None, auth_heade
     finally:
         stop_group(proc, timeout=15)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------- mlflow
+
+
+@dataclass
+class MlflowServer:
+    """An ``mlflow server`` (SQLite backend, artifacts proxied to a local directory) on a loopback port."""
+
+    proc: subprocess.Popen
+    url: str
+    log: Path
+    artifacts: Path
+
+
+@contextmanager
+def mlflow_server(root: Path, timeout: float = 180.0) -> Iterator[MlflowServer]:
+    """Run ``mlflow server`` on 127.0.0.1 and a free port until the block ends (one worker, own store)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = root / "mlflow.log"
+    artifacts = root / "artifacts"
+    exe = BIN / "mlflow"
+    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "mlflow"]), "server",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(artifacts)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", proc, timeout=timeout, log=log)
+        yield MlflowServer(proc, url, log, artifacts)
+    finally:
+        stop_group(proc, timeout=10)

@@ -41,7 +41,7 @@ from tests.conftest import CLIPS, ROOT, link_clip
 from tests.services import BIN, http_status, ray_env, ray_head
 from workers.clip import clip_id_for
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)
 
 N = 20  # frames per clip
 
@@ -130,3 +130,29 @@ def test_job_submit_builds_a_dataset_on_the_cluster(head, tmp_path):
     assert [r["identity"] for r in ds.identities().to_pylist()] == [clip.stem]
     assert (out / "qc" / f"{clip.stem}.png").stat().st_size > 10_000
     print(f"ray job submit took {took:.0f} s")
+
+
+def test_job_submit_trains_on_the_cluster_and_registers(head, small_dataset, tmp_path):
+    """``ray job submit -- parley train``: the driver and its Tune trial run on the cluster, report to a real
+    ``mlflow server`` and register the model."""
+    from jobs import registry, tracking
+    from tests.services import mlflow_server
+
+    assets = Path(os.environ["PARLEY_ASSETS"]).resolve()
+    submission_id = f"parley-train-{secrets.token_hex(4)}"
+    with mlflow_server(tmp_path / "mlflow") as server:
+        cmd = [str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url, "--submission-id", submission_id,
+               "--working-dir", str(ROOT),
+               "--runtime-env-json", json.dumps({"env_vars": {"PARLEY_ASSETS": str(assets)}}),
+               "--", "python", "-m", "jobs.cli", "train", "--dataset", str(small_dataset),
+               "--identities", "RD_Radio2_000", "--preset", "debug", "--tracking-uri", server.url,
+               "--storage", str(tmp_path / "tune"), "--work-root", str(tmp_path / "scratch")]
+        proc = subprocess.run(cmd, env=head.env, cwd=tmp_path, capture_output=True, text=True, timeout=540)
+        log = f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        assert proc.returncode == 0, log
+        assert api(head, f"/api/jobs/{submission_id}")["status"] == "SUCCEEDED"
+        assert "registered avatar-RD_Radio2_000 version 1" in proc.stdout, log
+        [version] = registry.versions(server.url, "avatar-RD_Radio2_000")
+        run = tracking.client(server.url).get_run(version.run_id)
+        assert run.info.status == "FINISHED" and "psnr" in run.data.metrics
+        assert version.metrics["psnr"] == pytest.approx(run.data.metrics["psnr"], rel=1e-4)

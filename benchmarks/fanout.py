@@ -1,0 +1,122 @@
+"""Per-identity fan-out on this machine: N identities x a preset with 1 vs 2 concurrent trials.
+
+    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/fanout.py [--identities 3] [--preset debug]
+        [--steps-scale 10] [--frames 60] [--repeats 3]
+
+What is measured, on a local Ray cluster of ``--cpus`` CPUs (one CPU and one torch thread per trial), MLflow in
+a SQLite store in ``--work`` and Tune storage there too:
+
+* ``wall_1`` / ``wall_2``: seconds of :func:`jobs.fanout.run_fanout` with at most 1 / 2 trials at a time
+  (inputs checked, experiment created, all trials trained + evaluated + logged, models registered).
+* ``trial_s``: each trial's own seconds inside the trainable (imports, data, training, evaluation, MLflow).
+* ``overhead_pct``: with one trial at a time, ``(wall_1 - sum(trial_s)) / N`` (Tune and actor start-up,
+  scheduling, result handling, registration) as a percentage of the mean ``trial_s``.
+* ``speedup``: ``wall_1 / wall_2``.
+
+Medians over ``--repeats`` runs of each. The last line is ``name=value`` pairs:
+
+    speedup=... overhead_pct=... wall_1=... wall_2=... trial_s=... identities=... preset=... steps_scale=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("PARLEY_SHARED", ROOT.parent / "shared"))
+os.environ.setdefault("PARLEY_ASSETS", str(SHARED / "assets"))
+
+import numpy as np  # noqa: E402
+
+from jobs.fanout import FanoutJob, run_fanout  # noqa: E402
+
+
+def build_dataset(work: Path, n: int, frames: int) -> Path:
+    """``n`` identities, each the first ``frames`` frames of a shared clip (clips reused under new names when
+    ``n`` exceeds them), built once with :class:`workers.clip.ClipProcessor` and cached."""
+    from pipelines import dataset as D
+    from pipelines.storage import Storage
+    from workers.clip import ClipConfig, ClipProcessor, clip_id_for
+
+    root = work / f"dataset_{n}x{frames}"
+    if (root / ".complete").is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    clips = sorted((SHARED / "data" / "clips").glob("*.mp4"))
+    st = Storage(root)
+    p = ClipProcessor(ClipConfig(max_frames=frames))
+    try:
+        for k in range(n):
+            clip = clips[k % len(clips)]
+            ident = clip.stem if k < len(clips) else f"{clip.stem}_{k}"
+            res = p(str(clip), identity=ident, clip_id=clip_id_for(f"{clip.resolve()}#{k}"))
+            D.write_clip(st, res, identity=ident)
+    finally:
+        p.close()
+    D.write_identities(st, D.aggregate_identities(D.Dataset(st).clip_rows().values()))
+    (root / ".complete").write_text("ok")
+    return root
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--identities", type=int, default=3, help="identities (default: %(default)s)")
+    ap.add_argument("--preset", default="debug", help="training preset (default: %(default)s)")
+    ap.add_argument("--steps-scale", type=float, default=10.0,
+                    help="multiply every stage's steps (default: %(default)s)")
+    ap.add_argument("--frames", type=int, default=60, help="frames per identity (default: %(default)s)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each concurrency (default: %(default)s)")
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster (default: %(default)s)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/parley_bench_fanout"))
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    dataset = build_dataset(args.work, args.identities, args.frames)
+
+    import ray
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    try:
+        for rep in range(args.repeats):
+            for conc in (1, 2):
+                name = f"c{conc}-r{rep}-{int(time.time())}"
+                job = FanoutJob(dataset=str(dataset), preset=args.preset, steps_scale=args.steps_scale,
+                                tracking_uri=f"sqlite:///{args.work / 'mlflow.db'}", experiment=f"bench-{name}",
+                                storage=str(args.work / "tune"), work_root=str(args.work / "scratch"), name=name,
+                                cpus_per_trial=1.0, max_concurrent=conc, max_failures=0)
+                t = time.perf_counter()
+                out = run_fanout(job)
+                wall = time.perf_counter() - t
+                bad = [tr for tr in out["trials"] if tr["status"] != "done"]
+                if bad:
+                    raise SystemExit(f"trials failed: {bad}")
+                trial_s = [tr["metrics"]["trial_seconds"] for tr in out["trials"]]
+                runs[conc].append({"wall": wall, "trial_s": trial_s})
+                print(f"run {rep} concurrency {conc}: wall {wall:.1f} s, trials "
+                      + ", ".join(f"{x:.1f}" for x in trial_s) + " s", flush=True)
+    finally:
+        ray.shutdown()
+
+    wall_1 = float(np.median([r["wall"] for r in runs[1]]))
+    wall_2 = float(np.median([r["wall"] for r in runs[2]]))
+    n = args.identities
+    overheads = [(r["wall"] - sum(r["trial_s"])) / n / float(np.mean(r["trial_s"])) * 100 for r in runs[1]]
+    overhead_pct = float(np.median(overheads))
+    trial_s = float(np.median([x for r in runs[1] for x in r["trial_s"]]))
+    report = {"runs": runs, "wall_1": wall_1, "wall_2": wall_2, "speedup": wall_1 / wall_2,
+              "overhead_pct": overhead_pct, "overheads_pct": overheads, "trial_s": trial_s, "args": vars(args)}
+    (args.work / "fanout_benchmark.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"speedup={wall_1 / wall_2:.2f} overhead_pct={overhead_pct:.1f} wall_1={wall_1:.1f} wall_2={wall_2:.1f} "
+          f"trial_s={trial_s:.1f} identities={n} preset={args.preset} steps_scale={args.steps_scale:g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

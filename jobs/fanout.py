@@ -1,0 +1,494 @@
+"""``parley train --identities`` and ``parley sweep``: one Ray Tune trial per identity (x search-space point).
+
+Each trial is a function trainable that runs :func:`jobs.train.train_identity` (head -> lips -> torso, then
+the held-out evaluation) on one GPU when the cluster has GPUs, on CPUs otherwise. At every trainer
+checkpoint the trial reports ``val_psnr`` (a quick held-out PSNR, what ASHA ranks by) together with the
+checkpoint, so Tune persists it to the trial storage (local path or S3); a trial whose worker dies is
+restarted by Tune (``FailureConfig``) from its last reported checkpoint, in the same MLflow run.
+
+After the trials, the best trial of each identity (by the held-out ``psnr``) has its model registered as a
+new version of ``avatar-<identity>`` (:mod:`jobs.registry`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from jobs import registry, tracking
+
+log = logging.getLogger(__name__)
+
+FORWARDED_ENV = ("PARLEY_", "AWS_", "MLFLOW_")
+"""Environment variables (by prefix) the driver hands to its trials (assets, S3 and tracking credentials)."""
+REPORT_DIR = "report"
+"""Trial-local directory handed to Tune at each report (a copy of the checkpoint + the run id)."""
+QUICK_VAL_FRAMES = 2
+"""Held-out frames rendered for ``val_psnr`` at each checkpoint."""
+
+
+class FanoutError(ValueError):
+    """Bad input to a fan-out (unknown identity, empty dataset, bad search space)."""
+
+
+@dataclass
+class FanoutJob:
+    """Everything a fan-out needs; plain values only (it travels to the trials as JSON)."""
+
+    dataset: str
+    identities: list[str] | None = None
+    """None = every identity of the dataset."""
+    preset: str = "cpu"
+    steps_scale: float = 1.0
+    max_frames: int | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    """MLflow experiment name (default ``parley/<dataset name>``)."""
+    storage: str | None = None
+    """Tune storage (local path or ``s3://``; default Ray's ``~/ray_results``)."""
+    s3_endpoint: str | None = None
+    name: str | None = None
+    """Tune experiment name (default ``<train|sweep>-<dataset>-<time>``)."""
+    gpus_per_trial: float = 1.0
+    """GPUs per trial when the cluster has GPUs (0: always CPU)."""
+    cpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    ray_address: str | None = None
+    register: bool = True
+    work_root: str | None = None
+    """Node-local scratch for trials (default: the temp dir)."""
+    space: dict[str, Any] = field(default_factory=dict)
+    """Sweep search space (dotted config key -> spec), see :func:`search_space`."""
+    num_samples: int = 1
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    """``{"type": "asha", "grace_period": ..., "reduction_factor": ...}`` or empty (FIFO)."""
+    metric: str = "val_psnr"
+    mode: str = "max"
+
+
+# config overrides -----------------------------------------------------------------------------------------
+def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """A frozen dataclass config with dotted keys replaced (``{"model.head.audio_coord_dim": 3}``).
+
+    Raises:
+        FanoutError: a key that is not a config field (the valid ones at that level are named).
+    """
+    for key, value in overrides.items():
+        cfg = _replace_path(cfg, key.split("."), value, key)
+    return cfg
+
+
+def _replace_path(obj: Any, path: list[str], value: Any, full: str) -> Any:
+    if not is_dataclass(obj) or isinstance(obj, type):
+        raise FanoutError(f"config key {full!r}: {type(obj).__name__} has no fields")
+    names = {f.name: f for f in fields(obj)}
+    head = path[0]
+    if head not in names:
+        raise FanoutError(f"config key {full!r}: no field {head!r} (fields: {', '.join(sorted(names))})")
+    current = getattr(obj, head)
+    if len(path) > 1:
+        return replace(obj, **{head: _replace_path(current, path[1:], value, full)})
+    if is_dataclass(current):
+        raise FanoutError(f"config key {full!r} names a section; set one of its fields")
+    if isinstance(current, bool) or current is None:
+        new = value
+    elif isinstance(current, int | float):
+        new = type(current)(value)
+    else:
+        new = type(current)(value) if isinstance(current, str) else value
+    return replace(obj, **{head: new})
+
+
+# the trial ---------------------------------------------------------------------------------------------------
+def trial_main(config: dict[str, Any], job: dict[str, Any], run: dict[str, Any]) -> None:
+    """The Tune function trainable: train one identity under one set of overrides.
+
+    Args:
+        config: the trial's point: ``identity`` and the search space's dotted config keys.
+        job: the :class:`FanoutJob` as a dict; run: tracking settings and the forwarded environment (both
+            handed over with ``tune.with_parameters``, so credentials stay out of the trials' params.json).
+    """
+    from ray import tune
+
+    t_start = time.perf_counter()
+    run_info = run
+    os.environ.update(run_info.get("env", {}))
+    fj = FanoutJob(**job)
+    identity = str(config["identity"])
+    overrides = {k: v for k, v in config.items() if k != "identity"}
+    ctx = tune.get_context()
+    key = f"{run_info['tune_name']}/{ctx.get_trial_id()}"
+    work = Path(fj.work_root or Path(tempfile.gettempdir()) / "parley-trials") / run_info["tune_name"] / \
+        ctx.get_trial_id()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pid").write_text(str(os.getpid()))
+
+    from jobs.train import CHECKPOINT, EVAL_JSON, EVAL_VIDEO, QC_DIR, TrainJob, recipe, train_identity
+    from nerf.trainer import config_to_json
+
+    restored = tune.get_checkpoint()
+    resumed_step = 0
+    if restored is not None:
+        with restored.as_directory() as d:
+            shutil.copy(Path(d) / CHECKPOINT, work / CHECKPOINT)
+            resumed_step = int(json.loads((Path(d) / "state.json").read_text())["global_step"])
+    else:
+        (work / CHECKPOINT).unlink(missing_ok=True)  # a fresh trial never inherits a stale local file
+
+    import torch
+
+    device = "cuda" if run_info.get("gpu") and torch.cuda.is_available() else "cpu"
+    tjob = TrainJob(dataset=fj.dataset, identity=identity, output=work, preset=fj.preset, device=device,
+                    s3_endpoint=fj.s3_endpoint, steps_scale=fj.steps_scale, max_frames=fj.max_frames,
+                    threads=max(1, int(fj.cpus_per_trial)))
+    cfg = apply_overrides(recipe(tjob), overrides)
+    cfg_json = json.loads(config_to_json(cfg))
+
+    uri = run_info["tracking_uri"]
+    tags = {tracking.IDENTITY_TAG: identity, "parley.preset": fj.preset,
+            "parley.dataset_version": run_info["dataset_version"]}
+    if run_info.get("parent_run_id"):
+        tags[tracking.PARENT_TAG] = run_info["parent_run_id"]
+    name = f"{identity}" + (f"-{ctx.get_trial_id()}" if overrides else "")
+    trun = tracking.TrialRun(uri, run_info["experiment_id"], key, name, tags)
+    trun.start()
+    trun.log_params({"config": cfg_json, "dataset": fj.dataset, "dataset_version": run_info["dataset_version"],
+                    "git_commit": run_info["git_commit"], "identity": identity, "preset": fj.preset,
+                    "device": device, "overrides": overrides or "none"})
+    if not trun.resumed:
+        trun.log_dict(cfg_json, "config.json")
+    if resumed_step:
+        trun.set_tags({"parley.resumed_from_step": resumed_step})
+    stage_state: dict[str, Any] = {"stage": None, "t0": time.perf_counter(), "loss": None, "samples": 0, "s": 0.0}
+
+    def close_stage(step: int) -> None:
+        s = stage_state["stage"]
+        if s is not None:
+            trun.log_metrics({f"stage_{s}_seconds": time.perf_counter() - stage_state["t0"],
+                             f"stage_{s}_final_loss": stage_state["loss"],
+                             f"stage_{s}_samples_per_s": stage_state["samples"] / max(stage_state["s"], 1e-9)},
+                            step, flush=True)
+
+    def on_step(r) -> None:  # noqa: ANN001
+        if r.stage != stage_state["stage"]:
+            close_stage(r.global_step - 1)
+            stage_state.update(stage=r.stage, t0=time.perf_counter(), samples=0, s=0.0)
+        stage_state["loss"] = r.loss
+        stage_state["samples"] += r.samples
+        stage_state["s"] += r.seconds
+        trun.log_metrics({"loss": r.loss, "lr": r.lr, "samples_per_s": r.samples / max(r.seconds, 1e-9),
+                         **{f"loss_{k}": v for k, v in r.losses.items()}}, r.global_step)
+
+    def on_checkpoint(path: Path, trainer) -> None:  # noqa: ANN001
+        val = quick_val_psnr(trainer)
+        rep = work / REPORT_DIR
+        shutil.rmtree(rep, ignore_errors=True)
+        rep.mkdir()
+        shutil.copy(path, rep / CHECKPOINT)
+        state = {"global_step": trainer.global_step, "stage": trainer.stage, "run_id": trun.run_id}
+        (rep / "state.json").write_text(json.dumps(state))
+        trun.log_metrics({"val_psnr": val}, trainer.global_step, flush=True)
+        tune.report({"val_psnr": val, "global_step": trainer.global_step, "stage": trainer.stage, "done": False,
+                     "resumed_from_step": resumed_step, "run_id": trun.run_id},
+                    checkpoint=tune.Checkpoint.from_directory(str(rep)))
+
+    try:
+        result = train_identity(tjob, on_step=on_step, on_checkpoint=on_checkpoint, config=cfg)
+        close_stage(int(result["steps"]))
+        metrics = {k: float(v) for k, v in result.get("metrics", {}).items()}
+        trun.log_metrics(metrics, int(result["steps"]), flush=True)
+        trun.log_artifacts([work / EVAL_JSON, work / EVAL_VIDEO], "evaluation")
+        trun.log_artifacts(sorted((work / QC_DIR).glob("*.png")), "qc")
+        registry.log_model(uri, trun.run_id, work / CHECKPOINT)
+        trun.end("FINISHED")
+    except BaseException:
+        trun.end("FAILED")
+        raise
+    tune.report({**metrics, "val_psnr": metrics.get("psnr", float("nan")), "global_step": int(result["steps"]),
+                 "stage": "done", "done": True, "resumed_from_step": resumed_step, "run_id": trun.run_id,
+                 "trial_seconds": time.perf_counter() - t_start, "train_seconds": float(result["seconds"])})
+
+
+def quick_val_psnr(trainer, n: int = QUICK_VAL_FRAMES) -> float:  # noqa: ANN001
+    """PSNR of up to ``n`` held-out frames (evenly spread): the head over the ground truth's body before the
+    torso stage, the full image after; NaN without held-out frames."""
+    import numpy as np
+    import torch
+
+    from nerf.metrics import psnr
+
+    val = trainer.data.val_ids
+    if len(val) == 0:
+        return float("nan")
+    picks = val[np.linspace(0, len(val) - 1, min(n, len(val))).round().astype(int)]
+    head_only = not (trainer.stage == "torso" or trainer.done)
+    vals = []
+    for f in picks.tolist():
+        gt = torch.from_numpy(trainer.data.images[f]).float() / 255.0
+        vals.append(psnr(trainer.render_frame(f, head_only=head_only), gt))
+    return float(np.mean(vals))
+
+
+# the driver --------------------------------------------------------------------------------------------------
+def search_space(space: dict[str, Any]) -> dict[str, Any]:
+    """YAML search-space specs -> Tune domains.
+
+    Each value is a constant or a one-key mapping: ``grid: [..]``, ``choice: [..]``, ``uniform: [lo, hi]``,
+    ``loguniform: [lo, hi]``, ``randint: [lo, hi]``, ``quniform: [lo, hi, q]``.
+
+    Raises:
+        FanoutError: an unknown spec.
+    """
+    from ray import tune
+
+    makers = {"grid": tune.grid_search, "choice": tune.choice, "uniform": lambda a: tune.uniform(*a),
+              "loguniform": lambda a: tune.loguniform(*a), "randint": lambda a: tune.randint(*a),
+              "quniform": lambda a: tune.quniform(*a)}
+    out: dict[str, Any] = {}
+    for key, spec in (space or {}).items():
+        if key == "identity":
+            raise FanoutError(f"search space key {key!r} is reserved")
+        if isinstance(spec, dict):
+            if len(spec) != 1 or next(iter(spec)) not in makers:
+                raise FanoutError(f"search space {key!r}: expected one of {', '.join(makers)} as the only key, "
+                                  f"got {spec!r}")
+            kind, arg = next(iter(spec.items()))
+            out[key] = makers[kind](arg)
+        else:
+            out[key] = spec
+    return out
+
+
+def load_sweep(path: str | Path) -> dict[str, Any]:
+    """Read a sweep YAML (``preset``, ``metric``, ``mode``, ``num_samples``, ``scheduler``, ``space``, and any
+    :class:`FanoutJob` field).
+
+    Raises:
+        FanoutError: unreadable file or unknown keys.
+    """
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise FanoutError(f"{path}: cannot read the sweep file: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise FanoutError(f"{path}: expected a mapping at the top level")
+    known = {f.name for f in fields(FanoutJob)} - {"dataset"}
+    bad = sorted(set(doc) - known)
+    if bad:
+        raise FanoutError(f"{path}: unknown keys {', '.join(bad)} (known: {', '.join(sorted(known))})")
+    return doc
+
+
+def _check_inputs(job: FanoutJob) -> list[str]:
+    from pipelines.dataset import Dataset
+    from pipelines.storage import S3Options
+
+    ds = Dataset(job.dataset, S3Options(endpoint_url=job.s3_endpoint))
+    if not ds.storage.exists("clips") and not ds.storage.exists("frames"):
+        raise FileNotFoundError(f"{job.dataset}: not a dataset (no clips/ or frames/); run `parley build-dataset`")
+    known = ds.identity_names()
+    if not known:
+        raise FanoutError(f"{job.dataset}: the dataset has no identities with frames (did every clip fail? see "
+                          "clips/ and qc/)")
+    wanted = known if not job.identities or job.identities == ["all"] else list(dict.fromkeys(job.identities))
+    missing = [i for i in wanted if i not in known]
+    if missing:
+        raise FanoutError(f"{job.dataset}: no identity {', '.join(map(repr, missing))} "
+                          f"(identities: {', '.join(known)})")
+    from nerf.presets import preset
+
+    apply_overrides(preset(job.preset), {k: _example(v) for k, v in job.space.items()})
+    return wanted
+
+
+def _example(spec: Any) -> Any:
+    """One value of a search-space spec (to validate its key before any trial starts)."""
+    if isinstance(spec, dict) and len(spec) == 1:
+        arg = next(iter(spec.values()))
+        return arg[0] if isinstance(arg, list) and arg else arg
+    return spec
+
+
+def _storage(job: FanoutJob) -> tuple[str | None, Any]:
+    if not job.storage:
+        return None, None
+    from pipelines.storage import S3Options, _s3_filesystem, is_s3, split_s3
+
+    if is_s3(job.storage):
+        bucket, key = split_s3(job.storage)
+        return f"{bucket}/{key}".rstrip("/"), _s3_filesystem(S3Options(endpoint_url=job.s3_endpoint))
+    return str(Path(job.storage).resolve()), None
+
+
+def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
+    """Train every wanted identity (x search-space point) on Ray Tune, track in MLflow, register the best.
+
+    Inputs and the tracking store are checked before Ray starts or any trial runs.
+
+    Returns:
+        ``experiment`` (Tune path), ``tracking_uri``, ``mlflow_experiment_id``, ``trials`` (identity, status,
+        metrics, run id per trial), ``registered`` (model name -> version), ``seconds``.
+
+    Raises:
+        FanoutError, FileNotFoundError: bad input; tracking.TrackingError: the tracking store is unreachable.
+    """
+    t0 = time.perf_counter()
+    identities = _check_inputs(job)
+    uri = tracking.resolve_tracking_uri(job.tracking_uri)
+    tracking.check_tracking(uri)
+    exp_id = tracking.experiment_id(uri, job.dataset, job.experiment)
+    version = tracking.dataset_version(job.dataset, job.s3_endpoint)
+    commit = tracking.git_commit()
+    name = job.name or f"{kind}-{tracking.dataset_name(job.dataset)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent = None
+    if kind == "sweep":
+        parent = tracking.start_parent_run(uri, exp_id, name, {"space": job.space, "identities": identities,
+                                                               "preset": job.preset, "scheduler": job.scheduler,
+                                                               "dataset_version": version, "git_commit": commit})
+
+    import ray
+    from ray import tune
+
+    if not ray.is_initialized():
+        ray.init(address=job.ray_address)
+    gpu = job.gpus_per_trial > 0 and float(ray.cluster_resources().get("GPU", 0)) > 0
+    resources = {"cpu": job.cpus_per_trial, **({"gpu": job.gpus_per_trial} if gpu else {})}
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    if env.get("PARLEY_ASSETS"):  # trials run in other directories
+        env["PARLEY_ASSETS"] = str(Path(env["PARLEY_ASSETS"]).expanduser().resolve())
+    run_info = {"tune_name": name, "tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent,
+                "dataset_version": version,
+                "git_commit": commit, "gpu": gpu, "env": env}
+    param_space = {"identity": tune.grid_search(identities), **search_space(job.space)}
+    scheduler = None
+    if job.scheduler.get("type", "fifo") == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        sc = job.scheduler
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=int(sc.get("max_t", 10_000)),
+                                  grace_period=int(sc.get("grace_period", 2)),
+                                  reduction_factor=float(sc.get("reduction_factor", 2)))
+    elif job.scheduler.get("type", "fifo") != "fifo":
+        raise FanoutError(f"scheduler {job.scheduler.get('type')!r}: expected asha or fifo")
+    storage_path, storage_fs = _storage(job)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trial_main, job=asdict(job), run=run_info), resources),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric=job.metric, mode=job.mode, scheduler=scheduler,
+                                    num_samples=job.num_samples, max_concurrent_trials=job.max_concurrent),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+                                  failure_config=tune.FailureConfig(max_failures=job.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+    )
+    log.info("%s: %d identit%s on %s per trial -> tracking %s", name, len(identities),
+             "y" if len(identities) == 1 else "ies", resources, uri)
+    results = tuner.fit()
+
+    trials: list[dict[str, Any]] = []
+    for k in range(len(results)):
+        res = results[k]
+        m = dict(res.metrics or {})
+        cfg = res.config or {}
+        ident = str(cfg.get("identity"))
+        status = "done" if m.get("done") else ("error" if res.error else "stopped")
+        run_id = m.get("run_id")
+        if run_id and status != "done":  # stopped by the scheduler or failed for good: close its run
+            tracking.end_run(uri, run_id, "KILLED" if status == "stopped" else "FAILED")
+        trials.append({"identity": ident, "status": status, "run_id": run_id, "path": res.path,
+                       "overrides": {k: v for k, v in cfg.items() if k != "identity"},
+                       "metrics": {k: m[k] for k in (*registry.METRICS, "val_psnr", "global_step",
+                                                     "resumed_from_step", "trial_seconds", "train_seconds") if k in m},
+                       "error": str(res.error).splitlines()[0] if res.error else None})
+    registered = {}
+    if job.register:
+        for ident in identities:
+            done = [t for t in trials if t["identity"] == ident and t["status"] == "done" and t["run_id"]]
+            if not done:
+                continue
+            best = max(done, key=lambda t: t["metrics"].get("psnr", float("-inf")))
+            v = registry.register(uri, best["run_id"], ident, best["metrics"],
+                                  tags={"dataset_version": version, "git_commit": commit, "preset": job.preset,
+                                        "dataset": job.dataset})
+            registered[registry.model_name(ident)] = v
+    if parent:
+        best = {t["identity"]: t["metrics"].get("psnr") for t in trials if t["status"] == "done"}
+        c = tracking.client(uri)
+        for ident, val in best.items():
+            if val is not None:
+                c.log_metric(parent, f"best_psnr_{ident}", float(val))
+        tracking.end_run(uri, parent, "FINISHED")
+    return {"experiment": results.experiment_path, "tracking_uri": uri, "mlflow_experiment_id": exp_id,
+            "parent_run_id": parent, "trials": trials, "registered": registered,
+            "seconds": time.perf_counter() - t0}
+
+
+# CLI ---------------------------------------------------------------------------------------------------------
+def job_from_args(args, sweep: dict[str, Any] | None = None) -> FanoutJob:  # noqa: ANN001
+    doc = dict(sweep or {})
+    ids = [s for s in str(args.identities).split(",") if s]
+    if getattr(args, "identity", None):
+        ids = [args.identity]
+    job = FanoutJob(dataset=args.dataset, identities=None if ids == ["all"] else ids,
+                    gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                    max_concurrent=args.max_concurrent, max_failures=args.max_failures, storage=args.storage,
+                    tracking_uri=args.tracking_uri, experiment=args.experiment, name=args.name,
+                    register=not args.no_register, ray_address=args.address, s3_endpoint=args.s3_endpoint,
+                    work_root=args.work_root)
+    job = replace(job, **{k: v for k, v in doc.items() if k != "identities" or not ids or ids == ["all"]})
+    for attr in ("preset", "steps_scale", "max_frames"):
+        if getattr(args, attr) is not None:
+            job = replace(job, **{attr: getattr(args, attr)})
+    return job
+
+
+def print_summary(out: dict[str, Any]) -> None:
+    print(f"{len(out['trials'])} trial(s) in {out['seconds']:.0f} s -> {out['experiment']}")
+    for t in sorted(out["trials"], key=lambda t: (t["identity"], -t["metrics"].get("psnr", -1e9))):
+        m = t["metrics"]
+        what = " ".join(f"{k}={v}" for k, v in t["overrides"].items())
+        line = (f"  {t['identity']:<24} {t['status']:<7} psnr={m.get('psnr', float('nan')):.2f} "
+                f"lpips={m.get('lpips', float('nan')):.3f} run={t['run_id']} {what}")
+        print(line + (f"  ({t['error']})" if t["error"] else ""))
+    for name, v in out["registered"].items():
+        print(f"registered {name} version {v}")
+    uri = out["tracking_uri"]
+    ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
+    print(f"tracking: {uri} (experiment {out['mlflow_experiment_id']}); UI: {ui}")
+    if out["registered"]:
+        print("next: parley registry promote" + ("" if uri.startswith("sqlite") else f" --tracking-uri {uri}"))
+
+
+def _fail(cmd: str, exc: BaseException) -> int:
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    print(f"{cmd}: {msg}", file=sys.stderr)
+    return 2
+
+
+def run_train_cli(args) -> int:  # noqa: ANN001
+    try:
+        out = run_fanout(job_from_args(args), "train")
+    except (FanoutError, FileNotFoundError, KeyError, tracking.TrackingError) as exc:
+        return _fail("train", exc)
+    print_summary(out)
+    return 0 if all(t["status"] == "done" for t in out["trials"]) else 1
+
+
+def run_sweep_cli(args) -> int:  # noqa: ANN001
+    try:
+        doc = load_sweep(args.space)
+        out = run_fanout(job_from_args(args, doc), "sweep")
+    except (FanoutError, FileNotFoundError, KeyError, tracking.TrackingError) as exc:
+        return _fail("sweep", exc)
+    print_summary(out)
+    return 0 if any(t["status"] == "done" for t in out["trials"]) else 1

@@ -1,0 +1,318 @@
+"""The MLflow model registry of avatars: ``avatar-<identity>`` models, the ``champion`` alias, rendering.
+
+A registered version is an MLflow ``pyfunc`` model wrapping one checkpoint (:class:`AvatarModel`): input =
+audio file path(s), output = mp4 path(s). Each version carries the held-out metrics of its run as tags
+(``psnr``, ``lpips``, ...), which is what ``parley registry list|show`` print and what
+``parley registry promote`` ranks by.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.tracking import client
+
+MODEL_PREFIX = "avatar-"
+CHAMPION = "champion"
+ARTIFACT = "avatar"
+"""Artifact path of the pyfunc model inside its run."""
+METRICS = ("psnr", "ssim", "lpips", "lmd", "render_s_per_frame")
+"""Held-out metrics copied onto each version as tags."""
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "lmd": False, "render_s_per_frame": False}
+
+
+class RegistryError(LookupError):
+    """A registered model, version or alias that does not exist (the message lists what does)."""
+
+
+def model_name(identity: str) -> str:
+    return f"{MODEL_PREFIX}{identity}"
+
+
+try:  # the pyfunc base class; MLflow is a dependency, but keep `import jobs.registry` cheap to fail clearly
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object  # type: ignore[misc,assignment]
+
+
+class AvatarModel(PythonModel):
+    """A trained avatar as an MLflow pyfunc model.
+
+    ``predict(model_input, params)``: ``model_input`` is an audio path, a list of them, or a DataFrame with
+    an ``audio`` column (and optionally ``out``, the mp4 to write per row); ``params`` may hold ``out_dir``
+    (default: a new temporary directory), ``size`` and ``device``. Returns the list of mp4 paths.
+    """
+
+    def load_context(self, context) -> None:  # noqa: ANN001
+        self.checkpoint = context.artifacts["checkpoint"]
+
+    def render(self, audio: str, out: str, size: int | None = None, device: str = "cpu",
+               progress: bool = False) -> dict[str, Any]:
+        from jobs.train import render_audio
+
+        return render_audio(self.checkpoint, audio, out, size=size, device=device, progress=progress)
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:  # noqa: ANN001
+        params = params or {}
+        if isinstance(model_input, str | Path):
+            rows = [{"audio": str(model_input)}]
+        elif isinstance(model_input, list):
+            rows = [{"audio": str(a)} for a in model_input]
+        else:  # a DataFrame
+            rows = model_input.to_dict("records")
+        out_dir = Path(params.get("out_dir") or tempfile.mkdtemp(prefix="parley-render-"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        size = params.get("size")
+        videos = []
+        for k, row in enumerate(rows):
+            out = row.get("out") or str(out_dir / f"{Path(str(row['audio'])).stem}_{k}.mp4")
+            self.render(str(row["audio"]), str(out), size=int(size) if size else None,
+                        device=str(params.get("device", "cpu")))
+            videos.append(str(out))
+        return videos
+
+
+def save_model(checkpoint: str | Path, path: Path) -> Path:
+    """Write the pyfunc model of a checkpoint to a local directory (no tracking server involved)."""
+    import mlflow
+    import torch
+
+    mlflow.pyfunc.save_model(
+        path=str(path), python_model=AvatarModel(), artifacts={"checkpoint": str(checkpoint)},
+        # the code is the installed `parley` package; listing requirements skips MLflow's inference
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "parley"],
+    )
+    return path
+
+
+def log_model(uri: str, run_id: str, checkpoint: str | Path) -> str:
+    """Log a checkpoint's pyfunc model into a run (artifact path :data:`ARTIFACT`); returns its ``runs:/`` URI."""
+    with tempfile.TemporaryDirectory(prefix="parley-model-") as tmp:
+        path = save_model(checkpoint, Path(tmp) / ARTIFACT)
+        client(uri).log_artifacts(run_id, str(path), ARTIFACT)
+    return f"runs:/{run_id}/{ARTIFACT}"
+
+
+def register(uri: str, run_id: str, identity: str, metrics: dict[str, float],
+             tags: dict[str, str] | None = None) -> int:
+    """Register a run's logged model as a new version of ``avatar-<identity>``; returns the version.
+
+    The held-out ``metrics`` become version tags (what :func:`promote` ranks by).
+    """
+    from mlflow.exceptions import MlflowException
+
+    c = client(uri)
+    name = model_name(identity)
+    try:
+        c.create_registered_model(name, tags={"parley.identity": identity},
+                                  description=f"RAD-NeRF avatar of {identity} (parley)")
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT}"
+    vtags = {k: f"{float(metrics[k]):.6g}" for k in METRICS if k in metrics and metrics[k] is not None}
+    vtags.update(tags or {})
+    mv = c.create_model_version(name, source, run_id=run_id, tags={"parley.identity": identity, **vtags})
+    return int(mv.version)
+
+
+@dataclass
+class VersionInfo:
+    name: str
+    version: int
+    run_id: str
+    aliases: list[str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    created: int
+
+
+def _get_model(c, name: str):  # noqa: ANN001, ANN202
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_registered_model(name)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+            known = ", ".join(m.name for m in c.search_registered_models()) or "none"
+            raise RegistryError(f"no registered model {name!r} (registered: {known})") from None
+        raise
+
+
+def versions(uri: str, name: str) -> list[VersionInfo]:
+    """Every version of a registered model, newest first.
+
+    Raises:
+        RegistryError: no such model.
+    """
+    c = client(uri)
+    model = _get_model(c, name)
+    by_version: dict[str, list[str]] = {}
+    for alias, v in (model.aliases or {}).items():
+        by_version.setdefault(str(v), []).append(alias)
+    out = []
+    for mv in c.search_model_versions(f"name = '{name}'"):
+        metrics = {}
+        for k in METRICS:
+            with contextlib.suppress(KeyError, ValueError):
+                metrics[k] = float(mv.tags[k])
+        out.append(VersionInfo(name, int(mv.version), mv.run_id or "", sorted(by_version.get(str(mv.version), [])),
+                               metrics, dict(mv.tags), int(mv.creation_timestamp or 0)))
+    return sorted(out, key=lambda v: -v.version)
+
+
+def list_models(uri: str) -> list[dict[str, Any]]:
+    """Registered avatar models: name, versions, aliases (alias -> version) and the champion's metrics."""
+    c = client(uri)
+    rows = []
+    for m in c.search_registered_models(f"name LIKE '{MODEL_PREFIX}%'"):
+        vs = versions(uri, m.name)
+        champ = next((v for v in vs if CHAMPION in v.aliases), None)
+        rows.append({"name": m.name, "versions": len(vs), "latest": vs[0].version if vs else None,
+                     "aliases": dict(m.aliases or {}), "champion_metrics": champ.metrics if champ else {}})
+    return sorted(rows, key=lambda r: r["name"])
+
+
+def best_version(vs: list[VersionInfo], metric: str = "psnr") -> VersionInfo | None:
+    """The version with the best ``metric`` tag (newest on ties); None when no version has it."""
+    scored = [v for v in vs if metric in v.metrics and math.isfinite(v.metrics[metric])]
+    if not scored:
+        return None
+    sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
+    return max(scored, key=lambda v: (sign * v.metrics[metric], v.version))
+
+
+def promote(uri: str, identity: str | None = None, version: int | None = None, metric: str = "psnr",
+            alias: str = CHAMPION) -> dict[str, int]:
+    """Move the ``champion`` alias.
+
+    With no identity: for every ``avatar-*`` model, to its best version by ``metric``. With an identity and a
+    version: to that version. With only an identity: to that model's best version.
+
+    Returns:
+        model name -> the version now holding the alias.
+
+    Raises:
+        RegistryError: unknown model or version, or no version has the metric.
+    """
+    c = client(uri)
+    if version is not None and identity is None:
+        raise ValueError("--version needs --identity")
+    names = [model_name(identity)] if identity else [m["name"] for m in list_models(uri)]
+    if not names:
+        raise RegistryError("no registered avatar models to promote; train some with `parley train`")
+    moved = {}
+    for name in names:
+        vs = versions(uri, name)
+        if version is not None:
+            chosen = next((v for v in vs if v.version == version), None)
+            if chosen is None:
+                raise RegistryError(f"{name} has no version {version} (versions: "
+                                    f"{', '.join(str(v.version) for v in vs) or 'none'})")
+        else:
+            chosen = best_version(vs, metric)
+            if chosen is None:
+                raise RegistryError(f"{name}: no version has the metric {metric!r} to rank by")
+        c.set_registered_model_alias(name, alias, str(chosen.version))
+        moved[name] = chosen.version
+    return moved
+
+
+def parse_model_uri(model_uri: str) -> tuple[str, str | None, int | None]:
+    """``models:/name@alias`` or ``models:/name/3`` -> (name, alias, version)."""
+    if not model_uri.startswith("models:/"):
+        raise ValueError(f"{model_uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    rest = model_uri[len("models:/"):].strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias, None
+    name, _, ver = rest.partition("/")
+    if ver:
+        if not ver.isdigit():
+            raise ValueError(f"{model_uri!r}: the version must be a number")
+        return name, None, int(ver)
+    return name, None, None
+
+
+def resolve(uri: str, model_uri: str) -> VersionInfo:
+    """The registered version a ``models:/`` URI names (no alias or version: the newest).
+
+    Raises:
+        RegistryError: the model, alias or version does not exist (what does is listed).
+    """
+    name, alias, version = parse_model_uri(model_uri)
+    vs = versions(uri, name)
+    if alias is not None:
+        hit = next((v for v in vs if alias in v.aliases), None)
+        if hit is None:
+            have = sorted({a for v in vs for a in v.aliases})
+            hint = " (run `parley registry promote`)" if alias == CHAMPION else ""
+            raise RegistryError(f"{name} has no alias {alias!r} (aliases: {', '.join(have) or 'none'}){hint}")
+        return hit
+    if version is not None:
+        hit = next((v for v in vs if v.version == version), None)
+        if hit is None:
+            raise RegistryError(f"{name} has no version {version} "
+                                f"(versions: {', '.join(str(v.version) for v in vs) or 'none'})")
+        return hit
+    if not vs:
+        raise RegistryError(f"{name} has no versions")
+    return vs[0]
+
+
+def load(uri: str, model_uri: str) -> tuple[AvatarModel, VersionInfo]:
+    """Load a registered avatar (any tracking server): the pyfunc's :class:`AvatarModel` and its version.
+
+    Raises:
+        RegistryError: see :func:`resolve`.
+    """
+    import mlflow
+
+    info = resolve(uri, model_uri)
+    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{info.name}/{info.version}")
+    return model.unwrap_python_model(), info
+
+
+# CLI -----------------------------------------------------------------------------------------------------------
+def _fmt_metrics(m: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in m.items()) or "-"
+
+
+def run_cli(args) -> int:  # noqa: ANN001
+    """``parley registry list | show | promote``."""
+    import sys
+
+    from jobs import tracking
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    try:
+        tracking.check_tracking(uri)
+        if args.registry_command == "list":
+            rows = list_models(uri)
+            if not rows:
+                print(f"no registered avatars in {uri}")
+            for r in rows:
+                aliases = ", ".join(f"@{a}=v{v}" for a, v in sorted(r["aliases"].items())) or "no aliases"
+                print(f"{r['name']:<32} {r['versions']} version(s), latest v{r['latest']}, {aliases}; champion: "
+                      f"{_fmt_metrics(r['champion_metrics'])}")
+        elif args.registry_command == "show":
+            name = args.model if args.model.startswith(MODEL_PREFIX) else model_name(args.model)
+            for v in versions(uri, name):
+                aliases = " ".join(f"@{a}" for a in v.aliases)
+                print(f"{name} v{v.version} {aliases:<12} run {v.run_id} {_fmt_metrics(v.metrics)} "
+                      f"dataset_version={v.tags.get('dataset_version', '-')} git={v.tags.get('git_commit', '-')}")
+        else:
+            moved = promote(uri, args.identity, args.version, args.metric)
+            for name, version in moved.items():
+                print(f"{name}@{CHAMPION} -> version {version}")
+    except (RegistryError, ValueError, tracking.TrackingError) as exc:
+        print(f"registry {args.registry_command}: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,231 @@
+"""Per-identity fan-out on Ray Tune, tracked in a real ``mlflow server``, registered, rendered from the registry.
+
+Everything is real: the local Ray cluster of the session (2 CPUs), an ``mlflow server`` subprocess with a
+SQLite store on a loopback port, the shared clips (30 frames per identity), the debug preset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs import registry, tracking
+from jobs.fanout import FanoutError, FanoutJob, run_fanout
+from tests.conftest import ROOT, SHARED
+from tests.services import free_port, mlflow_server
+from workers.media import audio_duration, probe
+
+pytestmark = pytest.mark.timeout(900)
+
+AUDIO = SHARED / "data" / "audio" / "RD_Radio31_000.wav"
+IDS = ["RD_Radio2_000", "WDA_BobMenendez_000"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def fanout(two_identity_dataset, server, ray_local, tmp_path_factory):
+    """Both identities trained at once (one CPU each), tracked in the server, registered."""
+    work = tmp_path_factory.mktemp("fanout")
+    job = FanoutJob(dataset=str(two_identity_dataset), preset="debug", tracking_uri=server.url,
+                    storage=str(work / "tune"), work_root=str(work / "scratch"), cpus_per_trial=1.0,
+                    max_concurrent=2, name="two-ids")
+    return run_fanout(job), job
+
+
+def _runs(uri: str, exp_id: str):
+    return tracking.client(uri).search_runs([exp_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'trial'")
+
+
+def test_two_identities_train_concurrently_each_with_its_run(fanout, server):
+    out, _ = fanout
+    assert sorted(t["identity"] for t in out["trials"]) == IDS
+    assert all(t["status"] == "done" for t in out["trials"]), out["trials"]
+    runs = {r.data.tags[tracking.IDENTITY_TAG]: r for r in _runs(server.url, out["mlflow_experiment_id"])}
+    assert sorted(runs) == IDS  # one run per trial, nothing else
+    a, b = runs.values()
+    # the two trials ran at the same time (the runs' lifetimes overlap)
+    assert a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time, (a.info, b.info)
+    c = tracking.client(server.url)
+    for ident, run in runs.items():
+        assert run.info.status == "FINISHED"
+        p = run.data.params
+        assert p["identity"] == ident and p["preset"] == "debug"
+        assert p["config.trainer.size"] == "64" and "config.model.head.audio_coord_dim" in p
+        assert len(p["dataset_version"]) == 12 and p["git_commit"]
+        # per-step loss history over every stage, per-stage summaries, held-out metrics
+        loss = c.get_metric_history(run.info.run_id, "loss")
+        assert len(loss) == 22 and sorted(m.step for m in loss) == list(range(1, 23))
+        for stage in ("head", "lips", "torso"):
+            assert f"stage_{stage}_seconds" in run.data.metrics
+        assert run.data.metrics["psnr"] > 5 and 0 <= run.data.metrics["lpips"] <= 1
+        assert len(c.get_metric_history(run.info.run_id, "val_psnr")) >= 2
+        arts = {f.path for f in c.list_artifacts(run.info.run_id)}
+        assert {"config.json", "evaluation", "qc", "avatar"} <= arts, arts
+        ev = {f.path for f in c.list_artifacts(run.info.run_id, "evaluation")}
+        assert ev == {"evaluation/eval.json", "evaluation/eval_side_by_side.mp4"}
+        assert len(c.list_artifacts(run.info.run_id, "qc")) >= 1
+        assert "avatar/MLmodel" in {f.path for f in c.list_artifacts(run.info.run_id, "avatar")}
+
+
+def test_registry_holds_both_and_promote_render_from_champion(fanout, server, tmp_path):
+    out, _ = fanout
+    uri = server.url
+    assert out["registered"] == {f"avatar-{i}": 1 for i in IDS}
+    listed = {r["name"]: r for r in registry.list_models(uri)}
+    assert sorted(listed) == [f"avatar-{i}" for i in IDS] and all(not r["aliases"] for r in listed.values())
+
+    # no champion yet: a clear error naming the fix
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    model = f"models:/avatar-{IDS[0]}@champion"
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "render", "--model", model, "--audio", str(AUDIO),
+                        "--out", str(tmp_path / "x.mp4")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "has no alias 'champion'" in r.stderr and "promote" in r.stderr, r.stderr
+
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "registry", "promote"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert all(f"avatar-{i}@champion -> version 1" in r.stdout for i in IDS), r.stdout
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "registry", "list", "--tracking-uri", uri],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.count("@champion=v1") == 2 and "psnr=" in r.stdout, r.stdout
+
+    video = tmp_path / "out.mp4"
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "render", "--model", model, "--audio", str(AUDIO),
+                        "--out", str(video)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = probe(video)
+    assert info.has_audio and abs(info.duration_s - audio_duration(AUDIO)) < 0.2, info
+
+    # the pyfunc interface itself: audio paths in, video paths out
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/avatar-{IDS[1]}@champion")
+    vids = pyfunc.predict([str(AUDIO)], params={"out_dir": str(tmp_path / "pf"), "size": 32})
+    assert len(vids) == 1 and probe(vids[0]).has_audio
+
+
+def test_registry_bad_names_give_clear_errors(fanout, server, tmp_path):
+    uri = server.url
+    with pytest.raises(registry.RegistryError, match=r"no registered model 'avatar-nobody' \(registered: avatar-"):
+        registry.resolve(uri, "models:/avatar-nobody@champion")
+    with pytest.raises(registry.RegistryError, match="has no alias 'staging'"):
+        registry.resolve(uri, f"models:/avatar-{IDS[0]}@staging")
+    with pytest.raises(registry.RegistryError, match="has no version 7"):
+        registry.promote(uri, identity=IDS[0], version=7)
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "render", "--model", "models:/avatar-nobody@champion",
+                        "--audio", str(AUDIO), "--out", str(tmp_path / "n.mp4"), "--tracking-uri", uri],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no registered model 'avatar-nobody'" in r.stderr, r.stderr
+    assert not (tmp_path / "n.mp4").exists()
+
+
+def test_bad_input_fails_before_any_trial(two_identity_dataset, server, tmp_path):
+    with pytest.raises(FanoutError, match=r"no identity 'nobody' \(identities: RD_Radio2_000, WDA_BobMenendez_000\)"):
+        run_fanout(FanoutJob(dataset=str(two_identity_dataset), identities=["nobody"], tracking_uri=server.url))
+    empty = tmp_path / "empty"
+    (empty / "clips").mkdir(parents=True)
+    with pytest.raises(FanoutError, match="has no identities"):
+        run_fanout(FanoutJob(dataset=str(empty), tracking_uri=server.url))
+    with pytest.raises(FileNotFoundError, match="not a dataset"):
+        run_fanout(FanoutJob(dataset=str(tmp_path / "nothing"), tracking_uri=server.url))
+    with pytest.raises(FanoutError, match="no field 'audio_dim'"):
+        run_fanout(FanoutJob(dataset=str(two_identity_dataset), tracking_uri=server.url,
+                             space={"model.head.audio_dim": {"grid": [1, 2]}}))
+
+
+def test_unreachable_tracking_server_fails_before_compute(two_identity_dataset, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "train", "--dataset", str(two_identity_dataset),
+                        "--preset", "debug", "--tracking-uri", dead, "--storage", str(tmp_path / "tune")],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert f"MLflow tracking server {dead} is unreachable" in r.stderr, r.stderr
+    assert time.monotonic() - t < 60
+    assert not (tmp_path / "tune").exists()  # no Tune experiment was started
+
+
+def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(small_dataset, server, ray_local, tmp_path):
+    """SIGKILL the trial's worker process after its second checkpoint; Tune restarts it from that checkpoint."""
+    storage, scratch = tmp_path / "tune", tmp_path / "scratch"
+    job = FanoutJob(dataset=str(small_dataset), preset="debug", steps_scale=12.0, tracking_uri=server.url,
+                    experiment="fault", storage=str(storage), work_root=str(scratch), name="fault",
+                    max_failures=2, register=False)
+    killed: dict[str, int] = {}
+
+    def killer() -> None:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and not killed:
+            pids = list(scratch.glob("fault/*/pid"))
+            ckpts = list(storage.glob("fault/*/checkpoint_000001"))
+            if pids and ckpts:
+                pid = int(pids[0].read_text())
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+            time.sleep(0.2)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    out = run_fanout(job)
+    th.join(timeout=5)
+    assert killed, "the trial finished before it could be killed"
+    [trial] = out["trials"]
+    assert trial["status"] == "done", trial
+    assert trial["metrics"]["resumed_from_step"] >= 20, trial  # resumed from a checkpoint, not from scratch
+    assert int((scratch / "fault").glob("*/pid").__next__().read_text()) != killed["pid"]
+    runs = _runs(server.url, out["mlflow_experiment_id"])
+    assert len(runs) == 1, [r.info.run_id for r in runs]  # no duplicate run
+    run = runs[0]
+    assert run.info.status == "FINISHED" and int(run.data.tags["parley.resumed_from_step"]) >= 20
+    steps = {m.step for m in tracking.client(server.url).get_metric_history(run.info.run_id, "loss")}
+    total = json.loads(run.data.params["config.trainer.head.steps"]) + json.loads(
+        run.data.params["config.trainer.lips.steps"]) + json.loads(run.data.params["config.trainer.torso.steps"])
+    assert steps == set(range(1, total + 1))  # every step is in the one run
+
+
+def test_sweep_asha_nests_trials_under_a_parent_run(small_dataset, server, ray_local, tmp_path):
+    space = tmp_path / "sweep.yaml"
+    space.write_text("preset: debug\nscheduler: {type: asha, grace_period: 1, reduction_factor: 2}\n"
+                     "space:\n  model.head.audio_coord_dim: {grid: [1, 2]}\n")
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "sweep", "--dataset", str(small_dataset), "--space",
+                        str(space), "--tracking-uri", server.url, "--storage", str(tmp_path / "tune"),
+                        "--experiment", "sweep", "--work-root", str(tmp_path / "scratch"),
+                        "--cpus-per-trial", "1"], capture_output=True, text=True, timeout=800, cwd=tmp_path,
+                       env={**os.environ, "PARLEY_ASSETS": str(Path(os.environ["PARLEY_ASSETS"]).resolve())})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    c = tracking.client(server.url)
+    exp = c.get_experiment_by_name("sweep")
+    [parent] = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'sweep'")
+    trials = _runs(server.url, exp.experiment_id)
+    assert len(trials) == 2 and all(t.data.tags[tracking.PARENT_TAG] == parent.info.run_id for t in trials)
+    assert sorted(t.data.params["config.model.head.audio_coord_dim"] for t in trials) == ["1", "2"]
+    assert parent.info.status == "FINISHED" and "best_psnr_RD_Radio2_000" in parent.data.metrics
+    assert "registered avatar-RD_Radio2_000 version" in r.stdout
+
+
+def test_sweep_example_is_valid():
+    """The example in the repo parses, and every key it sweeps is a config field."""
+    from jobs.fanout import _example, apply_overrides, load_sweep, search_space
+    from nerf.presets import preset
+
+    doc = load_sweep(ROOT / "jobs" / "sweeps" / "radnerf.yaml")
+    assert doc["space"] and doc["scheduler"]["type"] == "asha"
+    apply_overrides(preset(doc.get("preset", "cpu")), {k: _example(v) for k, v in doc["space"].items()})
+    assert set(search_space(doc["space"])) == set(doc["space"])
+    head = (ROOT / "jobs" / "sweeps" / "radnerf.yaml").read_text().splitlines()[:5]
+    assert any("parley sweep" in line for line in head)

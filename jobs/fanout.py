@@ -197,7 +197,7 @@ def trial_main(config: dict[str, Any], job: dict[str, Any], run: dict[str, Any])
         state = {"global_step": trainer.global_step, "stage": trainer.stage, "run_id": trun.run_id}
         (rep / "state.json").write_text(json.dumps(state))
         trun.log_metrics({"val_psnr": val}, trainer.global_step, flush=True)
-        tune.report({"val_psnr": val, "global_step": trainer.global_step, "stage": trainer.stage, "done": False,
+        tune.report({"val_psnr": val, "global_step": trainer.global_step, "stage": trainer.stage, "finished": False,
                      "resumed_from_step": resumed_step, "run_id": trun.run_id},
                     checkpoint=tune.Checkpoint.from_directory(str(rep)))
 
@@ -214,7 +214,7 @@ def trial_main(config: dict[str, Any], job: dict[str, Any], run: dict[str, Any])
         trun.end("FAILED")
         raise
     tune.report({**metrics, "val_psnr": metrics.get("psnr", float("nan")), "global_step": int(result["steps"]),
-                 "stage": "done", "done": True, "resumed_from_step": resumed_step, "run_id": trun.run_id,
+                 "stage": "done", "finished": True, "resumed_from_step": resumed_step, "run_id": trun.run_id,
                  "trial_seconds": time.perf_counter() - t_start, "train_seconds": float(result["seconds"])})
 
 
@@ -344,6 +344,10 @@ def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
         FanoutError, FileNotFoundError: bad input; tracking.TrackingError: the tracking store is unreachable.
     """
     t0 = time.perf_counter()
+    from pipelines.storage import S3Options, Storage
+
+    # trials run in other directories (and on other nodes): a local dataset path must be absolute
+    job = replace(job, dataset=Storage(job.dataset, S3Options(endpoint_url=job.s3_endpoint)).uri)
     identities = _check_inputs(job)
     uri = tracking.resolve_tracking_uri(job.tracking_uri)
     tracking.check_tracking(uri)
@@ -401,7 +405,8 @@ def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
         m = dict(res.metrics or {})
         cfg = res.config or {}
         ident = str(cfg.get("identity"))
-        status = "done" if m.get("done") else ("error" if res.error else "stopped")
+        # `finished` is the trial's own flag: Tune's auto-filled `done` is also True for a trial a scheduler stopped
+        status = "done" if m.get("finished") else ("error" if res.error else "stopped")
         run_id = m.get("run_id")
         if run_id and status != "done":  # stopped by the scheduler or failed for good: close its run
             tracking.end_run(uri, run_id, "KILLED" if status == "stopped" else "FAILED")
@@ -422,11 +427,12 @@ def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
                                         "dataset": job.dataset})
             registered[registry.model_name(ident)] = v
     if parent:
-        best = {t["identity"]: t["metrics"].get("psnr") for t in trials if t["status"] == "done"}
         c = tracking.client(uri)
-        for ident, val in best.items():
-            if val is not None:
-                c.log_metric(parent, f"best_psnr_{ident}", float(val))
+        for ident in identities:
+            vals = [t["metrics"]["psnr"] for t in trials
+                    if t["identity"] == ident and t["status"] == "done" and "psnr" in t["metrics"]]
+            if vals:
+                c.log_metric(parent, f"best_psnr_{ident}", float(max(vals)))
         tracking.end_run(uri, parent, "FINISHED")
     return {"experiment": results.experiment_path, "tracking_uri": uri, "mlflow_experiment_id": exp_id,
             "parent_run_id": parent, "trials": trials, "registered": registered,

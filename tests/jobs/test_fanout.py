@@ -202,7 +202,9 @@ def test_sweep_asha_nests_trials_under_a_parent_run(small_dataset, server, ray_l
     space = tmp_path / "sweep.yaml"
     space.write_text("preset: debug\nscheduler: {type: asha, grace_period: 1, reduction_factor: 2}\n"
                      "space:\n  model.head.audio_coord_dim: {grid: [1, 2]}\n")
-    r = subprocess.run([sys.executable, "-m", "jobs.cli", "sweep", "--dataset", str(small_dataset), "--space",
+    # a relative dataset path (trials run elsewhere: the driver must hand them an absolute one)
+    rel = os.path.relpath(small_dataset, tmp_path)
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "sweep", "--dataset", rel, "--space",
                         str(space), "--tracking-uri", server.url, "--storage", str(tmp_path / "tune"),
                         "--experiment", "sweep", "--work-root", str(tmp_path / "scratch"),
                         "--cpus-per-trial", "1"], capture_output=True, text=True, timeout=800, cwd=tmp_path,
@@ -215,6 +217,10 @@ def test_sweep_asha_nests_trials_under_a_parent_run(small_dataset, server, ray_l
     assert len(trials) == 2 and all(t.data.tags[tracking.PARENT_TAG] == parent.info.run_id for t in trials)
     assert sorted(t.data.params["config.model.head.audio_coord_dim"] for t in trials) == ["1", "2"]
     assert parent.info.status == "FINISHED" and "best_psnr_RD_Radio2_000" in parent.data.metrics
+    # a trial ASHA stopped early has no held-out metrics and is KILLED; a finished one has them
+    for t in trials:
+        assert (t.info.status == "FINISHED") == ("psnr" in t.data.metrics), (t.info.status, t.data.metrics)
+        assert t.info.status in ("FINISHED", "KILLED")
     assert "registered avatar-RD_Radio2_000 version" in r.stdout
 
 

@@ -99,13 +99,8 @@ def _replace_path(obj: Any, path: list[str], value: Any, full: str) -> Any:
         return replace(obj, **{head: _replace_path(current, path[1:], value, full)})
     if is_dataclass(current):
         raise FanoutError(f"config key {full!r} names a section; set one of its fields")
-    if isinstance(current, bool) or current is None:
-        new = value
-    elif isinstance(current, int | float):
-        new = type(current)(value)
-    else:
-        new = type(current)(value) if isinstance(current, str) else value
-    return replace(obj, **{head: new})
+    typed = isinstance(current, int | float | str) and not isinstance(current, bool)
+    return replace(obj, **{head: type(current)(value) if typed else value})
 
 
 # the trial ---------------------------------------------------------------------------------------------------
@@ -120,7 +115,7 @@ def trial_main(config: dict[str, Any], job: dict[str, Any], run: dict[str, Any])
     from ray import tune
 
     t_start = time.perf_counter()
-    run_info = run
+    run_info = run  # `run` is the parameter's name in with_parameters; the body uses `trun` for the MLflow run
     os.environ.update(run_info.get("env", {}))
     fj = FanoutJob(**job)
     identity = str(config["identity"])
@@ -472,7 +467,7 @@ def print_summary(out: dict[str, Any]) -> None:
     ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
     print(f"tracking: {uri} (experiment {out['mlflow_experiment_id']}); UI: {ui}")
     if out["registered"]:
-        print("next: parley registry promote" + ("" if uri.startswith("sqlite") else f" --tracking-uri {uri}"))
+        print(f"next: parley registry promote --tracking-uri {uri}")
 
 
 def _fail(cmd: str, exc: BaseException) -> int:

@@ -235,3 +235,25 @@ def test_sweep_example_is_valid():
     assert set(search_space(doc["space"])) == set(doc["space"])
     head = (ROOT / "jobs" / "sweeps" / "radnerf.yaml").read_text().splitlines()[:5]
     assert any("parley sweep" in line for line in head)
+
+
+def test_bad_sweep_files_and_overrides_are_named(tmp_path):
+    from jobs.fanout import apply_overrides, load_sweep, search_space
+    from nerf.presets import preset
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: debug\nspaces: {}\n")
+    with pytest.raises(FanoutError, match=r"bad.yaml: unknown keys spaces"):
+        load_sweep(bad)
+    bad.write_text("space: [unclosed\n")
+    with pytest.raises(FanoutError, match="bad.yaml: cannot read the sweep file"):
+        load_sweep(bad)
+    with pytest.raises(FanoutError, match="cannot read the sweep file"):
+        load_sweep(tmp_path / "missing.yaml")
+    with pytest.raises(FanoutError, match=r"expected one of grid, choice"):
+        search_space({"model.head.audio_coord_dim": {"range": [1, 3]}})
+    with pytest.raises(FanoutError, match="names a section"):
+        apply_overrides(preset("debug"), {"model.head": 3})
+    cfg = apply_overrides(preset("debug"), {"model.head.audio_coord_dim": 3.0, "trainer.head.lr_grid": "0.02"})
+    assert cfg.model.head.audio_coord_dim == 3 and isinstance(cfg.model.head.audio_coord_dim, int)
+    assert cfg.trainer.head.lr_grid == 0.02

@@ -1,0 +1,75 @@
+"""Where a trained avatar's error is: per-region squared error of a checkpoint on training and held-out frames.
+
+    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/regions.py --checkpoint CKPT --dataset DS
+
+Regions come from the dataset's parsing (background, head, neck, torso). For each frame: full-image PSNR,
+head-only PSNR (the head over the ground truth's body and background), and per region the MSE and its share of the
+image's squared error. ``bg_floor`` is the MSE between the identity's background image and the frame on background
+pixels at least 3 px from the person (eroded mask): no model that composites over that background can beat it.
+Last line: ``train_psnr=<dB> heldout_psnr=<dB> heldout_torso_mse=<x> bg_floor_mse=<x>`` (means over the frames).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PARLEY_ASSETS", str(ROOT.parent / "shared" / "assets"))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from jobs.train import load_identity, lpips_module  # noqa: E402
+from nerf.trainer import Trainer, config_from_json, load_checkpoint  # noqa: E402
+
+REGIONS = {0: "bg", 1: "head", 2: "neck", 3: "torso"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=Path("/tmp/parley_bench_train/checkpoint.pt"))
+    ap.add_argument("--dataset", default="/tmp/parley_bench_train/dataset_RD_Radio2_000")
+    ap.add_argument("--frames", type=int, default=3, help="frames of each split (default: %(default)s)")
+    args = ap.parse_args()
+    ck = load_checkpoint(args.checkpoint)
+    cfg = config_from_json(ck["config"])
+    data = load_identity(args.dataset, str(ck["identity"]), cfg.trainer.size, max_frames=cfg.trainer.max_frames)
+    tr = Trainer(cfg, data, lips_loss=lpips_module() if cfg.trainer.lips.steps else None)
+    tr.load_checkpoint(args.checkpoint)
+    bg_img = data.background.astype(np.float32) / 255
+    splits = {"train": np.linspace(0, data.n_train - 1, args.frames).round().astype(int),
+              "heldout": data.val_ids[np.linspace(0, len(data.val_ids) - 1, args.frames).round().astype(int)]}
+    agg: dict[str, list[float]] = {"train_psnr": [], "heldout_psnr": [], "heldout_torso_mse": [], "bg_floor_mse": []}
+    for split, ids in splits.items():
+        for f in ids.tolist():
+            gt = data.images[f].astype(np.float32) / 255
+            with torch.no_grad():
+                full = tr.render_frame(f).numpy()
+                head = tr.render_frame(f, head_only=True).numpy()
+            err = ((full - gt) ** 2).mean(-1)
+            lab = data.labels[f]
+            far = cv2.erode((lab == 0).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+            floor = float(((bg_img - gt) ** 2).mean(-1)[far].mean()) if far.any() else float("nan")
+            p = -10 * np.log10(err.mean())
+            line = (f"{split:<7} frame {f:4d}: psnr {p:.2f} head-only "
+                    f"{-10 * np.log10(((head - gt) ** 2).mean()):.2f} bg_floor {floor:.4f} |")
+            for k, name in REGIONS.items():
+                m = lab == k
+                if m.any():
+                    line += f" {name} mse {err[m].mean():.4f} share {err[m].sum() / err.sum():.2f};"
+                if split == "heldout" and name == "torso" and m.any():
+                    agg["heldout_torso_mse"].append(float(err[m].mean()))
+            print(line, flush=True)
+            agg[f"{split}_psnr"].append(float(p))
+            agg["bg_floor_mse"].append(floor)
+    print(" ".join(f"{k}={np.nanmean(v):.4f}" for k, v in agg.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

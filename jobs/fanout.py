@@ -385,7 +385,9 @@ def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
         tune.with_resources(tune.with_parameters(trial_main, job=asdict(job), run=run_info), resources),
         param_space=param_space,
         tune_config=tune.TuneConfig(metric=job.metric, mode=job.mode, scheduler=scheduler,
-                                    num_samples=job.num_samples, max_concurrent_trials=job.max_concurrent),
+                                    num_samples=job.num_samples, max_concurrent_trials=job.max_concurrent,
+                                    # a finished trial's worker (torch imported, caches warm) runs the next one
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                                   failure_config=tune.FailureConfig(max_failures=job.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),

@@ -17,10 +17,7 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
-from pipelines.schema import AUDIO_MELS, AUDIO_WINDOW, HOLDOUT_FRACTION, train_count
-
-# Parsing labels of the dataset (workers.parsing): background, head, neck, torso.
-BACKGROUND, HEAD, NECK, TORSO = 0, 1, 2, 3
+from pipelines.schema import AUDIO_MELS, AUDIO_WINDOW, HEAD, HOLDOUT_FRACTION, NECK, TORSO, train_count
 
 COLUMNS = ["clip_id", "frame_index", "face_found", "image_jpeg", "image_size", "pose_c2w", "focal", "cx", "cy",
            "eye_ratio", "lips_rect", "face_rect", "landmarks_2d", "parsing_png", "audio_features", "audio_valid"]
@@ -183,6 +180,8 @@ class RayBatch:
     """bool [R] the ray's pixel is inside the face rectangle."""
     pixels: Tensor
     """[R, 2] pixel coordinates (x, y) of the ray, centres at +0.5."""
+    label: Tensor
+    """uint8 [R] parsing label of the ray's pixel (:data:`pipelines.schema.HEAD` etc.)."""
 
 
 def pixel_rays(pose: Tensor, intrinsics: Tensor, pixels: Tensor) -> tuple[Tensor, Tensor]:
@@ -237,15 +236,16 @@ class FrameStore:
         x, y = pixels[:, 0], pixels[:, 1]
         rgb = self.images[frames, y, x].float() / 255.0
         bg = self.background[y, x]
+        lab = self.labels[frames, y, x]
         if head_only:
-            lab = self.labels[frames, y, x]
             body = (lab == TORSO) | (lab == NECK)
             bg = torch.where(body[:, None], rgb, bg)
         centres = pixels.float() + 0.5
         o, d = pixel_rays(self.poses[frames], self.intrinsics[frames], centres)
         fr = self.face_rect[frames]
         face = (x >= fr[:, 0]) & (x < fr[:, 2]) & (y >= fr[:, 1]) & (y < fr[:, 3])
-        return RayBatch(frame=frames, origins=o, directions=d, rgb=rgb, background=bg, face=face, pixels=centres)
+        return RayBatch(frame=frames, origins=o, directions=d, rgb=rgb, background=bg, face=face, pixels=centres,
+                        label=lab)
 
     def sample(self, n_rays: int, n_frames: int, generator: torch.Generator, head_only: bool,
                face_fraction: float = 0.5) -> RayBatch:
@@ -294,6 +294,7 @@ class FrameStore:
         o, d = pixel_rays(self.poses[fid], self.intrinsics[fid], pix)
         bg_grid = torch.nn.functional.grid_sample(self.background.permute(2, 0, 1)[None], grid, align_corners=False)
         face = torch.ones(pix.shape[0], dtype=torch.bool, device=self.device)
+        label = torch.full((pix.shape[0],), HEAD, dtype=torch.uint8, device=self.device)
         rays = RayBatch(frame=fid, origins=o, directions=d, rgb=target.reshape(-1, 3),
-                        background=bg_grid[0].permute(1, 2, 0).reshape(-1, 3), face=face, pixels=pix)
+                        background=bg_grid[0].permute(1, 2, 0).reshape(-1, 3), face=face, pixels=pix, label=label)
         return rays, target

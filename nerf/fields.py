@@ -213,6 +213,9 @@ class TorsoFieldConfig:
     """Width of the deformation and colour nets."""
     max_offset: float = 0.25
     """Largest deformation, in the image's [-1, 1] units."""
+    pose_in_color: bool = True
+    """Also feed the pose to the colour net. RAD-NeRF feeds it to the deformation only, and so do the presets
+    (colour per pose over-fits the training poses); True reads checkpoints written before this option."""
 
 
 class TorsoField(nn.Module):
@@ -226,7 +229,8 @@ class TorsoField(nn.Module):
         self.pixel_enc = FrequencyEncoder(2, FrequencyEncoderConfig(c.pixel_frequencies))
         self.pose_enc = FrequencyEncoder(12, FrequencyEncoderConfig(c.pose_frequencies))
         self.deform_net = mlp(self.pixel_enc.out_dim + self.pose_enc.out_dim + c.latent_dim, 2, c.hidden, 3)
-        self.color_net = mlp(self.grid.out_dim + self.pose_enc.out_dim + c.latent_dim, 4, c.hidden, 3)
+        pose_dim = self.pose_enc.out_dim if c.pose_in_color else 0
+        self.color_net = mlp(self.grid.out_dim + pose_dim + c.latent_dim, 4, c.hidden, 3)
 
     def get_outputs(self, uv: Tensor, pose: Tensor, latent: Tensor) -> dict[str, Tensor]:
         """Torso colour and alpha at image positions.
@@ -243,5 +247,6 @@ class TorsoField(nn.Module):
         parts = [self.pixel_enc(uv), pe] + ([latent] if self.config.latent_dim else [])
         offset = torch.tanh(self.deform_net(torch.cat(parts, -1))) * self.config.max_offset
         feat = self.grid((uv + offset).clamp(-1, 1))
-        h = self.color_net(torch.cat([feat, pe] + ([latent] if self.config.latent_dim else []), -1))
+        parts = [feat] + ([pe] if self.config.pose_in_color else []) + ([latent] if self.config.latent_dim else [])
+        h = self.color_net(torch.cat(parts, -1))
         return {"rgb": torch.sigmoid(h[:, :3]), "alpha": torch.sigmoid(h[:, 3]), "offset": offset}

@@ -15,8 +15,9 @@ from torch import Tensor, nn
 
 from nerf.encoders import PlaneEncoder
 from nerf.fields import HeadField, HeadFieldConfig, TorsoField, TorsoFieldConfig
-from nerf.losses import LossWeights, alpha_entropy, ambient_l1, mse
+from nerf.losses import LossWeights, alpha_entropy, ambient_l1, mask_bce, mse
 from nerf.rendering import OccupancyGrid, OccupancyGridConfig, SamplerConfig, composite, sample_rays
+from pipelines.schema import HEAD, NECK, TORSO
 
 Stage = Literal["head", "lips", "torso"]
 STAGES: tuple[Stage, ...] = ("head", "lips", "torso")
@@ -167,7 +168,7 @@ class RadNerf(nn.Module):
         out["rgb"] = head["rgb"] + (1 - head["acc"][:, None]) * behind
         return out
 
-    def get_loss_dict(self, outputs: dict[str, Tensor], target: Tensor, face: Tensor,
+    def get_loss_dict(self, outputs: dict[str, Tensor], target: Tensor, face: Tensor, label: Tensor,
                       stage: Stage) -> dict[str, Tensor]:
         """Weighted losses of a ray batch (the lips stage adds its LPIPS term itself, on a patch).
 
@@ -175,6 +176,7 @@ class RadNerf(nn.Module):
             outputs: from :meth:`get_outputs`.
             target: [R, 3] ground truth colours.
             face: bool [R] rays inside the face rectangle.
+            label: uint8 [R] parsing label of each ray's pixel.
             stage: training stage.
         """
         w = self.config.losses
@@ -184,6 +186,9 @@ class RadNerf(nn.Module):
             losses["ambient_l1"] = w.ambient_l1 * ambient_l1(outputs["ambient"], face)
         else:
             losses["torso_entropy"] = w.alpha_entropy * alpha_entropy(outputs["torso_alpha"])
+            if w.torso_mask:
+                body = (label == TORSO) | (label == NECK)
+                losses["torso_mask"] = w.torso_mask * mask_bce(outputs["torso_alpha"], body, label != HEAD)
         return losses
 
     def get_param_groups(self, stage: Stage) -> dict[str, list[nn.Parameter]]:

@@ -23,7 +23,7 @@ def _debug() -> ExperimentConfig:
     model = RadNerfConfig(
         head=HeadFieldConfig(spatial=small, audio_grid=replace(small, max_resolution=16),
                              audio=AudioEncoderConfig(channels=16, out_dim=8), hidden=32, geo_feat_dim=8),
-        torso=TorsoFieldConfig(grid=small, hidden=32, pixel_frequencies=3, pose_frequencies=2),
+        torso=TorsoFieldConfig(grid=small, hidden=32, pixel_frequencies=3, pose_frequencies=2, pose_in_color=False),
         grid=OccupancyGridConfig(resolution=16, update_every=4),
         sampler=SamplerConfig(samples_per_ray=8, candidates=32),
     )
@@ -36,7 +36,8 @@ def _debug() -> ExperimentConfig:
 def _cpu() -> ExperimentConfig:
     model = RadNerfConfig(
         head=HeadFieldConfig(spatial=GridEncoderConfig(n_levels=8, base_resolution=16, max_resolution=256)),
-        torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=6, base_resolution=16, max_resolution=256)),
+        torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=6, base_resolution=16, max_resolution=256),
+                               pose_in_color=False),
         grid=OccupancyGridConfig(resolution=64, update_every=16, cells_per_update=1 << 16),
     )
     trainer = TrainerConfig(size=256, rays_per_batch=4096, frames_per_batch=4, head=StageConfig(steps=6000),
@@ -50,7 +51,8 @@ def _paper() -> ExperimentConfig:
         head=HeadFieldConfig(spatial=GridEncoderConfig(n_levels=12, features_per_level=2, base_resolution=16,
                                                        max_resolution=2048),
                              audio_grid=GridEncoderConfig(n_levels=8, base_resolution=8, max_resolution=128)),
-        torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=12, base_resolution=16, max_resolution=2048)),
+        torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=12, base_resolution=16, max_resolution=2048),
+                               pose_in_color=False),
         grid=OccupancyGridConfig(resolution=128, update_every=16),
     )
     trainer = TrainerConfig(size=512, rays_per_batch=65536, frames_per_batch=8, head=StageConfig(steps=100_000),

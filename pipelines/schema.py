@@ -18,6 +18,9 @@ N_EXPRESSION = 57
 AUDIO_WINDOW = 16
 AUDIO_MELS = 80
 
+BACKGROUND, HEAD, NECK, TORSO = 0, 1, 2, 3
+"""Values of the ``parsing_png`` labels (written by :mod:`workers.parsing`, read by :mod:`nerf.data`)."""
+
 FRAME_SHAPES: dict[str, tuple[int, ...]] = {
     "bbox": (4,),
     "crop_box": (4,),

@@ -7,9 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipelines.schema import BACKGROUND, HEAD, NECK, TORSO
 from workers import assets
 
-BACKGROUND, HEAD, NECK, TORSO = 0, 1, 2, 3
 LABELS = {BACKGROUND: "background", HEAD: "head", NECK: "neck", TORSO: "torso"}
 # RAD-NeRF / AD-NeRF parsing colours (RGB): head red, neck green, torso blue, background white.
 RADNERF_COLOURS = {BACKGROUND: (255, 255, 255), HEAD: (255, 0, 0), NECK: (0, 255, 0), TORSO: (0, 0, 255)}

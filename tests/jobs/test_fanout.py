@@ -20,7 +20,7 @@ import pytest
 from jobs import registry, tracking
 from jobs.fanout import FanoutError, FanoutJob, run_fanout
 from tests.conftest import ROOT, SHARED
-from tests.services import free_port, mlflow_server
+from tests.services import AWS_UNSET, free_port, mlflow_server, moto_server, patched_environ
 from workers.media import audio_duration, probe
 
 pytestmark = pytest.mark.timeout(900)
@@ -160,41 +160,61 @@ def test_unreachable_tracking_server_fails_before_compute(two_identity_dataset, 
     assert not (tmp_path / "tune").exists()  # no Tune experiment was started
 
 
-def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(small_dataset, server, ray_local, tmp_path):
-    """SIGKILL the trial's worker process after its second checkpoint; Tune restarts it from that checkpoint."""
-    storage, scratch = tmp_path / "tune", tmp_path / "scratch"
-    job = FanoutJob(dataset=str(small_dataset), preset="debug", steps_scale=12.0, tracking_uri=server.url,
-                    experiment="fault", storage=str(storage), work_root=str(scratch), name="fault",
-                    max_failures=2, register=False)
-    killed: dict[str, int] = {}
+def test_killed_worker_resumes_from_its_s3_checkpoint_in_the_same_run(small_dataset, server, ray_local, tmp_path):
+    """Trial storage on S3 (a moto server that checks signatures: the credentials must reach the trials).
 
-    def killer() -> None:
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and not killed:
-            pids = list(scratch.glob("fault/*/pid"))
-            ckpts = list(storage.glob("fault/*/checkpoint_000001"))
-            if pids and ckpts:
-                pid = int(pids[0].read_text())
-                os.kill(pid, signal.SIGKILL)
-                killed["pid"] = pid
-            time.sleep(0.2)
+    SIGKILL the trial's worker process once its second checkpoint is being uploaded; Tune restarts the trial
+    from its latest checkpoint in the bucket (not from scratch) and it finishes in the same MLflow run.
+    (Local trial storage is what the other tests use.)"""
+    scratch = tmp_path / "scratch"
+    with moto_server(tmp_path, require_auth=True) as s3, patched_environ(s3.credentials, AWS_UNSET):
+        import boto3
 
-    th = threading.Thread(target=killer, daemon=True)
-    th.start()
-    out = run_fanout(job)
-    th.join(timeout=5)
+        client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1")
+        client.create_bucket(Bucket="tune")
+
+        def keys() -> list[str]:
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket="tune", Prefix="runs/s3fault/")
+            return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+        job = FanoutJob(dataset=str(small_dataset), preset="debug", steps_scale=12.0, tracking_uri=server.url,
+                        experiment="s3fault", storage="s3://tune/runs", s3_endpoint=s3.url,
+                        work_root=str(scratch), name="s3fault", max_failures=2, register=False)
+        killed: dict[str, int] = {}
+
+        def killer() -> None:
+            deadline = time.monotonic() + 400
+            while time.monotonic() < deadline and not killed:
+                pids = list(scratch.glob("s3fault/*/pid"))
+                if pids and any("/checkpoint_000001/" in k for k in keys()):
+                    pid = int(pids[0].read_text())
+                    os.kill(pid, signal.SIGKILL)
+                    killed["pid"] = pid
+                time.sleep(0.5)
+
+        th = threading.Thread(target=killer, daemon=True)
+        th.start()
+        out = run_fanout(job)
+        th.join(timeout=5)
+        objects = keys()
     assert killed, "the trial finished before it could be killed"
     [trial] = out["trials"]
     assert trial["status"] == "done", trial
-    assert trial["metrics"]["resumed_from_step"] >= 20, trial  # resumed from a checkpoint, not from scratch
-    assert int((scratch / "fault").glob("*/pid").__next__().read_text()) != killed["pid"]
+    # restored from a checkpoint in the bucket (step 10 or 20: the second may not be registered yet), not step 0
+    assert trial["metrics"]["resumed_from_step"] >= 10, trial
+    assert trial["path"].startswith("tune/runs/s3fault/"), trial["path"]
+    pid_now = int(next(scratch.glob("s3fault/*/pid")).read_text())
+    assert pid_now != killed["pid"]  # another worker process finished it
+    ckpts = {k.split("/checkpoint_")[1].split("/")[0] for k in objects if "/checkpoint_" in k}
+    assert ckpts and all(any(k.endswith(f"checkpoint_{c}/checkpoint.pt") for k in objects) for c in ckpts), objects
+    assert any(k.endswith("/state.json") for k in objects)
+    assert any(k.startswith("runs/s3fault/") and "experiment_state" in k for k in objects), objects
     runs = _runs(server.url, out["mlflow_experiment_id"])
     assert len(runs) == 1, [r.info.run_id for r in runs]  # no duplicate run
     run = runs[0]
-    assert run.info.status == "FINISHED" and int(run.data.tags["parley.resumed_from_step"]) >= 20
+    assert run.info.status == "FINISHED" and int(run.data.tags["parley.resumed_from_step"]) >= 10
     steps = {m.step for m in tracking.client(server.url).get_metric_history(run.info.run_id, "loss")}
-    total = json.loads(run.data.params["config.trainer.head.steps"]) + json.loads(
-        run.data.params["config.trainer.lips.steps"]) + json.loads(run.data.params["config.trainer.torso.steps"])
+    total = sum(json.loads(run.data.params[f"config.trainer.{s}.steps"]) for s in ("head", "lips", "torso"))
     assert steps == set(range(1, total + 1))  # every step is in the one run
 
 

@@ -75,7 +75,7 @@ def test_debug_runs_all_stages(frames64, lpips, tmp_path):
             head_before = [p.detach().clone() for p in tr.model.head.parameters()]
     assert [len(seen[s]) for s in ("head", "lips", "torso")] == [12, 4, 6]
     assert "lips_lpips" in seen["lips"][0].losses and seen["lips"][0].losses["lips_lpips"] > 0
-    assert "torso_entropy" in seen["torso"][0].losses
+    assert "torso_entropy" in seen["torso"][0].losses and seen["torso"][0].losses["torso_mask"] > 0
     assert head_before is not None
     assert all(torch.equal(a, b) for a, b in zip(head_before, tr.model.head.parameters(), strict=True))
     img = tr.render_frame(int(frames64.val_ids[0]))
@@ -199,3 +199,14 @@ def test_train_stage_steps_zero_skips(frames64):
     assert stages == ["head", "torso"] and tr.step() is None
     with pytest.raises(ValueError, match="lips stage needs an LPIPS"):
         Trainer(_steps(preset("debug"), head=1, lips=1), frames64)
+
+
+def test_torso_mask_loss_values():
+    """Binary cross-entropy of torso alpha against the body mask, over valid (non-head) rays only."""
+    from nerf.losses import mask_bce
+
+    alpha = torch.tensor([0.9, 0.1, 0.5, 0.2])
+    inside = torch.tensor([True, False, True, False])
+    valid = torch.tensor([True, True, False, False])
+    assert float(mask_bce(alpha, inside, valid)) == pytest.approx(-np.log(0.9), rel=1e-5)
+    assert float(mask_bce(alpha, inside, torch.zeros(4, dtype=torch.bool))) == 0.0

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from nerf.encoders import GridEncoderConfig
 from nerf.fields import AudioEncoderConfig, HeadFieldConfig, TorsoFieldConfig
+from nerf.losses import LossWeights
 from nerf.models import RadNerfConfig
 from nerf.rendering import OccupancyGridConfig, SamplerConfig
 from nerf.trainer import ExperimentConfig, StageConfig, TrainerConfig
@@ -21,9 +22,10 @@ from nerf.trainer import ExperimentConfig, StageConfig, TrainerConfig
 def _debug() -> ExperimentConfig:
     small = GridEncoderConfig(n_levels=2, features_per_level=2, base_resolution=8, max_resolution=32)
     model = RadNerfConfig(
+        losses=LossWeights(torso_mask=0.01),  # exercised by the tests; off in the other presets (see LossWeights)
         head=HeadFieldConfig(spatial=small, audio_grid=replace(small, max_resolution=16),
                              audio=AudioEncoderConfig(channels=16, out_dim=8), hidden=32, geo_feat_dim=8),
-        torso=TorsoFieldConfig(grid=small, hidden=32, pixel_frequencies=3, pose_frequencies=2, pose_in_color=False),
+        torso=TorsoFieldConfig(grid=small, hidden=32, pixel_frequencies=3, pose_frequencies=2),
         grid=OccupancyGridConfig(resolution=16, update_every=4),
         sampler=SamplerConfig(samples_per_ray=8, candidates=32),
     )
@@ -36,8 +38,7 @@ def _debug() -> ExperimentConfig:
 def _cpu() -> ExperimentConfig:
     model = RadNerfConfig(
         head=HeadFieldConfig(spatial=GridEncoderConfig(n_levels=8, base_resolution=16, max_resolution=256)),
-        torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=6, base_resolution=16, max_resolution=256),
-                               pose_in_color=False),
+        torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=6, base_resolution=16, max_resolution=256)),
         grid=OccupancyGridConfig(resolution=64, update_every=16, cells_per_update=1 << 16),
     )
     trainer = TrainerConfig(size=256, rays_per_batch=4096, frames_per_batch=4, head=StageConfig(steps=6000),
@@ -51,8 +52,7 @@ def _paper() -> ExperimentConfig:
         head=HeadFieldConfig(spatial=GridEncoderConfig(n_levels=12, features_per_level=2, base_resolution=16,
                                                        max_resolution=2048),
                              audio_grid=GridEncoderConfig(n_levels=8, base_resolution=8, max_resolution=128)),
-        torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=12, base_resolution=16, max_resolution=2048),
-                               pose_in_color=False),
+        torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=12, base_resolution=16, max_resolution=2048)),
         grid=OccupancyGridConfig(resolution=128, update_every=16),
     )
     trainer = TrainerConfig(size=512, rays_per_batch=65536, frames_per_batch=8, head=StageConfig(steps=100_000),

@@ -36,6 +36,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -147,9 +148,11 @@ def curve_point(trainer: Trainer, frames: list[int], t: float, stage: str, step:
             "head_psnr": float(np.mean(head)), "psnr": float(np.mean(full)) if full else None}
 
 
-def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_every: float) -> Trainer:
+def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_every: float,
+                     replan: Callable[[Trainer, Run], None] | None = None) -> Trainer:
     """Train ``run.config`` to the end, adding a curve point at t=0, every ``eval_every`` s of training time,
-    at the end of each stage and at the end."""
+    at the end of each stage and at the end. ``replan`` is called once the head stage is done (before the next
+    stage's optimiser exists), to resize the remaining stages."""
     trainer = Trainer(run.config, data, lips_loss=lips if run.config.trainer.lips.steps else None)
     frames = [int(f) for f in data.val_ids[::2]]
 
@@ -178,7 +181,30 @@ def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_ev
             point(r.stage, r.step)
             while next_eval <= run.train_s:
                 next_eval += eval_every
+        if stage_end and r.stage == "head" and replan is not None:
+            replan(trainer, run)
     return trainer
+
+
+def replan_after_head(per_step: dict[str, float], budget_s: float, shares: dict[str, float]):  # noqa: ANN201
+    """A ``replan`` for :func:`train_with_curve`: the lips and torso stages get the budget the head stage left,
+    split by ``shares``, at their estimated step times corrected by how far off the head's estimate was (the
+    few timed steps before training run before the occupancy grid prunes, so they overestimate)."""
+
+    def replan(trainer: Trainer, run: Run) -> None:
+        head_steps = trainer.stage_config("head").steps
+        scale = run.stage_s["head"] / max(head_steps, 1) / per_step["head"]
+        rest = max(budget_s - run.train_s, 0.0)
+        later = {s: shares[s] for s in ("lips", "torso") if trainer.stage_config(s).steps}
+        tc = trainer.tc
+        new = {s: max(1, int(rest * later[s] / sum(later.values()) / (per_step[s] * scale))) for s in later}
+        tc = replace(tc, **{s: replace(trainer.stage_config(s), steps=n) for s, n in new.items()})
+        trainer.tc = tc
+        trainer.config = run.config = replace(trainer.config, trainer=tc)
+        print(f"[{run.name}] head stage took {run.stage_s['head']:.0f} s ({scale:.2f}x its estimate): "
+              + ", ".join(f"{s} {n} steps" for s, n in new.items()) + f" for the remaining {rest:.0f} s", flush=True)
+
+    return replan
 
 
 def time_to_reach(curve: list[dict[str, Any]], target: float) -> float | None:
@@ -266,7 +292,8 @@ def main() -> int:
         runs["baseline"] = Run("baseline", with_steps(bcfg, b_steps, 0, 0))
         print(f"baseline (frequency MLP head): head {b_per_step:.2f} s/step x {b_steps} steps", flush=True)
 
-    trainer = train_with_curve(runs["grid"], data, lips, eval_every)
+    trainer = train_with_curve(runs["grid"], data, lips, eval_every, replan_after_head(per_step, budget_s, SHARES))
+    steps = {s: trainer.stage_config(s).steps for s in steps}  # as re-planned after the head stage
     ckpt = trainer.save_checkpoint(args.work / CHECKPOINT)
     grid = runs["grid"]
     planned = {s: per_step[s] * steps[s] for s in steps}
@@ -333,7 +360,8 @@ def main() -> int:
         "n_train": data.n_train, "n_val": int(len(data.val_ids)), "eval_every_s": eval_every,
         "machine": {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                     "platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__},
-        "grid": {"config": json.loads(config_to_json(cfg)), "steps": steps, "seconds_per_step": per_step,
+        "grid": {"config": json.loads(config_to_json(runs["grid"].config)), "steps": steps,
+                 "seconds_per_step": per_step,
                  "planned_s": planned, "stage_s": grid.stage_s, "train_s": grid.train_s, "eval_s": grid.eval_s,
                  "curve": grid.curve, "final": final, "head_psnr": head_psnr, "samples_per_s": samples_per_s,
                  "checkpoint": str(ckpt)},

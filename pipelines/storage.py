@@ -51,11 +51,12 @@ class S3Options:
         return S3Options(endpoint, region)
 
     def boto3_client(self):
-        """A boto3 S3 client for these options."""
+        """A boto3 S3 client for these options, with credentials resolved now (a session of its own: boto3's
+        default session keeps the first credentials it found for the life of the process)."""
         import boto3
 
         opts = self.resolved()
-        return boto3.client("s3", endpoint_url=opts.endpoint_url, region_name=opts.region)
+        return boto3.session.Session().client("s3", endpoint_url=opts.endpoint_url, region_name=opts.region)
 
 
 def is_s3(uri: str) -> bool:

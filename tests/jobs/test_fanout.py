@@ -168,9 +168,9 @@ def test_killed_worker_resumes_from_its_s3_checkpoint_in_the_same_run(small_data
     (Local trial storage is what the other tests use.)"""
     scratch = tmp_path / "scratch"
     with moto_server(tmp_path, require_auth=True) as s3, patched_environ(s3.credentials, AWS_UNSET):
-        import boto3
+        from pipelines.storage import S3Options
 
-        client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1")
+        client = S3Options(endpoint_url=s3.url).boto3_client()
         client.create_bucket(Bucket="tune")
 
         def keys() -> list[str]:

@@ -30,9 +30,10 @@ os.environ.setdefault("PARLEY_ASSETS", str(ROOT.parent / "shared" / "assets"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from jobs.fanout import apply_overrides  # noqa: E402
+from jobs.fanout import FanoutError, apply_overrides  # noqa: E402
 from jobs.train import load_identity  # noqa: E402
-from nerf.trainer import Trainer, config_from_json, load_checkpoint  # noqa: E402
+from nerf.metrics import psnr  # noqa: E402
+from nerf.trainer import CheckpointError, Trainer, config_from_json, load_checkpoint  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, object]]:
@@ -50,12 +51,9 @@ def parse_variant(text: str) -> tuple[str, dict[str, object]]:
 
 
 def mean_psnr(trainer: Trainer, frames: list[int]) -> float:
-    vals = []
-    for f in frames:
-        pred = trainer.render_frame(f).numpy()
-        gt = trainer.data.images[f].astype(np.float32) / 255
-        vals.append(-10 * np.log10(float(((pred - gt) ** 2).mean())))
-    return float(np.mean(vals))
+    """Mean PSNR of the full renders of ``frames`` against their images."""
+    imgs = trainer.store.images
+    return float(np.mean([psnr(trainer.render_frame(f), imgs[f].float() / 255) for f in frames]))
 
 
 def main() -> int:
@@ -73,8 +71,12 @@ def main() -> int:
     variants = [parse_variant(v) for v in (args.variant or ["base="])]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
 
-    ck = load_checkpoint(args.checkpoint)
-    base = config_from_json(ck["config"])
+    try:  # bad checkpoints and variant keys fail here, before the dataset is read
+        ck = load_checkpoint(args.checkpoint)
+        base = config_from_json(ck["config"])
+        configs = {name: apply_overrides(base, overrides) for name, overrides in variants}
+    except (CheckpointError, FanoutError) as e:
+        raise SystemExit(f"error: {e}") from None
     data = load_identity(args.dataset, str(ck["identity"]), base.trainer.size, max_frames=base.trainer.max_frames)
     held = [int(f) for f in data.val_ids]
     train = [int(f) for f in np.linspace(0, data.n_train - 1, 3).round()]
@@ -84,8 +86,7 @@ def main() -> int:
           f"{args.steps} torso steps x {len(seeds)} seeds x {len(variants)} variants", flush=True)
 
     final: dict[str, list[float]] = {}
-    for name, overrides in variants:
-        cfg = apply_overrides(base, overrides)
+    for name, cfg in configs.items():
         tc = cfg.trainer
         tc = replace(tc, lips=replace(tc.lips, steps=0), torso=replace(tc.torso, steps=args.steps))
         cfg = replace(cfg, trainer=tc)

@@ -334,7 +334,13 @@ class Trainer:
             CheckpointError: unreadable file, another format, another recipe or identity.
         """
         ckpt = load_checkpoint(path)
-        if ckpt["config"] != config_to_json(self.config):
+        # Compared through a round trip: a checkpoint written before a config field existed holds no value for it,
+        # and the field's default (which keeps the old behaviour) stands in.
+        try:
+            theirs = config_to_json(config_from_json(ckpt["config"]))
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: its config does not parse ({e})") from e
+        if theirs != config_to_json(self.config):
             raise CheckpointError(f"{path}: trained with another config; start a new run or use the same recipe")
         if ckpt["identity"] != self.data.identity:
             raise CheckpointError(f"{path}: a checkpoint of identity {ckpt['identity']!r}, not {self.data.identity!r}")

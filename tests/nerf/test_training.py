@@ -119,6 +119,30 @@ def test_checkpoint_errors(frames64, lpips, tmp_path):
         tr.load_checkpoint(path)
 
 
+def test_checkpoint_from_before_a_config_field_loads(frames64, lpips, tmp_path):
+    """A checkpoint written before a config field existed (its JSON lacks the key) loads: the field's default stands
+    in. A config that does not parse is a CheckpointError naming the file."""
+    import json
+
+    a = Trainer(preset("debug"), frames64, lips_loss=lpips)
+    a.step()
+    ck = a.state_dict()
+    cfg = json.loads(ck["config"])
+    del cfg["model"]["torso"]["pose_in_color"]  # added after the first checkpoints were written
+    assert preset("debug").model.torso.pose_in_color is True
+    ck["config"] = json.dumps(cfg)
+    old = tmp_path / "old.pt"
+    torch.save(ck, old)
+    b = Trainer(preset("debug"), frames64, lips_loss=lpips)
+    b.load_checkpoint(old)
+    assert b.global_step == 1
+    cfg["model"]["torso"]["bogus"] = 1
+    ck["config"] = json.dumps(cfg)
+    torch.save(ck, old)
+    with pytest.raises(CheckpointError, match="old.pt: its config does not parse.*bogus"):
+        b.load_checkpoint(old)
+
+
 def test_config_json_round_trip():
     """Every preset survives JSON; unknown keys are named."""
     for name in PRESETS:

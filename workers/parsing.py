@@ -50,10 +50,13 @@ class PersonSegmenter:
 def parse(person: np.ndarray, lms: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Label each pixel head / neck / torso / background.
 
-    Head: the person pixels inside a head oval built from the 68 landmarks (the jaw line below, the
-    jaw mirrored above the eyes for forehead and hair), plus the landmarks' own hull. Neck: person
-    pixels below the jaw, between the jaw's lower corners, down to 0.7 face heights under the chin.
-    Torso: the remaining person pixels.
+    Head: the person pixels above the jaw (the jaw line between its lower corners, the chin's height
+    beside them) or inside a head oval built from the 68 landmarks (the jaw line below, the jaw
+    mirrored above the eyes), plus the landmarks' own hull. Hair beside the face down to the chin is
+    head: it moves with the head, and the 3D head field models it far better than the torso's 2D
+    deformation does (as face parsers that give hair its own class, merged into the head, do).
+    Neck: person pixels below the jaw, between the jaw's lower corners, down to 0.7 face heights
+    under the chin. Torso: the remaining person pixels (shoulders, hair below the chin).
 
     Args:
         person: float32 [H, W] person probability.
@@ -81,11 +84,13 @@ def parse(person: np.ndarray, lms: np.ndarray, threshold: float = 0.5) -> np.nda
     cv2.fillConvexPoly(head_zone, oval, 1)
     face_hull = np.zeros((h, w), np.uint8)
     cv2.fillConvexPoly(face_hull, cv2.convexHull(lms.astype(np.int32)), 1)
+    x0, x1 = float(jaw[3, 0]), float(jaw[13, 0])
+    chin_y = float(jaw[:, 1].max())
+    above = np.array([[0, 0], [w, 0], [w, chin_y], [x1, chin_y], *jaw[13:2:-1], [x0, chin_y], [0, chin_y]])
+    cv2.fillPoly(head_zone, [above.round().astype(np.int32)], 1)
     head = (head_zone.astype(bool) & is_person) | face_hull.astype(bool)
 
     neck_zone = np.zeros((h, w), np.uint8)
-    x0, x1 = float(jaw[3, 0]), float(jaw[13, 0])
-    chin_y = float(jaw[:, 1].max())
     poly = np.array([*jaw[3:14], [x1, chin_y + 0.7 * face_h], [x0, chin_y + 0.7 * face_h]], np.int32)
     cv2.fillPoly(neck_zone, [poly], 1)
     neck = neck_zone.astype(bool) & is_person & ~head

@@ -94,7 +94,9 @@ def test_eye_ratio_dips_during_blinks(processed, stem):
 
 @pytest.mark.parametrize("stem", STEMS)
 def test_parsing_labels(processed, stem):
-    """Parsing has head, neck, torso and background; the head label covers the face landmarks."""
+    """Parsing has head, neck, torso and background; the head label covers the face landmarks and every person
+    pixel above the eyes (forehead, hair); hair beside the face above the chin is head; the person below the chin and
+    beside the jaw's lower corners is torso."""
     rows = [r for r in processed[stem].rows if r["face_found"]]
     for r in rows[::50]:
         labels = decode_png(r["parsing_png"])
@@ -103,6 +105,14 @@ def test_parsing_labels(processed, stem):
         assert {HEAD, NECK, TORSO, BACKGROUND} <= present
         lms = array(r, "landmarks_2d").round().astype(int).clip(0, r["image_size"] - 1)
         assert np.mean(labels[lms[:, 1], lms[:, 0]] == HEAD) > 0.9
+        person = labels != BACKGROUND
+        eye_y = int(lms[36:48, 1].min())
+        assert (labels[:eye_y][person[:eye_y]] == HEAD).all()
+        chin_y, x_left, x_right = int(lms[0:17, 1].max()), int(lms[3, 0]), int(lms[13, 0])
+        beside = person.copy()
+        beside[:, x_left - 2 : x_right + 3] = False
+        assert (labels[eye_y : chin_y - 1][beside[eye_y : chin_y - 1]] == HEAD).all()
+        assert (labels[chin_y + 2 :][beside[chin_y + 2 :]] == TORSO).all()
 
 
 @pytest.mark.parametrize("stem", STEMS)

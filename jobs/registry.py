@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from jobs.tracking import client
 
 MODEL_PREFIX = "avatar-"
@@ -57,7 +59,10 @@ class AvatarModel(PythonModel):
 
         return render_audio(self.checkpoint, audio, out, size=size, device=device, progress=progress)
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:  # noqa: ANN001
+    # The hint is DataFrame because it is the one input type MLflow takes without inferring a schema from it (a
+    # union is refused, no hint draws a warning at every save); paths and lists pass through unchanged, the model
+    # has no signature to validate them against.
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:  # noqa: ANN001
         params = params or {}
         if isinstance(model_input, str | Path):
             rows = [{"audio": str(model_input)}]

@@ -225,6 +225,7 @@ class TrialRun:
         self._client = client(self.uri)
         self._metrics: list[Any] = []
         self._last_flush = time.monotonic()
+        self._through: dict[str, int] = {}
 
     def start(self) -> str:
         """Create the run, or find this trial's earlier run and reopen it; returns the run id."""
@@ -248,14 +249,27 @@ class TrialRun:
             self._client.log_batch(self.run_id, params=items[k:k + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int, flush: bool = False) -> None:
-        """Buffer metrics at a step (non-finite values dropped); sent every few seconds or on ``flush``."""
+        """Buffer metrics at a step (non-finite values dropped); sent every few seconds or on ``flush``.
+
+        In a resumed run, a metric at a step the run already holds is not sent again: a trial restored from its
+        checkpoint re-trains the steps after it, and with the checkpoint's random state, to the same values.
+        """
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         self._metrics += [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
-                          if v is not None and math.isfinite(float(v))]
+                          if v is not None and math.isfinite(float(v)) and step > self._logged_through(k)]
         if flush or time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
+
+    def _logged_through(self, key: str) -> int:
+        """The highest step of ``key`` the run held when it was reopened (-1 for a new run); one query per key."""
+        if not self.resumed:
+            return -1
+        if key not in self._through:
+            hist = self._client.get_metric_history(self.run_id, key)
+            self._through[key] = max((int(m.step) for m in hist), default=-1)
+        return self._through[key]
 
     def flush(self) -> None:
         """Send buffered metrics."""

@@ -213,9 +213,11 @@ def test_killed_worker_resumes_from_its_s3_checkpoint_in_the_same_run(small_data
     assert len(runs) == 1, [r.info.run_id for r in runs]  # no duplicate run
     run = runs[0]
     assert run.info.status == "FINISHED" and int(run.data.tags["parley.resumed_from_step"]) >= 10
-    steps = {m.step for m in tracking.client(server.url).get_metric_history(run.info.run_id, "loss")}
+    steps = sorted(m.step for m in tracking.client(server.url).get_metric_history(run.info.run_id, "loss"))
     total = sum(json.loads(run.data.params[f"config.trainer.{s}.steps"]) for s in ("head", "lips", "torso"))
-    assert steps == set(range(1, total + 1))  # every step is in the one run
+    assert steps == list(range(1, total + 1))  # every step is in the one run, once (re-trained steps not re-logged)
+    val_steps = [m.step for m in tracking.client(server.url).get_metric_history(run.info.run_id, "val_psnr")]
+    assert len(val_steps) == len(set(val_steps)), val_steps
 
 
 def test_sweep_asha_nests_trials_under_a_parent_run(small_dataset, server, ray_local, tmp_path):

@@ -6,7 +6,10 @@ Regions come from the dataset's parsing (background, head, neck, torso). For eac
 head-only PSNR (the head over the ground truth's body and background), and per region the MSE and its share of the
 image's squared error. ``bg_floor`` is the MSE between the identity's background image and the frame on background
 pixels at least 3 px from the person (eroded mask): no model that composites over that background can beat it.
-Last line: ``train_psnr=<dB> heldout_psnr=<dB> heldout_torso_mse=<x> bg_floor_mse=<x>`` (means over the frames).
+``ceiling`` is the full-image PSNR of a perfect person over the identity's background image (the frame's background
+pixels against the background image, zero error elsewhere): the best any model that composites over it can score.
+Last line: ``train_psnr=<dB> heldout_psnr=<dB> heldout_torso_mse=<x> bg_floor_mse=<x> heldout_ceiling_psnr=<dB>``
+(means over the frames).
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def main() -> int:
     bg_img = data.background.astype(np.float32) / 255
     splits = {"train": np.linspace(0, data.n_train - 1, args.frames).round().astype(int),
               "heldout": data.val_ids[np.linspace(0, len(data.val_ids) - 1, args.frames).round().astype(int)]}
-    agg: dict[str, list[float]] = {"train_psnr": [], "heldout_psnr": [], "heldout_torso_mse": [], "bg_floor_mse": []}
+    agg: dict[str, list[float]] = {"train_psnr": [], "heldout_psnr": [], "heldout_torso_mse": [], "bg_floor_mse": [],
+                                   "heldout_ceiling_psnr": []}
     for split, ids in splits.items():
         for f in ids.tolist():
             gt = data.images[f].astype(np.float32) / 255
@@ -56,8 +60,9 @@ def main() -> int:
             far = cv2.erode((lab == 0).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
             floor = float(((bg_img - gt) ** 2).mean(-1)[far].mean()) if far.any() else float("nan")
             p = -10 * np.log10(err.mean())
+            ceiling = -10 * np.log10(np.where(lab == 0, ((bg_img - gt) ** 2).mean(-1), 0.0).mean())
             line = (f"{split:<7} frame {f:4d}: psnr {p:.2f} head-only "
-                    f"{-10 * np.log10(((head - gt) ** 2).mean()):.2f} bg_floor {floor:.4f} |")
+                    f"{-10 * np.log10(((head - gt) ** 2).mean()):.2f} ceiling {ceiling:.2f} bg_floor {floor:.4f} |")
             for k, name in REGIONS.items():
                 m = lab == k
                 if m.any():
@@ -66,6 +71,8 @@ def main() -> int:
                     agg["heldout_torso_mse"].append(float(err[m].mean()))
             print(line, flush=True)
             agg[f"{split}_psnr"].append(float(p))
+            if split == "heldout":
+                agg["heldout_ceiling_psnr"].append(float(ceiling))
             agg["bg_floor_mse"].append(floor)
     print(" ".join(f"{k}={np.nanmean(v):.4f}" for k, v in agg.items()))
     return 0

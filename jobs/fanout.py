@@ -114,7 +114,7 @@ def trial_main(config: dict[str, Any], job: dict[str, Any], run: dict[str, Any])
     """
     from ray import tune
 
-    t_start = time.perf_counter()
+    t_start, t_wall = time.perf_counter(), time.time()
     run_info = run  # `run` is the parameter's name in with_parameters; the body uses `trun` for the MLflow run
     os.environ.update(run_info.get("env", {}))
     fj = FanoutJob(**job)
@@ -210,7 +210,8 @@ def trial_main(config: dict[str, Any], job: dict[str, Any], run: dict[str, Any])
         raise
     tune.report({**metrics, "val_psnr": metrics.get("psnr", float("nan")), "global_step": int(result["steps"]),
                  "stage": "done", "finished": True, "resumed_from_step": resumed_step, "run_id": trun.run_id,
-                 "trial_seconds": time.perf_counter() - t_start, "train_seconds": float(result["seconds"])})
+                 "trial_seconds": time.perf_counter() - t_start, "train_seconds": float(result["seconds"]),
+                 "trial_start_time": t_wall, "trial_end_time": time.time()})
 
 
 def quick_val_psnr(trainer, n: int = QUICK_VAL_FRAMES) -> float:  # noqa: ANN001
@@ -333,7 +334,10 @@ def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
 
     Returns:
         ``experiment`` (Tune path), ``tracking_uri``, ``mlflow_experiment_id``, ``trials`` (identity, status,
-        metrics, run id per trial), ``registered`` (model name -> version), ``seconds``.
+        metrics, run id per trial), ``registered`` (model name -> version), ``seconds``, ``timings`` (``setup_s``:
+        inputs and tracking checked, Ray started; ``fit_s``: Tune ran the trials; ``register_s``: registry;
+        ``fit_start_time``/``fit_end_time``: the epoch seconds around ``Tuner.fit``, to compare with the trials'
+        ``trial_start_time``/``trial_end_time`` metrics).
 
     Raises:
         FanoutError, FileNotFoundError: bad input; tracking.TrackingError: the tracking store is unreachable.
@@ -394,7 +398,9 @@ def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
     )
     log.info("%s: %d identit%s on %s per trial -> tracking %s", name, len(identities),
              "y" if len(identities) == 1 else "ies", resources, uri)
+    t_fit, wall_fit = time.perf_counter(), time.time()
     results = tuner.fit()
+    t_register, wall_fit_end = time.perf_counter(), time.time()
 
     trials: list[dict[str, Any]] = []
     for k in range(len(results)):
@@ -410,7 +416,8 @@ def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
         trials.append({"identity": ident, "status": status, "run_id": run_id, "path": res.path,
                        "overrides": {k: v for k, v in cfg.items() if k != "identity"},
                        "metrics": {k: m[k] for k in (*registry.METRICS, "val_psnr", "global_step",
-                                                     "resumed_from_step", "trial_seconds", "train_seconds") if k in m},
+                                                     "resumed_from_step", "trial_seconds", "train_seconds",
+                                                     "trial_start_time", "trial_end_time") if k in m},
                        "error": str(res.error).splitlines()[0] if res.error else None})
     registered = {}
     if job.register:
@@ -431,9 +438,11 @@ def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
             if vals:
                 c.log_metric(parent, f"best_psnr_{ident}", float(max(vals)))
         tracking.end_run(uri, parent, "FINISHED")
+    t_end = time.perf_counter()
     return {"experiment": results.experiment_path, "tracking_uri": uri, "mlflow_experiment_id": exp_id,
-            "parent_run_id": parent, "trials": trials, "registered": registered,
-            "seconds": time.perf_counter() - t0}
+            "parent_run_id": parent, "trials": trials, "registered": registered, "seconds": t_end - t0,
+            "timings": {"setup_s": t_fit - t0, "fit_s": t_register - t_fit, "register_s": t_end - t_register,
+                        "fit_start_time": wall_fit, "fit_end_time": wall_fit_end}}
 
 
 # CLI ---------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from workers import assets
+from workers import assets, mediapipe_tasks
 
 # MediaPipe 478-point mesh indices of the 68 points, in iBUG order: jaw 0-16 (image left to right),
 # brows 17-26, nose 27-35, eyes 36-47, outer lips 48-59, inner lips 60-67. Derived by
@@ -113,6 +113,7 @@ class MediaPipeLandmarker:
         self.min_confidence = min_confidence
         self._landmarker: Any = None
         self._last_ts = -1
+        mediapipe_tasks.close_at_exit(self)
 
     def _create(self):
         from mediapipe.tasks.python import BaseOptions, vision
@@ -127,7 +128,8 @@ class MediaPipeLandmarker:
             output_face_blendshapes=True,
             output_facial_transformation_matrixes=True,
         )
-        return vision.FaceLandmarker.create_from_options(opts)
+        with mediapipe_tasks.quiet_native_logs():
+            return vision.FaceLandmarker.create_from_options(opts)
 
     def reset(self) -> None:
         """Start a new video stream (MediaPipe needs increasing timestamps per stream)."""

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from pipelines.schema import BACKGROUND, HEAD, NECK, TORSO
-from workers import assets
+from workers import assets, mediapipe_tasks
 
 LABELS = {BACKGROUND: "background", HEAD: "head", NECK: "neck", TORSO: "torso"}
 # RAD-NeRF / AD-NeRF parsing colours (RGB): head red, neck green, torso blue, background white.
@@ -31,7 +31,9 @@ class PersonSegmenter:
             output_confidence_masks=True,
             output_category_mask=False,
         )
-        self._seg = vision.ImageSegmenter.create_from_options(opts)
+        with mediapipe_tasks.quiet_native_logs():
+            self._seg = vision.ImageSegmenter.create_from_options(opts)
+        mediapipe_tasks.close_at_exit(self)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Person probability float32 [H, W] in [0, 1] of an RGB uint8 image [H, W, 3]."""

@@ -376,12 +376,11 @@ def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
     param_space = {"identity": tune.grid_search(identities), **search_space(job.space)}
     scheduler = None
     if job.scheduler.get("type", "fifo") == "asha":
-        from ray.tune.schedulers import ASHAScheduler
+        from jobs.schedulers import asha_per_identity
 
-        sc = job.scheduler
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=int(sc.get("max_t", 10_000)),
-                                  grace_period=int(sc.get("grace_period", 2)),
-                                  reduction_factor=float(sc.get("reduction_factor", 2)))
+        sc = job.scheduler  # trials compete within their identity only (PSNRs of two people do not compare)
+        scheduler = asha_per_identity(max_t=int(sc.get("max_t", 10_000)), grace_period=int(sc.get("grace_period", 2)),
+                                      reduction_factor=float(sc.get("reduction_factor", 2)))
     elif job.scheduler.get("type", "fifo") != "fifo":
         raise FanoutError(f"scheduler {job.scheduler.get('type')!r}: expected asha or fifo")
     storage_path, storage_fs = _storage(job)

@@ -8,8 +8,10 @@ image's squared error. ``bg_floor`` is the MSE between the identity's background
 pixels at least 3 px from the person (eroded mask): no model that composites over that background can beat it.
 ``ceiling`` is the full-image PSNR of a perfect person over the identity's background image (the frame's background
 pixels against the background image, zero error elsewhere): the best any model that composites over it can score.
-Last line: ``train_psnr=<dB> heldout_psnr=<dB> heldout_torso_mse=<x> bg_floor_mse=<x> heldout_ceiling_psnr=<dB>``
-(means over the frames).
+``head_band`` is the share of the image's squared error on background pixels within 5 px of the parsed head (the
+head's silhouette: where the head field puts hair or haze the parsing calls background, or the reverse).
+Last line: ``train_psnr=<dB> heldout_psnr=<dB> heldout_torso_mse=<x> bg_floor_mse=<x> heldout_ceiling_psnr=<dB>
+heldout_head_band_share=<x>`` (means over the frames).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch  # noqa: E402
 
 from jobs.train import load_identity, lpips_module  # noqa: E402
 from nerf.trainer import Trainer, config_from_json, load_checkpoint  # noqa: E402
+from pipelines.schema import HEAD  # noqa: E402
 
 REGIONS = {0: "bg", 1: "head", 2: "neck", 3: "torso"}
 
@@ -48,7 +51,7 @@ def main() -> int:
     splits = {"train": np.linspace(0, data.n_train - 1, args.frames).round().astype(int),
               "heldout": data.val_ids[np.linspace(0, len(data.val_ids) - 1, args.frames).round().astype(int)]}
     agg: dict[str, list[float]] = {"train_psnr": [], "heldout_psnr": [], "heldout_torso_mse": [], "bg_floor_mse": [],
-                                   "heldout_ceiling_psnr": []}
+                                   "heldout_ceiling_psnr": [], "heldout_head_band_share": []}
     for split, ids in splits.items():
         for f in ids.tolist():
             gt = data.images[f].astype(np.float32) / 255
@@ -60,9 +63,12 @@ def main() -> int:
             far = cv2.erode((lab == 0).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
             floor = float(((bg_img - gt) ** 2).mean(-1)[far].mean()) if far.any() else float("nan")
             p = -10 * np.log10(err.mean())
+            to_head = cv2.distanceTransform((lab != HEAD).astype(np.uint8), cv2.DIST_L2, 3)
+            band = float(err[(lab == 0) & (to_head <= 5)].sum() / err.sum())
             ceiling = -10 * np.log10(np.where(lab == 0, ((bg_img - gt) ** 2).mean(-1), 0.0).mean())
             line = (f"{split:<7} frame {f:4d}: psnr {p:.2f} head-only "
-                    f"{-10 * np.log10(((head - gt) ** 2).mean()):.2f} ceiling {ceiling:.2f} bg_floor {floor:.4f} |")
+                    f"{-10 * np.log10(((head - gt) ** 2).mean()):.2f} ceiling {ceiling:.2f} bg_floor {floor:.4f} "
+                    f"head_band {band:.2f} |")
             for k, name in REGIONS.items():
                 m = lab == k
                 if m.any():
@@ -73,6 +79,7 @@ def main() -> int:
             agg[f"{split}_psnr"].append(float(p))
             if split == "heldout":
                 agg["heldout_ceiling_psnr"].append(float(ceiling))
+                agg["heldout_head_band_share"].append(band)
             agg["bg_floor_mse"].append(floor)
     print(" ".join(f"{k}={np.nanmean(v):.4f}" for k, v in agg.items()))
     return 0

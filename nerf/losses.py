@@ -20,6 +20,12 @@ class LossWeights:
     """LPIPS on the lip patch in the lips stage."""
     lips_mse: float = 1.0
     """MSE on the lip patch in the lips stage."""
+    head_mask: float = 0.0
+    """Binary cross-entropy of the head's accumulated alpha against the parsing's head region, in the head and
+    lips stages: keeps the head's silhouette on the parsed one (the band of background just outside the head is
+    where most held-out error was, see benchmarks/regions.py). Off by default: on RD_Radio2_000 (cpu preset, head
+    stage of 1500 steps, one seed) held-out head-only PSNR 21.52 dB without it, 21.74 with 0.01, 21.49 with 0.1
+    (and training PSNR 0.5 dB lower): not beyond seed noise yet; a sweep key."""
     torso_mask: float = 0.0
     """Binary cross-entropy of the torso's alpha against the parsing's body (torso + neck) outside the head, meant
     to keep the torso off the background on frames it has not seen. Off by default: on RD_Radio2_000 (torso stage

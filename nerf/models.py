@@ -184,6 +184,9 @@ class RadNerf(nn.Module):
         if stage in ("head", "lips"):
             losses["alpha_entropy"] = w.alpha_entropy * alpha_entropy(outputs["head_acc"])
             losses["ambient_l1"] = w.ambient_l1 * ambient_l1(outputs["ambient"], face)
+            if w.head_mask:
+                losses["head_mask"] = w.head_mask * mask_bce(outputs["head_acc"], label == HEAD,
+                                                             torch.ones_like(face))
         else:
             losses["torso_entropy"] = w.alpha_entropy * alpha_entropy(outputs["torso_alpha"])
             if w.torso_mask:

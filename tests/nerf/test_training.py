@@ -76,6 +76,7 @@ def test_debug_runs_all_stages(frames64, lpips, tmp_path):
     assert [len(seen[s]) for s in ("head", "lips", "torso")] == [12, 4, 6]
     assert "lips_lpips" in seen["lips"][0].losses and seen["lips"][0].losses["lips_lpips"] > 0
     assert "torso_entropy" in seen["torso"][0].losses and seen["torso"][0].losses["torso_mask"] > 0
+    assert seen["head"][0].losses["head_mask"] > 0 and "head_mask" not in seen["torso"][0].losses
     assert head_before is not None
     assert all(torch.equal(a, b) for a, b in zip(head_before, tr.model.head.parameters(), strict=True))
     img = tr.render_frame(int(frames64.val_ids[0]))

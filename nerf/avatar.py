@@ -148,7 +148,8 @@ class Avatar:
         Args:
             audio: float32 [T, window, n_mels] audio features (as the dataset build computes them).
             size: output side in pixels (default: the training size).
-            poses: [T, 4, 4] camera-to-world per frame (default: :meth:`driving_track`).
+            poses: [T, 4, 4] camera-to-world per frame (default: :meth:`driving_track`, each frame then with the
+                appearance latent of the training frame its pose comes from; given poses: the mean latent).
             eye: [T] eye openness per frame (default: :meth:`driving_track`).
             chunk: rays per forward pass.
 
@@ -166,6 +167,7 @@ class Avatar:
                              f"[{hc.window}, {hc.n_mels}]")
         n = audio.shape[0]
         track_poses, track_eye = self.driving_track(n)
+        source = torch.from_numpy(pingpong(n, int(self.kit["n_train"]))).to(self.device) if poses is None else None
         poses = track_poses if poses is None else poses
         eye = track_eye if eye is None else eye
         train_size = int(self.kit["size"])
@@ -182,7 +184,8 @@ class Avatar:
             o, d = pixel_rays(pose, intr.to(self.device), pix)
             cond = self.model.novel_conditions(
                 torch.from_numpy(np.asarray(audio[t : t + 1], np.float32)).to(self.device),
-                torch.tensor([float(eye[t])], device=self.device), pose[None])
+                torch.tensor([float(eye[t])], device=self.device), pose[None],
+                None if source is None else source[t : t + 1])
             img = render_image(self.model, o, d, pix / scale, cond, bg, with_torso=self.has_torso, size=size,
                                chunk=chunk)
             yield (img.cpu().numpy() * 255 + 0.5).astype(np.uint8)

@@ -20,12 +20,12 @@ class LossWeights:
     """LPIPS on the lip patch in the lips stage."""
     lips_mse: float = 1.0
     """MSE on the lip patch in the lips stage."""
-    head_mask: float = 0.0
+    head_mask: float = 0.01
     """Binary cross-entropy of the head's accumulated alpha against the parsing's head region, in the head and
     lips stages: keeps the head's silhouette on the parsed one (the band of background just outside the head is
-    where most held-out error was, see benchmarks/regions.py). Off by default: on RD_Radio2_000 (cpu preset, head
-    stage of 1500 steps, one seed) held-out head-only PSNR 21.52 dB without it, 21.74 with 0.01, 21.49 with 0.1
-    (and training PSNR 0.5 dB lower): not beyond seed noise yet; a sweep key."""
+    where a quarter to a third of held-out error was, see benchmarks/regions.py). On RD_Radio2_000 (cpu preset,
+    head stage of 1500 steps, seeds 0/1/2) held-out head-only PSNR 21.52/21.13/20.86 dB without it, 21.74/21.41/
+    21.82 with 0.01; 0.1 (seed 0) lowered training PSNR by 0.5 dB and held-out PSNR by 0.03 dB."""
     torso_mask: float = 0.0
     """Binary cross-entropy of the torso's alpha against the parsing's body (torso + neck) outside the head, meant
     to keep the torso off the background on frames it has not seen. Off by default: on RD_Radio2_000 (torso stage

@@ -83,12 +83,20 @@ class RadNerf(nn.Module):
         """Conditions of training frames (their own latents). ``frames`` [B] ids, the rest per frame."""
         return FrameConditions(audio, eye, pose, self.head_latents[frames], self.torso_latents[frames])
 
-    def novel_conditions(self, audio: Tensor, eye: Tensor, pose: Tensor) -> FrameConditions:
-        """Conditions of frames without a latent (held-out frames, new audio): the mean training latent."""
+    def novel_conditions(self, audio: Tensor, eye: Tensor, pose: Tensor,
+                         latent_from: Tensor | None = None) -> FrameConditions:
+        """Conditions of frames without a latent of their own (held-out frames, new audio).
+
+        Args:
+            audio, eye, pose: per frame [B, ...].
+            latent_from: int64 [K] training frames whose latents (averaged) every frame takes, e.g. the training
+                frames nearest in time; None or empty: the mean over all training frames.
+        """
         n = max(int(self.n_train), 1)
         b = audio.shape[0]
-        head = self.head_latents[:n].mean(0, keepdim=True).expand(b, -1)
-        torso = self.torso_latents[:n].mean(0, keepdim=True).expand(b, -1)
+        rows = slice(0, n) if latent_from is None or latent_from.numel() == 0 else latent_from
+        head = self.head_latents[rows].mean(0, keepdim=True).expand(b, -1)
+        torso = self.torso_latents[rows].mean(0, keepdim=True).expand(b, -1)
         return FrameConditions(audio, eye, pose, head, torso)
 
     def torso_pose(self, pose: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from nerf.trainer import ExperimentConfig, StageConfig, TrainerConfig
 def _debug() -> ExperimentConfig:
     small = GridEncoderConfig(n_levels=2, features_per_level=2, base_resolution=8, max_resolution=32)
     model = RadNerfConfig(
-        losses=LossWeights(head_mask=0.01, torso_mask=0.01),  # exercised by the tests; off in the others (LossWeights)
+        losses=LossWeights(torso_mask=0.01),  # exercised by the tests; off in the other presets (see LossWeights)
         head=HeadFieldConfig(spatial=small, audio_grid=replace(small, max_resolution=16),
                              audio=AudioEncoderConfig(channels=16, out_dim=8), hidden=32, geo_feat_dim=8),
         torso=TorsoFieldConfig(grid=small, hidden=32, pixel_frequencies=3, pose_frequencies=2),

@@ -278,7 +278,9 @@ class Trainer:
             frame: frame id.
             chunk: rays per forward pass.
             use_ema: render with the averaged weights.
-            novel: use the mean latent instead of the frame's own (default: for held-out frames).
+            novel: render without the frame's own latent (default: for held-out frames, which have none). A
+                held-out frame takes the latents of the training frames nearest it in time
+                (:meth:`IdentityFrames.nearest_train`); a training frame rendered as novel takes the mean latent.
             head_only: the head over the ground truth's torso and background (the head stage's target) instead
                 of the full model.
 
@@ -290,7 +292,8 @@ class Trainer:
         if novel is None:
             novel = frame >= s.n_train
         if novel:
-            cond = self.model.novel_conditions(s.audio[fid], s.eye[fid], s.poses[fid])
+            near = torch.from_numpy(self.data.nearest_train(frame)).to(self.device) if frame >= s.n_train else None
+            cond = self.model.novel_conditions(s.audio[fid], s.eye[fid], s.poses[fid], near)
         else:
             cond = self.model.train_conditions(fid, s.audio[fid], s.eye[fid], s.poses[fid])
         rays = s.frame_rays(frame, head_only=head_only)

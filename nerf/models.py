@@ -62,7 +62,7 @@ class RadNerf(nn.Module):
         """Args:
             config: the model's shape.
             n_frames: frames with an appearance latent (all of the identity's frames; held-out ones are never
-                trained, and render with the mean latent).
+                trained, and render with their nearest training frames' latents, see :meth:`novel_conditions`).
             image_size: rendered image side (pixels), for the torso's image-plane coordinates.
             near, far: depth bounds of the identity (metres).
         """

@@ -253,17 +253,20 @@ def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, siz
     size = size or int(avatar.kit["size"])
     if size % 2:
         raise ValueError(f"size must be even for H.264 video, got {size}")
+    # on a terminal one line updated every second; in a log (ray job logs, CI) a line every 10 s
+    tty = sys.stderr.isatty()
+    every, start, end = (1.0, "\r", "") if tty else (10.0, "", "\n")
     t0 = last = time.perf_counter()
     with VideoWriter(out, fps=fps, size=(size, size), audio=audio) as video:
         for k, frame in enumerate(avatar.render(feats, size=size)):
             video.write(frame)
             done = k + 1
-            if progress and (time.perf_counter() - last > 1.0 or done == n):
+            if progress and (time.perf_counter() - last > every or done == n):
                 last = time.perf_counter()
                 rate = done / (last - t0)
-                print(f"\rrender {done}/{n} frames ({rate:.1f} frames/s, {(n - done) / rate:.0f} s left)",
-                      end="", file=sys.stderr, flush=True)
-    if progress:
+                print(f"{start}render {done}/{n} frames ({rate:.1f} frames/s, "
+                      f"{(n - done) / rate:.0f} s left)", end=end, file=sys.stderr, flush=True)
+    if progress and tty:
         print(file=sys.stderr)
     secs = time.perf_counter() - t0
     return {"video": str(out), "frames": n, "seconds": secs, "fps": n / secs if secs else float("inf")}

@@ -112,6 +112,8 @@ def test_cli_train_render_and_errors(small_dataset, trained, short_wav, tmp_path
     p = _parley("render", "-c", str(trained / "checkpoint.pt"), "-a", str(short_wav), "-o", str(tmp_path / "o.mp4"))
     assert p.returncode == 0, p.stderr
     assert "rendered 33 frames" in p.stdout and probe(tmp_path / "o.mp4").has_audio
+    # stderr is a pipe, not a terminal: progress comes as whole lines (no carriage returns) for logs
+    assert "render 33/33 frames" in p.stderr and "\r" not in p.stderr
 
     p = _parley("train", "-d", str(small_dataset), "--identity", "nobody", "-o", str(tmp_path / "x"),
                 "--preset", "debug")

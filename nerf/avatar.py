@@ -134,10 +134,13 @@ class Avatar:
     def has_torso(self) -> bool:
         return self.config.trainer.torso.steps > 0
 
+    def driving_frames(self, n: int) -> np.ndarray:
+        """int64 [n]: the training frames walked back and forth, whose poses and eyes drive ``n`` frames."""
+        return pingpong(n, int(self.kit["n_train"]))
+
     def driving_track(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Poses [n, 4, 4] and eye openness [n] for ``n`` frames: the training frames walked back and forth."""
-        n_train = int(self.kit["n_train"])
-        idx = pingpong(n, n_train)
+        """Poses [n, 4, 4] and eye openness [n] for ``n`` frames (of :meth:`driving_frames`)."""
+        idx = self.driving_frames(n)
         return self.kit["poses"].numpy()[idx], self.kit["eye"].numpy()[idx]
 
     @torch.no_grad()
@@ -167,7 +170,7 @@ class Avatar:
                              f"[{hc.window}, {hc.n_mels}]")
         n = audio.shape[0]
         track_poses, track_eye = self.driving_track(n)
-        source = torch.from_numpy(pingpong(n, int(self.kit["n_train"]))).to(self.device) if poses is None else None
+        source = torch.from_numpy(self.driving_frames(n)).to(self.device) if poses is None else None
         poses = track_poses if poses is None else poses
         eye = track_eye if eye is None else eye
         train_size = int(self.kit["size"])

@@ -193,10 +193,20 @@ class RayBatch:
     """[R, 3] colour behind the head (the background, or the torso where the head stage learns the head only)."""
     face: Tensor
     """bool [R] the ray's pixel is inside the face rectangle."""
+    mouth: Tensor
+    """bool [R] the ray's pixel is inside the mouth region (:func:`mouth_rect`: the lips and the jaw around them)."""
     pixels: Tensor
     """[R, 2] pixel coordinates (x, y) of the ray, centres at +0.5."""
     label: Tensor
     """uint8 [R] parsing label of the ray's pixel (:data:`pipelines.schema.HEAD` etc.)."""
+
+
+def mouth_rect(lips: Tensor) -> Tensor:
+    """The region speech moves, from lips rectangles [..., 4] (x0, y0, x1, y1): a quarter of the lips' width
+    either side, 0.3 of it above (up to the nose) and 0.6 below (the chin, which moves with the jaw)."""
+    x0, y0, x1, y1 = lips.float().unbind(-1)
+    w = x1 - x0
+    return torch.stack([x0 - 0.25 * w, y0 - 0.3 * w, x1 + 0.25 * w, y1 + 0.6 * w], -1)
 
 
 def pixel_rays(pose: Tensor, intrinsics: Tensor, pixels: Tensor) -> tuple[Tensor, Tensor]:
@@ -259,8 +269,11 @@ class FrameStore:
         o, d = pixel_rays(self.poses[frames], self.intrinsics[frames], centres)
         fr = self.face_rect[frames]
         face = (x >= fr[:, 0]) & (x < fr[:, 2]) & (y >= fr[:, 1]) & (y < fr[:, 3])
-        return RayBatch(frame=frames, origins=o, directions=d, rgb=rgb, background=bg, face=face, pixels=centres,
-                        label=lab)
+        mr = mouth_rect(self.lips_rect[frames])
+        mouth = (centres[:, 0] >= mr[:, 0]) & (centres[:, 0] < mr[:, 2]) & (centres[:, 1] >= mr[:, 1]) & \
+            (centres[:, 1] < mr[:, 3])
+        return RayBatch(frame=frames, origins=o, directions=d, rgb=rgb, background=bg, face=face, mouth=mouth,
+                        pixels=centres, label=lab)
 
     def sample(self, n_rays: int, n_frames: int, generator: torch.Generator, head_only: bool,
                face_fraction: float = 0.5) -> RayBatch:
@@ -311,5 +324,6 @@ class FrameStore:
         face = torch.ones(pix.shape[0], dtype=torch.bool, device=self.device)
         label = torch.full((pix.shape[0],), HEAD, dtype=torch.uint8, device=self.device)
         rays = RayBatch(frame=fid, origins=o, directions=d, rgb=target.reshape(-1, 3),
-                        background=bg_grid[0].permute(1, 2, 0).reshape(-1, 3), face=face, pixels=pix, label=label)
+                        background=bg_grid[0].permute(1, 2, 0).reshape(-1, 3), face=face, mouth=face, pixels=pix,
+                        label=label)
         return rays, target

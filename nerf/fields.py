@@ -100,6 +100,10 @@ class HeadFieldConfig:
     """Condition density on eye openness."""
     latent_dim: int = 4
     """Per-frame appearance latent fed to the colour net (0: none)."""
+    latent_in_density: bool = False
+    """Also feed the latent to the density net, so that per-frame changes of shape that audio and eyes do not
+    explain (hair, head motion the pose misses) have a condition of their own instead of being learnt as a
+    function of the audio (held-out frames take their nearest training frames' latents)."""
     hidden: int = 64
     """Width of the small MLPs (``grid`` backbone)."""
     geo_feat_dim: int = 32
@@ -121,6 +125,7 @@ class HeadField(nn.Module):
         c = config
         self.audio_net = AudioEncoder(c.audio)
         eye_dim = 1 if c.use_eye else 0
+        eye_dim += c.latent_dim if c.latent_in_density else 0  # the density net's extra per-frame inputs
         if not 1 <= c.audio_coord_dim <= 3:
             raise ValueError(f"audio_coord_dim must be 1, 2 or 3, got {c.audio_coord_dim}")
         self.spatial: PlaneEncoder | FrequencyEncoder
@@ -182,6 +187,8 @@ class HeadField(nn.Module):
             parts.append(audio_feat)
         if self.config.use_eye:
             parts.append(eye[:, None])
+        if self.config.latent_in_density:
+            parts.append(latent)
         h = self.sigma_net(torch.cat(parts, -1))
         out["sigma"] = trunc_exp(h[:, 0] - 1.0)
         if with_color:
@@ -190,9 +197,11 @@ class HeadField(nn.Module):
             out["rgb"] = torch.sigmoid(self.color_net(color_in))
         return out
 
-    def get_density(self, x: Tensor, audio_feat: Tensor, eye: Tensor) -> Tensor:
-        """Density ``[N]`` at world positions ``[N, 3]`` (conditions as in :meth:`get_outputs`)."""
-        latent = torch.zeros(x.shape[0], self.config.latent_dim, device=x.device)
+    def get_density(self, x: Tensor, audio_feat: Tensor, eye: Tensor, latent: Tensor | None = None) -> Tensor:
+        """Density ``[N]`` at world positions ``[N, 3]`` (conditions as in :meth:`get_outputs`; the latent
+        matters only with ``latent_in_density``, zeros when None)."""
+        if latent is None:
+            latent = torch.zeros(x.shape[0], self.config.latent_dim, device=x.device)
         return self.get_outputs(x, audio_feat, eye, latent, with_color=False)["sigma"]
 
 

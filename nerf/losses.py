@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -16,6 +17,9 @@ class LossWeights:
     """Binary entropy of each ray's accumulated alpha: pushes the head (and torso) to be opaque or empty."""
     ambient_l1: float = 1e-4
     """L1 of the audio coordinate on rays outside the face: audio may only move the face."""
+    ambient_region: Literal["face", "mouth"] = "face"
+    """Where the audio coordinate may be non-zero (``ambient_l1`` applies outside it): the face rectangle
+    (RAD-NeRF) or the mouth region (the lips and jaw, :func:`nerf.data.mouth_rect`)."""
     lips_lpips: float = 0.01
     """LPIPS on the lip patch in the lips stage."""
     lips_mse: float = 1.0

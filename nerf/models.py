@@ -177,7 +177,7 @@ class RadNerf(nn.Module):
         return out
 
     def get_loss_dict(self, outputs: dict[str, Tensor], target: Tensor, face: Tensor, label: Tensor,
-                      stage: Stage) -> dict[str, Tensor]:
+                      stage: Stage, mouth: Tensor | None = None) -> dict[str, Tensor]:
         """Weighted losses of a ray batch (the lips stage adds its LPIPS term itself, on a patch).
 
         Args:
@@ -186,12 +186,21 @@ class RadNerf(nn.Module):
             face: bool [R] rays inside the face rectangle.
             label: uint8 [R] parsing label of each ray's pixel.
             stage: training stage.
+            mouth: bool [R] rays inside the mouth region (needed with ``ambient_region="mouth"``).
         """
         w = self.config.losses
         losses = {"mse": mse(outputs["rgb"], target)}
         if stage in ("head", "lips"):
             losses["alpha_entropy"] = w.alpha_entropy * alpha_entropy(outputs["head_acc"])
-            losses["ambient_l1"] = w.ambient_l1 * ambient_l1(outputs["ambient"], face)
+            if w.ambient_region == "mouth":
+                if mouth is None:
+                    raise ValueError("ambient_region='mouth' needs the rays' mouth mask")
+                audio_region = mouth
+            elif w.ambient_region == "face":
+                audio_region = face
+            else:
+                raise ValueError(f"unknown ambient_region {w.ambient_region!r} (face or mouth)")
+            losses["ambient_l1"] = w.ambient_l1 * ambient_l1(outputs["ambient"], audio_region)
             if w.head_mask:
                 losses["head_mask"] = w.head_mask * mask_bce(outputs["head_acc"], label == HEAD,
                                                              torch.ones_like(face))
@@ -215,11 +224,12 @@ class RadNerf(nn.Module):
     @torch.no_grad()
     def update_grid(self, audio: Tensor, eye: Tensor, generator: torch.Generator) -> None:
         """Update the occupancy grid with random conditions drawn from the training frames' ``audio`` [N, W, M]
-        and ``eye`` [N]: the grid keeps the maximum density over them."""
+        and ``eye`` [N] (and their latents): the grid keeps the maximum density over them."""
         feats = self.head.encode_audio(audio)
+        latents = self.head_latents[:feats.shape[0]]
 
         def density(x: Tensor) -> Tensor:
             pick = torch.randint(0, feats.shape[0], (x.shape[0],), generator=generator).to(x.device)
-            return self.head.get_density(x, feats[pick], eye[pick])
+            return self.head.get_density(x, feats[pick], eye[pick], latents[pick])
 
         self.grid.update(density, generator)

@@ -213,7 +213,7 @@ class Trainer:
         out = self.model.get_outputs(batch.origins, batch.directions, batch.pixels, ray_frame, cond,
                                      batch.background, with_torso=stage == "torso", generator=g,
                                      head_grad=stage != "torso")
-        losses = self.model.get_loss_dict(out, batch.rgb, batch.face, batch.label, stage)
+        losses = self.model.get_loss_dict(out, batch.rgb, batch.face, batch.label, stage, batch.mouth)
         samples = int(out["n_samples"])
         if stage == "lips":
             assert self.lips_loss is not None

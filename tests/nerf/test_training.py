@@ -265,3 +265,69 @@ def test_held_out_frames_borrow_the_latents_of_their_nearest_training_frames(fra
     with torch.no_grad():
         m.head_latents[22:27] = -3.0
     assert not torch.equal(img1, tr.render_frame(28, use_ema=False))
+
+
+def test_latent_in_density_conditions_the_shape_and_the_occupancy_grid(frames64):
+    """With ``latent_in_density`` the frame latent changes the density (off: only the colour), and the occupancy
+    grid's update evaluates the density under the training frames' own latents."""
+    from nerf.fields import HeadField
+
+    torch.manual_seed(0)
+    base = preset("debug").model.head
+    x = torch.rand(64, 3) * 0.2 - 0.1
+    audio = torch.randn(64, base.audio.out_dim)
+    eye = torch.rand(64)
+    for on in (False, True):
+        field = HeadField(replace(base, latent_in_density=on))
+        z0, z1 = torch.zeros(64, base.latent_dim), torch.full((64, base.latent_dim), 2.0)
+        with torch.no_grad():
+            same = torch.equal(field.get_density(x, audio, eye, z0), field.get_density(x, audio, eye, z1))
+            assert torch.equal(field.get_density(x, audio, eye), field.get_density(x, audio, eye, z0))
+        assert same != on, f"latent_in_density={on}"
+
+    cfg = preset("debug")
+    cfg = replace(cfg, model=replace(cfg.model, head=replace(cfg.model.head, latent_in_density=True)))
+    tr = Trainer(_steps(cfg, head=1), frames64)
+    seen: list[torch.Tensor] = []
+    real = tr.model.head.get_density
+    tr.model.head.get_density = lambda x, a, e, latent=None: seen.append(latent) or real(x, a, e, latent)
+    with torch.no_grad():
+        tr.model.head_latents.copy_(torch.arange(frames64.n_frames, dtype=torch.float32)[:, None]
+                                    .expand_as(tr.model.head_latents))
+    n = tr.store.n_train
+    tr.model.update_grid(tr.store.audio[:n], tr.store.eye[:n], tr.generator)
+    used = torch.cat(seen)[:, 0]
+    assert used.max() < n and len(torch.unique(used)) > 1  # training frames' latents, various ones
+
+
+def test_ambient_loss_region_face_or_mouth(frames64):
+    """``ambient_region="mouth"`` leaves the audio coordinate free in the mouth region (lips and jaw) only; the
+    face rectangle contains it; an unknown region is refused."""
+    from nerf.data import mouth_rect
+    from nerf.models import RadNerf
+
+    s = FrameStore(frames64)
+    rays = s.frame_rays(0)
+    lips = frames64.lips_rect[0]
+    assert rays.mouth.any() and rays.face.any()
+    assert int(rays.mouth.sum()) < int(rays.face.sum())
+    assert not bool((rays.mouth & ~rays.face).sum() > 0.1 * rays.mouth.sum())  # mostly inside the face
+    cx, cy = (lips[0] + lips[2]) // 2, (lips[1] + lips[3]) // 2
+    assert bool(rays.mouth[cy * s.size + cx])  # the lips' centre
+    assert not bool(rays.mouth[(lips[1] - (lips[3] - lips[1])) // 2 * s.size + cx])  # well above the lips (eyes)
+    mr = mouth_rect(torch.tensor(lips))
+    assert mr[0] < lips[0] and mr[1] < lips[1] and mr[2] > lips[2] and mr[3] > lips[3]
+
+    cfg = preset("debug").model
+    n = rays.frame.shape[0]
+    outputs = {"rgb": torch.zeros(n, 3), "head_acc": torch.full((n,), 0.5), "ambient": torch.rand(n)}
+    for region, inside in (("face", rays.face), ("mouth", rays.mouth)):
+        m = RadNerf(replace(cfg, losses=replace(cfg.losses, ambient_region=region, ambient_l1=1.0)),
+                    frames64.n_frames, 64, 0.3, 0.8)
+        got = float(m.get_loss_dict(outputs, rays.rgb, rays.face, rays.label, "head", rays.mouth)["ambient_l1"])
+        assert got == pytest.approx(float(outputs["ambient"][~inside].mean()), rel=1e-6), region
+    with pytest.raises(ValueError, match="ambient_region='mouth' needs"):
+        m.get_loss_dict(outputs, rays.rgb, rays.face, rays.label, "head")
+    bad = RadNerf(replace(cfg, losses=replace(cfg.losses, ambient_region="eyes")), frames64.n_frames, 64, 0.3, 0.8)
+    with pytest.raises(ValueError, match="unknown ambient_region 'eyes'"):
+        bad.get_loss_dict(outputs, rays.rgb, rays.face, rays.label, "head", rays.mouth)

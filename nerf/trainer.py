@@ -338,7 +338,7 @@ class Trainer:
         """
         ckpt = load_checkpoint(path)
         # Compared through a round trip: a checkpoint written before a config field existed holds no value for it,
-        # and the field's default (which keeps the old behaviour) stands in.
+        # and the old behaviour (the class's ABSENT_IN_OLD_CONFIGS, else the field's default) stands in.
         try:
             theirs = config_to_json(config_from_json(ckpt["config"]))
         except (ValueError, TypeError) as e:
@@ -435,7 +435,9 @@ def _from_dict(cls: Any, data: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown} for {cls.__name__} (known: {sorted(names)})")
-    kwargs = {}
+    # a field added with a default that changes the model stands for the old behaviour when a config lacks it
+    kwargs: dict[str, Any] = dict(getattr(cls, "ABSENT_IN_OLD_CONFIGS", {}))
+    kwargs = {k: v for k, v in kwargs.items() if k not in data}
     for k, v in data.items():
         t = hints[k]
         if dataclasses.is_dataclass(t) and isinstance(v, dict):

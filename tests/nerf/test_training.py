@@ -137,6 +137,23 @@ def test_checkpoint_from_before_a_config_field_loads(frames64, lpips, tmp_path):
     b = Trainer(preset("debug"), frames64, lips_loss=lpips)
     b.load_checkpoint(old)
     assert b.global_step == 1
+    # fields whose default changed the model: their absence means the old behaviour, not today's default
+    old_cfg = preset("debug")
+    old_cfg = replace(old_cfg, model=replace(old_cfg.model, head=replace(old_cfg.model.head, latent_in_density=False),
+                                             losses=replace(old_cfg.model.losses, ambient_region="face")))
+    c = Trainer(old_cfg, frames64, lips_loss=lpips)
+    c.step()
+    ck2 = c.state_dict()
+    cfg2 = json.loads(ck2["config"])
+    del cfg2["model"]["head"]["latent_in_density"], cfg2["model"]["losses"]["ambient_region"]
+    ck2["config"] = json.dumps(cfg2)
+    torch.save(ck2, tmp_path / "older.pt")
+    parsed = config_from_json(ck2["config"])
+    assert parsed.model.head.latent_in_density is False and parsed.model.losses.ambient_region == "face"
+    assert preset("debug").model.head.latent_in_density is True
+    d = Trainer(parsed, frames64, lips_loss=lpips)
+    d.load_checkpoint(tmp_path / "older.pt")
+    assert d.global_step == 1
     cfg["model"]["torso"]["bogus"] = 1
     ck["config"] = json.dumps(cfg)
     torch.save(ck, old)

@@ -128,8 +128,7 @@ class HeadField(nn.Module):
         self.config = config
         c = config
         self.audio_net = AudioEncoder(c.audio)
-        eye_dim = 1 if c.use_eye else 0
-        eye_dim += c.latent_dim if c.latent_in_density else 0  # the density net's extra per-frame inputs
+        cond_dim = (1 if c.use_eye else 0) + (c.latent_dim if c.latent_in_density else 0)  # density's per-frame
         if not 1 <= c.audio_coord_dim <= 3:
             raise ValueError(f"audio_coord_dim must be 1, 2 or 3, got {c.audio_coord_dim}")
         self.spatial: PlaneEncoder | FrequencyEncoder
@@ -138,14 +137,14 @@ class HeadField(nn.Module):
             self.audio_coord_net = mlp(self.spatial.out_dim + self.audio_net.out_dim, c.audio_coord_dim, c.hidden, 3)
             # x_a in 1-3 dims: a 2D grid (1 dim: its v = 0 line) or, for 3 dims, a tri-plane.
             self.audio_grid: PlaneEncoder | None = PlaneEncoder(3 if c.audio_coord_dim == 3 else 2, c.audio_grid)
-            h_in = self.spatial.out_dim + self.audio_grid.out_dim + eye_dim
+            h_in = self.spatial.out_dim + self.audio_grid.out_dim + cond_dim
             self.sigma_net = mlp(h_in, 1 + c.geo_feat_dim, c.hidden, 3)
             self.color_net = mlp(c.geo_feat_dim + c.latent_dim, 3, c.hidden, 2)
         elif c.backbone == "frequency":
             self.spatial = FrequencyEncoder(3, c.frequency)
             self.audio_coord_net = None  # type: ignore[assignment]
             self.audio_grid = None
-            h_in = self.spatial.out_dim + self.audio_net.out_dim + eye_dim
+            h_in = self.spatial.out_dim + self.audio_net.out_dim + cond_dim
             self.sigma_net = mlp(h_in, 1 + c.geo_feat_dim, c.mlp_hidden, c.mlp_layers)
             self.color_net = mlp(c.geo_feat_dim + c.latent_dim, 3, c.mlp_hidden // 2, 2)
         else:

@@ -249,6 +249,19 @@ class FrameStore:
         self.background = torch.from_numpy(data.background).to(dev).float() / 255.0  # [S, S, 3]
         self.n_train = data.n_train
 
+    def mouth_point(self) -> Tensor:
+        """The mouth's centre in the head's frame [3]: the point nearest (least squares) to the rays through the
+        lips rectangles' centres of all training frames (the head is still and the camera moves around it)."""
+        n = self.n_train
+        lips = self.lips_rect[:n].float()
+        centres = torch.stack([(lips[:, 0] + lips[:, 2]) / 2, (lips[:, 1] + lips[:, 3]) / 2], -1)
+        o, d = pixel_rays(self.poses[:n].float(), self.intrinsics[:n].float(), centres)
+        o, d = o.double(), d.double()
+        proj = torch.eye(3, dtype=torch.float64) - d[:, :, None] * d[:, None, :]  # [n, 3, 3] off-ray projectors
+        a = proj.sum(0)
+        b = torch.einsum("nij,nj->i", proj, o)
+        return torch.linalg.solve(a, b).float()
+
     def rays(self, frames: Tensor, pixels: Tensor, head_only: bool) -> RayBatch:
         """A batch for given frames and integer pixel positions.
 

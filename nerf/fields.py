@@ -106,6 +106,10 @@ class HeadFieldConfig:
     function of the audio (held-out frames take their nearest training frames' latents). Checkpoints from before
     this field render without it. On RD_Radio2_000 (cpu preset, 4500 head steps, with ``ambient_region="mouth"``)
     held-out head PSNR 21.99 -> 22.48 dB, training 24.22 -> 25.13 (benchmarks/variants.py)."""
+    audio_gate: float = 0.0
+    """Radius (metres) of a sphere around the mouth (:meth:`nerf.data.FrameStore.mouth_point`) outside which the
+    audio coordinate is forced to 0, so that audio cannot move anything but the mouth and jaw (0: no gate; the
+    ``ambient_l1`` loss alone keeps audio to the mouth, softly)."""
     hidden: int = 64
     """Width of the small MLPs (``grid`` backbone)."""
     geo_feat_dim: int = 32
@@ -132,6 +136,8 @@ class HeadField(nn.Module):
         if not 1 <= c.audio_coord_dim <= 3:
             raise ValueError(f"audio_coord_dim must be 1, 2 or 3, got {c.audio_coord_dim}")
         self.spatial: PlaneEncoder | FrequencyEncoder
+        if c.audio_gate > 0:
+            self.register_buffer("mouth_centre", torch.zeros(3))  # world position, set from the data
         if c.backbone == "grid":
             self.spatial = PlaneEncoder(3, c.spatial)
             self.audio_coord_net = mlp(self.spatial.out_dim + self.audio_net.out_dim, c.audio_coord_dim, c.hidden, 3)
@@ -184,6 +190,8 @@ class HeadField(nn.Module):
         out: dict[str, Tensor] = {}
         if self.config.backbone == "grid":
             x_a = torch.tanh(self.audio_coord_net(torch.cat([enc, audio_feat], -1)))
+            if self.config.audio_gate > 0:
+                x_a = x_a * self.audio_gate_weight(x)[:, None]
             out["audio_coord"] = x_a
             parts.append(self._audio_lookup(x_a))
         else:
@@ -199,6 +207,12 @@ class HeadField(nn.Module):
             color_in = torch.cat([geo, latent], -1) if self.config.latent_dim else geo
             out["rgb"] = torch.sigmoid(self.color_net(color_in))
         return out
+
+    def audio_gate_weight(self, x: Tensor) -> Tensor:
+        """[N] in [0, 1]: 1 within ``audio_gate`` metres of the mouth, falling to 0 over a tenth of that outside."""
+        r = self.config.audio_gate
+        dist = (x - self.mouth_centre).norm(dim=-1)
+        return torch.sigmoid((r - dist) / (0.025 * r))
 
     def get_density(self, x: Tensor, audio_feat: Tensor, eye: Tensor, latent: Tensor | None = None) -> Tensor:
         """Density ``[N]`` at world positions ``[N, 3]`` (conditions as in :meth:`get_outputs`; the latent

@@ -348,3 +348,37 @@ def test_ambient_loss_region_face_or_mouth(frames64):
     bad = RadNerf(replace(cfg, losses=replace(cfg.losses, ambient_region="eyes")), frames64.n_frames, 64, 0.3, 0.8)
     with pytest.raises(ValueError, match="unknown ambient_region 'eyes'"):
         bad.get_loss_dict(outputs, rays.rgb, rays.face, rays.label, "head", rays.mouth)
+
+
+def test_audio_gate_keeps_audio_to_the_mouth(frames64):
+    """``audio_gate`` > 0: the mouth is triangulated from the lips of the training frames (every lips ray passes
+    near it), and the audio moves the density near the mouth only, not at the forehead."""
+    from dataclasses import replace
+
+    from nerf.data import pixel_rays
+
+    s = FrameStore(frames64)
+    p = s.mouth_point()
+    n = s.n_train
+    lips = s.lips_rect[:n].float()
+    o, d = pixel_rays(s.poses[:n], s.intrinsics[:n], (lips[:, :2] + lips[:, 2:]) / 2)
+    v = p - o
+    off_ray = (v - (v * d).sum(-1, keepdim=True) * d).norm(dim=-1)
+    assert float(off_ray.median()) < 0.01  # metres
+    cfg = preset("debug")
+    cfg = replace(cfg, model=replace(cfg.model, head=replace(cfg.model.head, audio_gate=0.05)))
+    tr = Trainer(_steps(cfg, head=1), frames64)
+    head = tr.model.head
+    assert torch.allclose(head.mouth_centre, p)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for prm in head.audio_grid.parameters():
+            prm.normal_()  # a trained-looking audio grid (it starts near zero)
+        a1, a2 = torch.randn(2, 1, head.audio_net.out_dim).expand(2, 32, -1)
+        eye, z = torch.ones(32), torch.zeros(32, cfg.model.head.latent_dim)
+        near = p + torch.randn(32, 3) * 0.005
+        forehead = p + torch.tensor([0.0, 0.12, 0.0]) + torch.randn(32, 3) * 0.005
+        moved = {k: (head.get_density(x, a1, eye, z) - head.get_density(x, a2, eye, z)).abs().max()
+                 for k, x in (("near", near), ("forehead", forehead))}
+    assert float(moved["near"]) > 1e-4 and float(moved["forehead"]) < 1e-6, moved
+    assert not hasattr(Trainer(_steps(preset("debug"), head=1), frames64).model.head, "mouth_centre")

@@ -211,7 +211,8 @@ class HeadField(nn.Module):
     def audio_gate_weight(self, x: Tensor) -> Tensor:
         """[N] in [0, 1]: 1 within ``audio_gate`` metres of the mouth, falling to 0 over a tenth of that outside."""
         r = self.config.audio_gate
-        dist = (x - self.mouth_centre).norm(dim=-1)
+        centre: Tensor = self.get_buffer("mouth_centre")
+        dist = (x - centre).norm(dim=-1)
         return torch.sigmoid((r - dist) / (0.025 * r))
 
     def get_density(self, x: Tensor, audio_feat: Tensor, eye: Tensor, latent: Tensor | None = None) -> Tensor:

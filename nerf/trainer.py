@@ -142,7 +142,7 @@ class Trainer:
         self.model.pose_mean.copy_(poses.mean(0))
         self.model.n_train.fill_(data.n_train)
         if config.model.head.audio_gate > 0:
-            self.model.head.mouth_centre.copy_(self.store.mouth_point())
+            self.model.head.get_buffer("mouth_centre").copy_(self.store.mouth_point())
         self.lips_loss = lips_loss.to(self.device) if lips_loss is not None else None
         if self.tc.lips.steps and lips_loss is None:
             raise ValueError("the lips stage needs an LPIPS module (lips_loss); pass one or set lips steps to 0")

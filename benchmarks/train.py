@@ -149,10 +149,10 @@ def curve_point(trainer: Trainer, frames: list[int], t: float, stage: str, step:
 
 
 def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_every: float,
-                     replan: Callable[[Trainer, Run, str], None] | None = None) -> Trainer:
+                     replan: Callable[[Trainer, Run, StepResult], None] | None = None) -> Trainer:
     """Train ``run.config`` to the end, adding a curve point at t=0, every ``eval_every`` s of training time,
-    at the end of each stage and at the end. ``replan(trainer, run, stage)`` is called when the head and the lips
-    stages end (before the next stage's optimiser exists), to resize the remaining stages."""
+    at the end of each stage and at the end. ``replan(trainer, run, result)`` is called after every step (a
+    stage's last step comes before the next stage's optimiser exists), to resize the stages to a budget."""
     trainer = Trainer(run.config, data, lips_loss=lips if run.config.trainer.lips.steps else None)
     frames = [int(f) for f in data.val_ids[::2]]
 
@@ -181,32 +181,41 @@ def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_ev
             point(r.stage, r.step)
             while next_eval <= run.train_s:
                 next_eval += eval_every
-        if stage_end and r.stage in ("head", "lips") and replan is not None:
-            replan(trainer, run, r.stage)
+        if replan is not None:
+            replan(trainer, run, r)
     return trainer
 
 
 def replan_to_budget(per_step: dict[str, float], budget_s: float, shares: dict[str, float]):  # noqa: ANN201
     """A ``replan`` for :func:`train_with_curve`: at the end of the head stage the lips and torso stages get the
-    budget it left, split by ``shares``; at the end of the lips stage the torso gets what is left then. Steps
-    are sized by the per-step times timed before training. The head's own estimate runs high (its few timed
-    steps run before the occupancy grid prunes), but the lips and torso ones hold (30-min run: lips 0.40 s
-    estimated vs 0.36 s, torso 0.070 vs 0.073), so they are not corrected by the head's error: doing so
-    overran a 30-min budget by 447 s."""
+    budget it left, split by ``shares``; at the end of the lips stage the torso gets what is left then, sized by
+    the per-step times timed before training. Those few timed steps are easily skewed (anything else running at
+    the start doubled the torso's estimate, and the run ended 400 s early), so the torso, the last stage, is
+    re-sized again from its own measured pace each time its step count doubles from 100 on."""
 
-    def replan(trainer: Trainer, run: Run, stage: str) -> None:
+    def resize(trainer: Trainer, run: Run, new: dict[str, int], why: str) -> None:
+        for s, n in new.items():
+            trainer.resize_stage(s, n)  # type: ignore[arg-type]
+        run.config = trainer.config
+        print(f"[{run.name}] {why}: " + ", ".join(f"{s} {n} steps" for s, n in new.items())
+              + f" for the remaining {max(budget_s - run.train_s, 0.0):.0f} s", flush=True)
+
+    def replan(trainer: Trainer, run: Run, r: StepResult) -> None:
         rest = max(budget_s - run.train_s, 0.0)
-        order = ("lips", "torso")
-        later = {s: shares[s] for s in order[order.index(stage) + 1 if stage in order else 0:]
-                 if trainer.stage_config(s).steps}
-        if not later:
-            return
-        new = {s: max(1, int(rest * later[s] / sum(later.values()) / per_step[s])) for s in later}
-        tc = replace(trainer.tc, **{s: replace(trainer.stage_config(s), steps=n) for s, n in new.items()})
-        trainer.tc = tc
-        trainer.config = run.config = replace(trainer.config, trainer=tc)
-        print(f"[{run.name}] {stage} stage took {run.stage_s[stage]:.0f} s: "
-              + ", ".join(f"{s} {n} steps" for s, n in new.items()) + f" for the remaining {rest:.0f} s", flush=True)
+        steps = trainer.stage_config(r.stage).steps
+        if r.step >= steps and r.stage in ("head", "lips"):
+            order = ("lips", "torso")
+            later = {s: shares[s] for s in order[order.index(r.stage) + 1 if r.stage in order else 0:]
+                     if trainer.stage_config(s).steps}
+            if later:
+                resize(trainer, run, {s: max(1, int(rest * later[s] / sum(later.values()) / per_step[s]))
+                                      for s in later}, f"{r.stage} stage took {run.stage_s[r.stage]:.0f} s")
+        elif r.stage == "torso" and r.step >= 100 and r.step & (r.step - 1) == 0 and r.step < steps:
+            pace = run.stage_s["torso"] / r.step
+            new = r.step + max(1, int(rest / pace))
+            if abs(new - steps) > 0.02 * steps:
+                resize(trainer, run, {"torso": new}, f"torso at step {r.step} runs {pace:.3f} s/step "
+                       f"(timed {per_step['torso']:.3f})")
 
     return replan
 

@@ -14,7 +14,7 @@ import os
 import time
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,28 @@ class Trainer:
              {"params": groups["net"], "lr": sc.lr_net, "weight_decay": 0.0}], betas=(0.9, 0.99))
         gamma = sc.lr_final ** (1.0 / max(sc.steps, 1))
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
+
+    def resize_stage(self, stage: Stage, steps: int) -> None:
+        """Give ``stage`` ``steps`` steps in all (time-budgeted training re-plans with this as it learns how fast
+        steps run). A later stage just takes the new count; the running stage keeps the steps done and its
+        learning rate, and the decay is re-fitted to reach ``lr_final`` at the new end.
+
+        Raises:
+            ValueError: a stage already finished, or fewer steps than the running stage has done.
+        """
+        order = STAGES.index(stage) - STAGES.index(self.stage)
+        if order < 0 or (order == 0 and steps <= self.stage_step) or steps < 1:
+            raise ValueError(f"cannot give the {stage} stage {steps} steps: the trainer is at {self.stage} step "
+                             f"{self.stage_step}")
+        sized: dict[str, Any] = {stage: replace(self.stage_config(stage), steps=steps)}
+        self.tc = replace(self.tc, **sized)
+        self.config = replace(self.config, trainer=self.tc)
+        if order == 0 and self.stage_step > 0:
+            sc = self.stage_config(stage)
+            done = self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0]["initial_lr"]
+            self.scheduler.gamma = (sc.lr_final / done) ** (1.0 / (steps - self.stage_step))
+        elif order == 0:
+            self._make_optimizer()
 
     def _advance_stage(self) -> bool:
         """Move past finished (or empty) stages; False when all are done."""

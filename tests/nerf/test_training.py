@@ -243,6 +243,31 @@ def test_train_stage_steps_zero_skips(frames64):
         Trainer(_steps(preset("debug"), head=1, lips=1), frames64)
 
 
+def test_resize_stage_refits_the_learning_rate_decay(frames64):
+    """A running stage resized mid-way ends at lr_final after the new count; a later stage takes its new count;
+    a finished stage, or fewer steps than done, is refused."""
+    tr = Trainer(_steps(preset("debug"), head=4, lips=0, torso=2), frames64)
+    head = tr.tc.head
+    for _ in range(2):
+        tr.step()
+    lr_mid = tr.optimizer.param_groups[0]["lr"]
+    tr.resize_stage("head", 7)
+    tr.resize_stage("torso", 3)
+    assert tr.optimizer.param_groups[0]["lr"] == lr_mid
+    stages = []
+    while (r := tr.step()) is not None:
+        stages.append(r.stage)
+        if r.stage == "head" and r.step == 7:
+            assert r.lr == pytest.approx(head.lr_grid * head.lr_final, rel=1e-6)
+            assert 0 < r.lr < lr_mid
+    assert stages == ["head"] * 5 + ["torso"] * 3
+    assert tr.config.trainer.head.steps == 7 and tr.config.trainer.torso.steps == 3
+    with pytest.raises(ValueError, match="cannot give the head stage"):
+        tr.resize_stage("head", 9)
+    with pytest.raises(ValueError, match="torso step 3"):
+        tr.resize_stage("torso", 2)
+
+
 def test_torso_mask_loss_values():
     """Binary cross-entropy of torso alpha against the body mask, over valid (non-head) rays only."""
     from nerf.losses import mask_bce

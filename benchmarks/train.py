@@ -73,6 +73,7 @@ def build_dataset(clip: Path, work: Path) -> Path:
     from pipelines import dataset as D
     from pipelines.storage import Storage
     from workers.clip import ClipConfig, ClipProcessor, clip_id_for
+    from workers.errors import ParleyError
 
     root = work / f"dataset_{clip.stem}"
     done = root / ".complete"
@@ -82,6 +83,8 @@ def build_dataset(clip: Path, work: Path) -> Path:
     processor = ClipProcessor(ClipConfig())
     try:
         res = processor(str(clip), identity=clip.stem, clip_id=clip_id_for(str(clip.resolve())))
+    except ParleyError as e:  # a missing or unreadable clip: its one-line reason, not a traceback
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {e}") from e
     finally:
         processor.close()
     st = Storage(root)

@@ -43,26 +43,17 @@ from benchmarks.train import DEFAULT_CLIP, DEFAULT_WORK, build_dataset, with_ste
 from jobs.fanout import FanoutError, apply_overrides  # noqa: E402
 from jobs.train import load_identity  # noqa: E402
 from nerf.data import IdentityFrames  # noqa: E402
+from nerf.metrics import psnr  # noqa: E402
 from nerf.presets import preset  # noqa: E402
-from nerf.trainer import Trainer, render_image  # noqa: E402
+from nerf.trainer import Trainer  # noqa: E402
 
 TRAIN_FRAMES = 6
 
 
 def head_psnr(trainer: Trainer, frame: int, audio_from: int | None = None) -> float:
     """PSNR of the head over the ground truth's body on one frame; ``audio_from``: another frame's audio."""
-    s, data = trainer.store, trainer.data
-    if audio_from is None:
-        img = trainer.render_frame(frame, head_only=True)
-    else:
-        fid, aid = torch.tensor([frame]), torch.tensor([audio_from])
-        near = torch.from_numpy(data.nearest_train(frame)).to(trainer.device)
-        cond = trainer.model.novel_conditions(s.audio[aid], s.eye[fid], s.poses[fid], near)
-        rays = s.frame_rays(frame, head_only=True)
-        img = render_image(trainer.model, rays.origins, rays.directions, rays.pixels, cond, rays.background,
-                           with_torso=False, size=s.size, chunk=1 << 15, ema=trainer.ema)
-    gt = data.images[frame].astype(np.float32) / 255
-    return float(-10 * np.log10(((img.cpu().numpy() - gt) ** 2).mean()))
+    img = trainer.render_frame(frame, head_only=True, audio_from=audio_from)
+    return psnr(img, torch.from_numpy(trainer.data.images[frame]).float() / 255)
 
 
 def measure(trainer: Trainer, data: IdentityFrames) -> dict[str, float]:

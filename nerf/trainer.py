@@ -295,7 +295,7 @@ class Trainer:
     # evaluation ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def render_frame(self, frame: int, chunk: int = 1 << 15, use_ema: bool = True,
-                     novel: bool | None = None, head_only: bool = False) -> Tensor:
+                     novel: bool | None = None, head_only: bool = False, audio_from: int | None = None) -> Tensor:
         """Render one dataset frame under its own pose, audio and eye.
 
         Args:
@@ -307,19 +307,22 @@ class Trainer:
                 (:meth:`IdentityFrames.nearest_train`); a training frame rendered as novel takes the mean latent.
             head_only: the head over the ground truth's torso and background (the head stage's target) instead
                 of the full model.
+            audio_from: another frame whose audio drives it (everything else stays ``frame``'s): what the
+                audio alone changes.
 
         Returns:
             [S, S, 3] float in [0, 1].
         """
         s = self.store
         fid = torch.tensor([frame], device=self.device)
+        audio = s.audio[torch.tensor([frame if audio_from is None else audio_from], device=self.device)]
         if novel is None:
             novel = frame >= s.n_train
         if novel:
             near = torch.from_numpy(self.data.nearest_train(frame)).to(self.device) if frame >= s.n_train else None
-            cond = self.model.novel_conditions(s.audio[fid], s.eye[fid], s.poses[fid], near)
+            cond = self.model.novel_conditions(audio, s.eye[fid], s.poses[fid], near)
         else:
-            cond = self.model.train_conditions(fid, s.audio[fid], s.eye[fid], s.poses[fid])
+            cond = self.model.train_conditions(fid, audio, s.eye[fid], s.poses[fid])
         rays = s.frame_rays(frame, head_only=head_only)
         with_torso = not head_only and self.tc.torso.steps > 0 and (self.stage == "torso" or self.done)
         return render_image(self.model, rays.origins, rays.directions, rays.pixels, cond, rays.background,

@@ -268,6 +268,31 @@ def test_resize_stage_refits_the_learning_rate_decay(frames64):
         tr.resize_stage("torso", 2)
 
 
+def test_render_frame_with_another_frames_audio(frames64):
+    """``audio_from`` swaps the audio alone: the frame's own id renders the same image; another frame's audio
+    reaches the model's conditions with the frame's own eye and pose (the conditions are recorded on the way)."""
+    tr = Trainer(_steps(preset("debug"), head=2), frames64)
+    while tr.step() is not None:
+        pass
+    f, other = int(frames64.val_ids[0]), 3
+    seen: list[tuple[torch.Tensor, ...]] = []
+    real = tr.model.novel_conditions
+
+    def record(audio, eye, poses, near):  # noqa: ANN001, ANN202
+        seen.append((audio, eye, poses))
+        return real(audio, eye, poses, near)
+
+    tr.model.novel_conditions = record  # type: ignore[method-assign]
+    with torch.no_grad():
+        own = tr.render_frame(f, head_only=True)
+        assert torch.equal(tr.render_frame(f, head_only=True, audio_from=f), own)
+        tr.render_frame(f, head_only=True, audio_from=other)
+    s = tr.store
+    assert torch.equal(seen[0][0], s.audio[[f]]) and torch.equal(seen[2][0], s.audio[[other]])
+    assert not torch.equal(s.audio[[f]], s.audio[[other]])
+    assert torch.equal(seen[2][1], s.eye[[f]]) and torch.equal(seen[2][2], s.poses[[f]])
+
+
 def test_torso_mask_loss_values():
     """Binary cross-entropy of torso alpha against the body mask, over valid (non-head) rays only."""
     from nerf.losses import mask_bce

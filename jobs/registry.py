@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ class AvatarModel(PythonModel):
 
     ``predict(model_input, params)``: ``model_input`` is an audio path, a list of them, or a DataFrame with
     an ``audio`` column (and optionally ``out``, the mp4 to write per row); ``params`` may hold ``out_dir``
-    (default: a new temporary directory), ``size`` and ``device``. Returns the list of mp4 paths.
+    (default: a new temporary directory), ``size`` (default: the size it was trained at) and ``device`` (default
+    ``cpu``), declared in the model's signature. Returns the list of mp4 paths.
     """
 
     def load_context(self, context) -> None:  # noqa: ANN001
@@ -86,12 +88,21 @@ def save_model(checkpoint: str | Path, path: Path) -> Path:
     """Write the pyfunc model of a checkpoint to a local directory (no tracking server involved)."""
     import mlflow
     import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec
 
-    mlflow.pyfunc.save_model(
-        path=str(path), python_model=AvatarModel(), artifacts={"checkpoint": str(checkpoint)},
-        # the code is the installed `parley` package; listing requirements skips MLflow's inference
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "parley"],
-    )
+    # MLflow drops every predict() param a signature does not declare (a logged warning, nothing more), so the
+    # signature declares them; no input schema: a path, a list of paths and a DataFrame all pass unchanged.
+    params = ParamSchema([ParamSpec("out_dir", "string", ""), ParamSpec("size", "long", 0),
+                          ParamSpec("device", "string", "cpu")])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="An input example was not provided")
+        mlflow.pyfunc.save_model(
+            path=str(path), python_model=AvatarModel(), artifacts={"checkpoint": str(checkpoint)},
+            signature=ModelSignature(params=params),
+            # the code is the installed `parley` package; listing requirements skips MLflow's inference
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "parley"],
+        )
     return path
 
 

@@ -117,7 +117,9 @@ def test_registry_holds_both_and_promote_render_from_champion(fanout, server, tm
     mlflow.set_registry_uri(uri)
     pyfunc = mlflow.pyfunc.load_model(f"models:/avatar-{IDS[1]}@champion")
     vids = pyfunc.predict([str(AUDIO)], params={"out_dir": str(tmp_path / "pf"), "size": 32})
-    assert len(vids) == 1 and probe(vids[0]).has_audio
+    assert len(vids) == 1 and Path(vids[0]).parent == tmp_path / "pf", vids  # params reach predict
+    info = probe(vids[0])
+    assert info.has_audio and (info.width, info.height) == (32, 32), info
 
 
 def test_registry_bad_names_give_clear_errors(fanout, server, tmp_path):

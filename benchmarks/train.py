@@ -10,7 +10,9 @@ What is measured:
 * The ``cpu`` preset (RAD-NeRF's grid head) trains for ``--minutes`` of training wall-clock, split head 70% /
   lips 5% / torso 25%. Each stage's seconds per step are measured first (warm-up steps of a throwaway trainer,
   plus the amortised occupancy-grid update), and each stage gets the steps that fit its share, so that its
-  exponential learning-rate decay completes.
+  exponential learning-rate decay completes. The later stages are re-sized to the budget left when the head and
+  the lips stages end, and the torso again from its own measured pace as it runs (a few timed steps are easily
+  skewed by anything else running; :meth:`nerf.trainer.Trainer.resize_stage` re-fits the decay).
 * A curve every ``--eval-every`` seconds of *training* time (evaluation is off the clock) on every 2nd
   held-out frame: the head PSNR (the head rendered over the ground truth's torso and background, the head
   stage's own target) and, once the torso stage has started, the full-image PSNR.

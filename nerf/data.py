@@ -24,6 +24,10 @@ NEAREST_LATENTS = 5
 drifts slowly (light, hair, skin shine), so the frames just before a held-out stretch describe it better than the
 mean over the clip (on RD_Radio2_000, +0.4 dB held-out PSNR for the same checkpoint)."""
 
+LATENT_PAIR_GAP = 2
+"""Training frames at most this many frames apart in their clip are neighbours for the latents' smoothness loss
+(:attr:`nerf.losses.LossWeights.latent_smooth`)."""
+
 COLUMNS = ["clip_id", "frame_index", "face_found", "image_jpeg", "image_size", "pose_c2w", "focal", "cx", "cy",
            "eye_ratio", "lips_rect", "face_rect", "landmarks_2d", "parsing_png", "audio_features", "audio_valid"]
 """The ``frames/`` columns training reads."""
@@ -81,6 +85,15 @@ class IdentityFrames:
     @property
     def val_ids(self) -> np.ndarray:
         return np.arange(self.n_train, self.n_frames)
+
+    def train_pairs(self, max_gap: int = LATENT_PAIR_GAP) -> np.ndarray:
+        """int64 [P, 2]: consecutive training frames of the same clip at most ``max_gap`` frames apart (frames
+        without a face are dropped, so neighbours in the table may be further apart in the clip)."""
+        k = self.n_train
+        same = np.array([self.clip_ids[i] == self.clip_ids[i + 1] for i in range(k - 1)], bool)
+        gap = np.diff(self.frame_index[:k].astype(np.int64))
+        first = np.nonzero(same & (gap > 0) & (gap <= max_gap))[0] if k > 1 else np.zeros(0, np.int64)
+        return np.stack([first, first + 1], -1).astype(np.int64)
 
     def nearest_train(self, frame: int, k: int = NEAREST_LATENTS) -> np.ndarray:
         """The ``k`` training frames of ``frame``'s clip closest to it in time (int64, nearest first; empty when its

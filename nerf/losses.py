@@ -25,8 +25,8 @@ class LossWeights:
     (RAD-NeRF) or the mouth region (the lips and jaw, :func:`nerf.data.mouth_rect`). On RD_Radio2_000 (cpu preset,
     4500 head steps, seed 0; benchmarks/variants.py) ``face`` at 1e-4 -> ``mouth`` at 1e-2: held-out head PSNR
     21.80 -> 21.99 dB, and the audio-swap gap (22.28 vs 21.80) closes (22.00). After a whole 30-min training it
-    is smaller but not closed (+1.35 dB, all outside the mouth, against +2.0 before): a soft L1 still lets tiny
-    audio coordinates carry a time code; a hard (3D) gate on the audio features is the next step."""
+    is smaller but not closed (+1.35 dB, all outside the mouth, against +2.0 before); a hard 3D gate around the
+    mouth (:attr:`nerf.fields.HeadFieldConfig.audio_gate`) did not add a measurable gain."""
     lips_lpips: float = 0.01
     """LPIPS on the lip patch in the lips stage."""
     lips_mse: float = 1.0
@@ -37,6 +37,11 @@ class LossWeights:
     where a quarter to a third of held-out error was, see benchmarks/regions.py). On RD_Radio2_000 (cpu preset,
     head stage of 1500 steps, seeds 0/1/2) held-out head-only PSNR 21.52/21.13/20.86 dB without it, 21.74/21.41/
     21.82 with 0.01; 0.1 (seed 0) lowered training PSNR by 0.5 dB and held-out PSNR by 0.03 dB."""
+    latent_smooth: float = 0.0
+    """Mean squared difference of the appearance latents of consecutive training frames (same clip, at most
+    :data:`nerf.data.LATENT_PAIR_GAP` frames apart), head latents in the head and lips stages, torso latents in
+    the torso stage: a latent that drifts slowly in time is one that held-out frames, which borrow their nearest
+    training frames' latents, can predict."""
     ABSENT_IN_OLD_CONFIGS: ClassVar[dict[str, object]] = {"ambient_region": "face"}
     """Fields whose absence from a saved config means the behaviour from before they existed (see
     :class:`nerf.fields.HeadFieldConfig`)."""
@@ -71,3 +76,10 @@ def mask_bce(alpha: Tensor, inside: Tensor, valid: Tensor) -> Tensor:
         return alpha.sum() * 0.0
     p = alpha[valid].clamp(1e-5, 1 - 1e-5)
     return torch.nn.functional.binary_cross_entropy(p, inside[valid].float())
+
+
+def latent_smoothness(latents: Tensor, pairs: Tensor) -> Tensor:
+    """Mean over ``pairs`` [P, 2] (frame ids) of the squared distance between their ``latents`` [N, D]."""
+    if pairs.numel() == 0 or latents.shape[1] == 0:
+        return latents.sum() * 0.0
+    return torch.mean(torch.sum((latents[pairs[:, 0]] - latents[pairs[:, 1]]) ** 2, -1))

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from nerf.encoders import PlaneEncoder
 from nerf.fields import HeadField, HeadFieldConfig, TorsoField, TorsoFieldConfig
-from nerf.losses import LossWeights, alpha_entropy, ambient_l1, mask_bce, mse
+from nerf.losses import LossWeights, alpha_entropy, ambient_l1, latent_smoothness, mask_bce, mse
 from nerf.rendering import OccupancyGrid, OccupancyGridConfig, SamplerConfig, composite, sample_rays
 from pipelines.schema import HEAD, NECK, TORSO
 
@@ -210,6 +210,12 @@ class RadNerf(nn.Module):
                 body = (label == TORSO) | (label == NECK)
                 losses["torso_mask"] = w.torso_mask * mask_bce(outputs["torso_alpha"], body, label != HEAD)
         return losses
+
+    def latent_loss(self, stage: Stage, pairs: Tensor) -> Tensor:
+        """The weighted smoothness of the stage's latents over ``pairs`` [P, 2] of neighbouring training frames
+        (:attr:`LossWeights.latent_smooth`)."""
+        latents = self.torso_latents if stage == "torso" else self.head_latents
+        return self.config.losses.latent_smooth * latent_smoothness(latents, pairs)
 
     def get_param_groups(self, stage: Stage) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters of a stage: ``grid`` (feature planes) and ``net`` (MLPs, latents)."""

@@ -137,6 +137,7 @@ class Trainer:
             raise ValueError(f"frames are {data.size}px but the config trains at {self.tc.size}px")
         self.data = data
         self.store = FrameStore(data, self.device)
+        self.latent_pairs = torch.from_numpy(data.train_pairs()).to(self.device)
         self.model = RadNerf(config.model, data.n_frames, data.size, data.near, data.far).to(self.device)
         poses = torch.from_numpy(data.poses[: data.n_train, :3, :4].reshape(-1, 12))
         self.model.pose_mean.copy_(poses.mean(0))
@@ -238,6 +239,8 @@ class Trainer:
                                      batch.background, with_torso=stage == "torso", generator=g,
                                      head_grad=stage != "torso")
         losses = self.model.get_loss_dict(out, batch.rgb, batch.face, batch.label, stage, batch.mouth)
+        if self.config.model.losses.latent_smooth:
+            losses["latent_smooth"] = self.model.latent_loss(stage, self.latent_pairs)
         samples = int(out["n_samples"])
         if stage == "lips":
             assert self.lips_loss is not None

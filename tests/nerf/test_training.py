@@ -432,3 +432,32 @@ def test_audio_gate_keeps_audio_to_the_mouth(frames64):
                  for k, x in (("near", near), ("forehead", forehead))}
     assert float(moved["near"]) > 1e-4 and float(moved["forehead"]) < 1e-6, moved
     assert not hasattr(Trainer(_steps(preset("debug"), head=1), frames64).model.head, "mouth_centre")
+
+
+def test_latent_smoothness_pairs_neighbours_and_pulls_them_together(frames64):
+    """Pairs are consecutive training frames of one clip (none across clips, gaps or into the held-out frames);
+    with ``latent_smooth`` the loss is on, and training moves neighbouring latents less apart than without."""
+    from nerf.losses import latent_smoothness
+
+    d = frames64
+    pairs = d.train_pairs()
+    assert len(pairs) > 0 and (pairs[:, 1] == pairs[:, 0] + 1).all() and pairs.max() < d.n_train
+    gap = d.frame_index[pairs[:, 1]].astype(int) - d.frame_index[pairs[:, 0]]
+    assert ((gap >= 1) & (gap <= 2)).all()
+    split = replace(d, clip_ids=["a"] * 5 + ["b"] * (d.n_frames - 5))
+    assert [4, 5] not in split.train_pairs().tolist() and [3, 4] in split.train_pairs().tolist()
+
+    z = torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 4.0]])
+    assert float(latent_smoothness(z, torch.tensor([[0, 1], [1, 2]]))) == pytest.approx(12.5)
+
+    def spread(weight: float) -> float:
+        cfg = preset("debug")
+        cfg = replace(cfg, model=replace(cfg.model, losses=replace(cfg.model.losses, latent_smooth=weight)))
+        tr = Trainer(_steps(cfg, head=6), d)
+        seen = []
+        while (r := tr.step()) is not None:
+            seen.append("latent_smooth" in r.losses)
+        assert all(seen) == (weight > 0)
+        return float(latent_smoothness(tr.model.head_latents.detach(), tr.latent_pairs))
+
+    assert spread(100.0) < 0.5 * spread(0.0)

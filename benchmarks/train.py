@@ -10,9 +10,9 @@ What is measured:
 * The ``cpu`` preset (RAD-NeRF's grid head) trains for ``--minutes`` of training wall-clock, split head 70% /
   lips 5% / torso 25%. Each stage's seconds per step are measured first (warm-up steps of a throwaway trainer,
   plus the amortised occupancy-grid update), and each stage gets the steps that fit its share, so that its
-  exponential learning-rate decay completes. The later stages are re-sized to the budget left when the head and
-  the lips stages end, and the torso again from its own measured pace as it runs (a few timed steps are easily
-  skewed by anything else running; :meth:`nerf.trainer.Trainer.resize_stage` re-fits the decay).
+  exponential learning-rate decay completes. The head and the torso are re-sized from their measured pace as they
+  run, and the later stages to the budget left when the head and the lips stages end (a few timed steps are
+  easily skewed by anything else running; :meth:`nerf.trainer.Trainer.resize_stage` re-fits the decay).
 * A curve every ``--eval-every`` seconds of *training* time (evaluation is off the clock) on every 2nd
   held-out frame: the head PSNR (the head rendered over the ground truth's torso and background, the head
   stage's own target) and, once the torso stage has started, the full-image PSNR.
@@ -192,11 +192,16 @@ def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_ev
 
 
 def replan_to_budget(per_step: dict[str, float], budget_s: float, shares: dict[str, float]):  # noqa: ANN201
-    """A ``replan`` for :func:`train_with_curve`: at the end of the head stage the lips and torso stages get the
-    budget it left, split by ``shares``; at the end of the lips stage the torso gets what is left then, sized by
-    the per-step times timed before training. Those few timed steps are easily skewed (anything else running at
-    the start doubled the torso's estimate, and the run ended 400 s early), so the torso, the last stage, is
-    re-sized again from its own measured pace each time its step count doubles from 100 on."""
+    """A ``replan`` for :func:`train_with_curve` that keeps the stages to the budget.
+
+    Steps are first sized by the per-step times timed before training, which a few timed steps get wrong easily:
+    anything else running at the start doubled the torso's estimate (the run ended 400 s early), anything
+    running later slowed the head past its share (the lips and torso were left with nothing). So the head and the
+    torso are re-sized from their own recent pace (the steps since the previous re-size) each time their step
+    count doubles from 100 on: the head to its share of the budget, the torso, the last stage, to whatever is left.
+    At the end of the head stage the lips and torso stages get the budget it left, split by ``shares``; at the
+    end of the lips stage the torso gets what is left then."""
+    mark: dict[str, tuple[int, float]] = {}  # stage -> (step, stage seconds) at its previous re-size
 
     def resize(trainer: Trainer, run: Run, new: dict[str, int], why: str) -> None:
         for s, n in new.items():
@@ -208,19 +213,23 @@ def replan_to_budget(per_step: dict[str, float], budget_s: float, shares: dict[s
     def replan(trainer: Trainer, run: Run, r: StepResult) -> None:
         rest = max(budget_s - run.train_s, 0.0)
         steps = trainer.stage_config(r.stage).steps
+        spent = run.stage_s[r.stage]
         if r.step >= steps and r.stage in ("head", "lips"):
             order = ("lips", "torso")
             later = {s: shares[s] for s in order[order.index(r.stage) + 1 if r.stage in order else 0:]
                      if trainer.stage_config(s).steps}
             if later:
                 resize(trainer, run, {s: max(1, int(rest * later[s] / sum(later.values()) / per_step[s]))
-                                      for s in later}, f"{r.stage} stage took {run.stage_s[r.stage]:.0f} s")
-        elif r.stage == "torso" and r.step >= 100 and r.step & (r.step - 1) == 0 and r.step < steps:
-            pace = run.stage_s["torso"] / r.step
-            new = r.step + max(1, int(rest / pace))
+                                      for s in later}, f"{r.stage} stage took {spent:.0f} s")
+        elif r.stage in ("head", "torso") and r.step >= 100 and r.step & (r.step - 1) == 0 and r.step < steps:
+            step0, spent0 = mark.get(r.stage, (0, 0.0))
+            mark[r.stage] = (r.step, spent)
+            pace = (spent - spent0) / (r.step - step0)
+            left = budget_s * shares["head"] - spent if r.stage == "head" else rest
+            new = r.step + max(1, int(left / pace))
             if abs(new - steps) > 0.02 * steps:
-                resize(trainer, run, {"torso": new}, f"torso at step {r.step} runs {pace:.3f} s/step "
-                       f"(timed {per_step['torso']:.3f})")
+                resize(trainer, run, {r.stage: new}, f"{r.stage} at step {r.step} runs {pace:.3f} s/step "
+                       f"(timed {per_step[r.stage]:.3f})")
 
     return replan
 

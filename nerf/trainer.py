@@ -170,7 +170,8 @@ class Trainer:
     def resize_stage(self, stage: Stage, steps: int) -> None:
         """Give ``stage`` ``steps`` steps in all (time-budgeted training re-plans with this as it learns how fast
         steps run). A later stage just takes the new count; the running stage keeps the steps done and its
-        learning rate, and the decay is re-fitted to reach ``lr_final`` at the new end.
+        learning rate, and the decay is re-fitted to reach ``lr_final`` at the new end. The trainer's config (and
+        so its checkpoints) holds the new count: a resumed run must be given that config.
 
         Raises:
             ValueError: a stage already finished, or fewer steps than the running stage has done.

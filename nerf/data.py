@@ -89,10 +89,9 @@ class IdentityFrames:
     def train_pairs(self, max_gap: int = LATENT_PAIR_GAP) -> np.ndarray:
         """int64 [P, 2]: consecutive training frames of the same clip at most ``max_gap`` frames apart (frames
         without a face are dropped, so neighbours in the table may be further apart in the clip)."""
-        k = self.n_train
-        same = np.array([self.clip_ids[i] == self.clip_ids[i + 1] for i in range(k - 1)], bool)
-        gap = np.diff(self.frame_index[:k].astype(np.int64))
-        first = np.nonzero(same & (gap > 0) & (gap <= max_gap))[0] if k > 1 else np.zeros(0, np.int64)
+        clips = np.asarray(self.clip_ids[: self.n_train])
+        gap = np.diff(self.frame_index[: self.n_train].astype(np.int64))
+        first = np.nonzero((clips[1:] == clips[:-1]) & (gap > 0) & (gap <= max_gap))[0]
         return np.stack([first, first + 1], -1).astype(np.int64)
 
     def nearest_train(self, frame: int, k: int = NEAREST_LATENTS) -> np.ndarray:

@@ -16,7 +16,8 @@ background (the head stage's own target):
   instead of its own. Above ``heldout`` means the audio path learnt more than the mouth: on unseen audio the head
   changes where it should not (the audio works as a time code of the training frames).
 
-One line per run, then per variant the medians over seeds. Writes ``variants.json`` in ``--work``. Last line:
+One line per run, then per variant the medians over seeds. Writes ``variants.json`` in ``--work`` (and, with
+``--checkpoints``, each run's checkpoint as ``variants/<variant>_seed<k>.pt`` there, to look into). Last line:
 ``<variant>_heldout=<dB> <variant>_train=<dB> <variant>_audio_swap=<dB> ...`` (medians over seeds).
 """
 
@@ -76,6 +77,7 @@ def main() -> int:
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    ap.add_argument("--checkpoints", action="store_true", help="keep each run's checkpoint in WORK/variants/")
     args = ap.parse_args()
     try:
         variants = dict(parse_variant(v) for v in (args.variant or ["base="]))
@@ -101,6 +103,8 @@ def main() -> int:
             while trainer.step() is not None:
                 pass
             seconds = time.perf_counter() - t
+            if args.checkpoints:
+                trainer.save_checkpoint(args.work / "variants" / f"{name}_seed{seed}.pt")
             figures = measure(trainer, data)
             runs.append({"variant": name, "seed": seed, "seconds": seconds, **figures})
             print(f"{name:<16} seed {seed}: heldout {figures['heldout']:.2f} train {figures['train']:.2f} "

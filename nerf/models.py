@@ -32,6 +32,12 @@ class RadNerfConfig:
     grid: OccupancyGridConfig = field(default_factory=OccupancyGridConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     losses: LossWeights = field(default_factory=LossWeights)
+    pose_refine: bool = False
+    """Learn a rigid correction of each training frame's head pose (rotation and translation, zero at the start)
+    with the head: the tracked poses are off by about a degree and a few millimetres (a 3DMM fit to 2D
+    landmarks), and a field trained on misaligned views averages them into blur. Held-out frames and new audio
+    take the corrections of the training frames their latents come from (:meth:`RadNerf.novel_conditions`). The
+    learning rate is :attr:`nerf.trainer.StageConfig.lr_pose`."""
 
 
 @dataclass
@@ -48,6 +54,9 @@ class FrameConditions:
     """[B, head latent_dim]."""
     torso_latent: Tensor
     """[B, torso latent_dim]."""
+    pose_delta: Tensor | None = None
+    """[B, 6] rigid correction of the head pose (axis-angle, translation in metres; :func:`correct_rays`), or
+    None for the tracked pose."""
 
 
 class RadNerf(nn.Module):
@@ -75,13 +84,15 @@ class RadNerf(nn.Module):
         self.grid = OccupancyGrid(config.grid, config.head.bound)
         self.head_latents = nn.Parameter(torch.zeros(n_frames, config.head.latent_dim))
         self.torso_latents = nn.Parameter(torch.zeros(n_frames, config.torso.latent_dim))
+        self.pose_deltas = nn.Parameter(torch.zeros(n_frames, 6)) if config.pose_refine else None
         self.register_buffer("pose_mean", torch.zeros(12))
         self.register_buffer("n_train", torch.zeros((), dtype=torch.long))
 
     # conditions ------------------------------------------------------------------------------------------
     def train_conditions(self, frames: Tensor, audio: Tensor, eye: Tensor, pose: Tensor) -> FrameConditions:
         """Conditions of training frames (their own latents). ``frames`` [B] ids, the rest per frame."""
-        return FrameConditions(audio, eye, pose, self.head_latents[frames], self.torso_latents[frames])
+        delta = None if self.pose_deltas is None else self.pose_deltas[frames]
+        return FrameConditions(audio, eye, pose, self.head_latents[frames], self.torso_latents[frames], delta)
 
     def novel_conditions(self, audio: Tensor, eye: Tensor, pose: Tensor,
                          latent_from: Tensor | None = None) -> FrameConditions:
@@ -89,15 +100,17 @@ class RadNerf(nn.Module):
 
         Args:
             audio, eye, pose: per frame [B, ...].
-            latent_from: int64 [K] training frames whose latents (averaged) every frame takes, e.g. the training
-                frames nearest in time; None or empty: the mean over all training frames.
+            latent_from: int64 [K] training frames whose latents (and pose corrections, with
+                :attr:`RadNerfConfig.pose_refine`) every frame takes, averaged, e.g. the training frames nearest in
+                time; None or empty: the mean over all training frames.
         """
         n = max(int(self.n_train), 1)
         b = audio.shape[0]
         rows = slice(0, n) if latent_from is None or latent_from.numel() == 0 else latent_from
         head = self.head_latents[rows].mean(0, keepdim=True).expand(b, -1)
         torso = self.torso_latents[rows].mean(0, keepdim=True).expand(b, -1)
-        return FrameConditions(audio, eye, pose, head, torso)
+        delta = None if self.pose_deltas is None else self.pose_deltas[rows].mean(0, keepdim=True).expand(b, -1)
+        return FrameConditions(audio, eye, pose, head, torso, delta)
 
     def torso_pose(self, pose: Tensor) -> Tensor:
         """[B, 4, 4] -> the torso's pose input [B, 12] (3x4, centred on the training mean)."""
@@ -120,6 +133,8 @@ class RadNerf(nn.Module):
         """
         r = origins.shape[0]
         dev = origins.device
+        if cond.pose_delta is not None:
+            origins, directions = correct_rays(origins, directions, cond.pose_delta, ray_frame)
         audio_feat = self.head.encode_audio(cond.audio)  # [B, A]
         samples = sample_rays(origins, directions, self.near, self.far, self.grid, self.config.sampler, generator)
         rgb = torch.zeros(r, 3, device=dev)
@@ -218,13 +233,15 @@ class RadNerf(nn.Module):
         return self.config.losses.latent_smooth * latent_smoothness(latents, pairs)
 
     def get_param_groups(self, stage: Stage) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters of a stage: ``grid`` (feature planes) and ``net`` (MLPs, latents)."""
+        """Trainable parameters of a stage: ``grid`` (feature planes), ``net`` (MLPs, latents) and ``pose`` (the
+        head pose corrections, in the head and lips stages with :attr:`RadNerfConfig.pose_refine`)."""
         module: nn.Module = self.torso if stage == "torso" else self.head
         latents = self.torso_latents if stage == "torso" else self.head_latents
         grids = [p for m in module.modules() if isinstance(m, PlaneEncoder) for p in m.parameters()]
         ids = {id(p) for p in grids}
         nets = [p for p in module.parameters() if id(p) not in ids] + [latents]
-        return {"grid": grids, "net": nets}
+        poses = [self.pose_deltas] if self.pose_deltas is not None and stage != "torso" else []
+        return {"grid": grids, "net": nets, "pose": poses}
 
     # occupancy -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -239,3 +256,16 @@ class RadNerf(nn.Module):
             return self.head.get_density(x, feats[pick], eye[pick], latents[pick])
 
         self.grid.update(density, generator)
+
+
+def correct_rays(origins: Tensor, directions: Tensor, delta: Tensor, ray_frame: Tensor) -> tuple[Tensor, Tensor]:
+    """Rays of a corrected camera pose: ``[R | T] -> [exp(w) R | exp(w) T + t]`` for ``delta = (w, t)`` [B, 6] (a
+    rotation about the head's origin, axis-angle in radians, then a translation in metres), one row per frame,
+    ``ray_frame`` [R] the row of each ray. Differentiable in ``delta``; zero leaves the rays unchanged."""
+    w = delta[:, :3]
+    zero = torch.zeros_like(w[:, 0])
+    skew = torch.stack([zero, -w[:, 2], w[:, 1], w[:, 2], zero, -w[:, 0], -w[:, 1], w[:, 0], zero], -1)
+    rot = torch.linalg.matrix_exp(skew.view(-1, 3, 3))[ray_frame]  # [R, 3, 3]
+    o = torch.einsum("rij,rj->ri", rot, origins) + delta[ray_frame, 3:]
+    d = torch.einsum("rij,rj->ri", rot, directions)
+    return o, d

@@ -43,6 +43,8 @@ class StageConfig:
     """Learning rate of MLPs and latents."""
     lr_final: float = 0.1
     """The learning rate decays exponentially to this fraction of its start over the stage."""
+    lr_pose: float = 5e-4
+    """Learning rate of the head pose corrections (only with :attr:`nerf.models.RadNerfConfig.pose_refine`)."""
 
 
 @dataclass(frozen=True)
@@ -161,9 +163,11 @@ class Trainer:
     def _make_optimizer(self) -> None:
         sc = self.stage_config(self.stage)
         groups = self.model.get_param_groups(self.stage)
-        self.optimizer = torch.optim.Adam(
-            [{"params": groups["grid"], "lr": sc.lr_grid, "eps": 1e-15},
-             {"params": groups["net"], "lr": sc.lr_net, "weight_decay": 0.0}], betas=(0.9, 0.99))
+        params = [{"params": groups["grid"], "lr": sc.lr_grid, "eps": 1e-15},
+                  {"params": groups["net"], "lr": sc.lr_net, "weight_decay": 0.0}]
+        if groups["pose"]:
+            params.append({"params": groups["pose"], "lr": sc.lr_pose})
+        self.optimizer = torch.optim.Adam(params, betas=(0.9, 0.99))
         gamma = sc.lr_final ** (1.0 / max(sc.steps, 1))
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
 

@@ -461,3 +461,108 @@ def test_latent_smoothness_pairs_neighbours_and_pulls_them_together(frames64):
         return float(latent_smoothness(tr.model.head_latents.detach(), tr.latent_pairs))
 
     assert spread(100.0) < 0.5 * spread(0.0)
+
+
+def _with_pose_refine(cfg: ExperimentConfig, lr: float = 5e-4) -> ExperimentConfig:
+    tc = cfg.trainer
+    return replace(cfg, model=replace(cfg.model, pose_refine=True),
+                   trainer=replace(tc, head=replace(tc.head, lr_pose=lr), lips=replace(tc.lips, lr_pose=lr)))
+
+
+def test_correct_rays_is_the_rays_of_the_corrected_pose(frames64):
+    """Correcting rays by (w, t) equals building them from the pose [exp(w) R | exp(w) T + t]; zero changes nothing."""
+    from nerf.data import pixel_rays
+    from nerf.models import correct_rays
+
+    pose = torch.from_numpy(frames64.poses[3]).float()
+    intr = torch.from_numpy(frames64.intrinsics[3]).float()
+    pix = torch.rand(50, 2) * 64
+    o, d = pixel_rays(pose, intr, pix)
+    frame = torch.zeros(50, dtype=torch.long)
+    o0, d0 = correct_rays(o, d, torch.zeros(1, 6), frame)
+    assert torch.equal(o0, o) and torch.equal(d0, d)
+    w, t = torch.tensor([0.02, -0.03, 0.05]), torch.tensor([0.004, -0.002, 0.01])
+    angle = float(w.norm())
+    k = torch.tensor([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]]) / angle
+    rot = torch.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k  # Rodrigues
+    moved = pose.clone()
+    moved[:3, :3] = rot @ pose[:3, :3]
+    moved[:3, 3] = rot @ pose[:3, 3] + t
+    o1, d1 = pixel_rays(moved, intr, pix)
+    o2, d2 = correct_rays(o, d, torch.cat([w, t])[None], frame)
+    assert torch.allclose(o1, o2, atol=1e-5) and torch.allclose(d1, d2, atol=1e-5)
+
+
+def test_pose_refine_learns_training_frames_corrections_and_held_out_frames_borrow_them(frames64, lpips, tmp_path):
+    """With ``pose_refine`` the head and lips stages move the corrections of the frames they train on (the torso
+    stage and ``lr_pose=0`` leave them), held-out frames take their nearest training frames' corrections, the
+    corrections change the render, and checkpoints hold them. Without it the model has none (older checkpoints
+    load)."""
+    d = frames64
+    assert Trainer(_steps(preset("debug"), head=1), d).model.pose_deltas is None
+
+    tr = Trainer(_steps(_with_pose_refine(preset("debug")), head=6, lips=2, torso=2), d, lips_loss=lpips)
+    m = tr.model
+    assert m.pose_deltas is not None and not m.pose_deltas.any()
+    while tr.stage != "torso":
+        tr.step()
+    after_head = m.pose_deltas.detach().clone()
+    moved = after_head.abs().sum(1) > 0
+    assert moved.any() and not moved[d.n_train:].any()  # held-out frames never train
+    tr.train()
+    assert torch.equal(m.pose_deltas.detach(), after_head)  # the torso stage does not touch the head's poses
+
+    path = tr.save_checkpoint(tmp_path / "ck.pt")
+    again = Trainer(tr.config, d, lips_loss=lpips)
+    again.load_checkpoint(path)
+    assert torch.equal(again.model.pose_deltas.detach(), after_head)
+
+    fid = torch.tensor([28])
+    s = tr.store
+    near = torch.from_numpy(d.nearest_train(28))
+    cond = m.novel_conditions(s.audio[fid], s.eye[fid], s.poses[fid], near)
+    assert torch.allclose(cond.pose_delta, after_head[near].mean(0, keepdim=True))
+    img = tr.render_frame(28, use_ema=False, head_only=True)
+    with torch.no_grad():
+        m.pose_deltas[near, 0] += 0.1
+    assert not torch.equal(img, tr.render_frame(28, use_ema=False, head_only=True))
+
+    frozen = Trainer(_steps(_with_pose_refine(preset("debug"), lr=0.0), head=4), d)
+    frozen.train()
+    assert not frozen.model.pose_deltas.any()
+
+
+def test_pose_correction_gradient_undoes_a_pose_error(frames64):
+    """The photometric loss's gradient moves a frame's correction towards the pose that made its image: a frame
+    rendered under a rotated pose is the target, the tracked pose stays, and fitting the correction alone recovers
+    most of the rotation."""
+    torch.manual_seed(0)
+    tr = Trainer(_steps(_with_pose_refine(preset("debug")), head=1), frames64)
+    m = tr.model
+    with torch.no_grad():  # a textured head: random feature planes (the fresh model is nearly uniform)
+        for p in m.head.parameters():
+            p.normal_(0.0, 0.5)
+    truth = torch.tensor([0.0, 0.03, 0.0, 0.0, 0.0, 0.0])
+    s = tr.store
+    rays = s.frame_rays(5, head_only=True)
+    fr = torch.zeros(rays.origins.shape[0], dtype=torch.long)
+    fid = torch.tensor([5])
+
+    def render(delta: torch.Tensor) -> torch.Tensor:
+        cond = replace(m.train_conditions(fid, s.audio[fid], s.eye[fid], s.poses[fid]), pose_delta=delta[None])
+        return m.get_outputs(rays.origins, rays.directions, rays.pixels, fr, cond, rays.background,
+                             with_torso=False)["rgb"]
+
+    with torch.no_grad():
+        target = render(truth)
+    delta = torch.zeros(6, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=2e-3)
+    losses = []
+    for _ in range(100):
+        loss = ((render(delta) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.1 * losses[0], delta
+    assert abs(float(delta[1]) - 0.03) < 0.006, delta

@@ -140,17 +140,22 @@ def test_checkpoint_from_before_a_config_field_loads(frames64, lpips, tmp_path):
     # fields whose default changed the model: their absence means the old behaviour, not today's default
     old_cfg = preset("debug")
     old_cfg = replace(old_cfg, model=replace(old_cfg.model, head=replace(old_cfg.model.head, latent_in_density=False),
-                                             losses=replace(old_cfg.model.losses, ambient_region="face")))
+                                             losses=replace(old_cfg.model.losses, ambient_region="face"),
+                                             pose_refine=False))
     c = Trainer(old_cfg, frames64, lips_loss=lpips)
     c.step()
     ck2 = c.state_dict()
     cfg2 = json.loads(ck2["config"])
     del cfg2["model"]["head"]["latent_in_density"], cfg2["model"]["losses"]["ambient_region"]
+    del cfg2["model"]["pose_refine"]
+    for stage in ("head", "lips", "torso"):
+        del cfg2["trainer"][stage]["lr_pose"]
     ck2["config"] = json.dumps(cfg2)
     torch.save(ck2, tmp_path / "older.pt")
     parsed = config_from_json(ck2["config"])
     assert parsed.model.head.latent_in_density is False and parsed.model.losses.ambient_region == "face"
-    assert preset("debug").model.head.latent_in_density is True
+    assert parsed.model.pose_refine is False and "pose_deltas" not in ck2["model"]
+    assert preset("debug").model.head.latent_in_density is True and preset("debug").model.pose_refine is True
     d = Trainer(parsed, frames64, lips_loss=lpips)
     d.load_checkpoint(tmp_path / "older.pt")
     assert d.global_step == 1
@@ -499,7 +504,9 @@ def test_pose_refine_learns_training_frames_corrections_and_held_out_frames_borr
     corrections change the render, and checkpoints hold them. Without it the model has none (older checkpoints
     load)."""
     d = frames64
-    assert Trainer(_steps(preset("debug"), head=1), d).model.pose_deltas is None
+    off = preset("debug")
+    off = replace(off, model=replace(off.model, pose_refine=False))
+    assert Trainer(_steps(off, head=1), d).model.pose_deltas is None
 
     tr = Trainer(_steps(_with_pose_refine(preset("debug")), head=6, lips=2, torso=2), d, lips_loss=lpips)
     m = tr.model

@@ -326,16 +326,21 @@ class Trainer:
         audio = s.audio[torch.tensor([frame if audio_from is None else audio_from], device=self.device)]
         if novel is None:
             novel = frame >= s.n_train
-        if novel:
-            near = torch.from_numpy(self.data.nearest_train(frame)).to(self.device) if frame >= s.n_train else None
-            cond = self.model.novel_conditions(audio, s.eye[fid], s.poses[fid], near)
-        else:
-            cond = self.model.train_conditions(fid, audio, s.eye[fid], s.poses[fid])
         rays = s.frame_rays(frame, head_only=head_only)
         with_torso = not head_only and self.tc.torso.steps > 0 and (self.stage == "torso" or self.done)
-        return render_image(self.model, rays.origins, rays.directions, rays.pixels, cond, rays.background,
-                            with_torso=with_torso,
-                            size=s.size, chunk=chunk, ema=self.ema if use_ema else None)
+        if use_ema:  # the latents and pose corrections too, as a registered model (the EMA weights) renders
+            self.ema.swap(self.model)
+        try:
+            if novel:
+                near = torch.from_numpy(self.data.nearest_train(frame)).to(self.device) if frame >= s.n_train else None
+                cond = self.model.novel_conditions(audio, s.eye[fid], s.poses[fid], near)
+            else:
+                cond = self.model.train_conditions(fid, audio, s.eye[fid], s.poses[fid])
+            return render_image(self.model, rays.origins, rays.directions, rays.pixels, cond, rays.background,
+                                with_torso=with_torso, size=s.size, chunk=chunk)
+        finally:
+            if use_ema:
+                self.ema.swap(self.model)
 
     # checkpoints -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

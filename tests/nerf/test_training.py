@@ -573,3 +573,23 @@ def test_pose_correction_gradient_undoes_a_pose_error(frames64):
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.1 * losses[0], delta
     assert abs(float(delta[1]) - 0.03) < 0.006, delta
+
+
+def test_evaluation_renders_what_the_saved_avatar_renders(frames64, tmp_path):
+    """``Trainer.render_frame`` (evaluation) and :class:`nerf.avatar.Avatar` (registered models, rendering jobs)
+    give the same image of a training frame: both use the averaged weights, latents and pose corrections included
+    (not the live latents with the averaged field)."""
+    from nerf.avatar import Avatar
+
+    tr = Trainer(_steps(preset("debug"), head=8, lips=0, torso=4), frames64)
+    tr.train()
+    with torch.no_grad():  # live weights far from the averages (a few debug steps barely move the latents)
+        tr.model.head_latents.add_(1.0)
+        tr.model.torso_latents.add_(1.0)
+        tr.model.pose_deltas.add_(0.05)
+    path = tr.save_checkpoint(tmp_path / "ck.pt")
+    avatar = Avatar.from_checkpoint(path)
+    frame = int(avatar.driving_frames(1)[0])
+    mine = (tr.render_frame(frame).numpy() * 255 + 0.5).astype(np.uint8)
+    theirs = next(avatar.render(frames64.audio[frame : frame + 1]))
+    assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 1

@@ -1,7 +1,5 @@
 """Training presets: one registry, variants made with ``dataclasses.replace``.
 
-Every preset refines the tracked head poses with the head (:attr:`nerf.models.RadNerfConfig.pose_refine`).
-
 * ``debug``: tiny grids at 64 px, a few steps per stage; runs in seconds (tests, wiring checks).
 * ``cpu``: sized for a 2-core machine at 256 px (about half an hour per identity).
 * ``paper``: for a GPU at 512 px, after RAD-NeRF: 12-level grids up to 2048 texels, 16 samples per
@@ -30,7 +28,6 @@ def _debug() -> ExperimentConfig:
         torso=TorsoFieldConfig(grid=small, hidden=32, pixel_frequencies=3, pose_frequencies=2),
         grid=OccupancyGridConfig(resolution=16, update_every=4),
         sampler=SamplerConfig(samples_per_ray=8, candidates=32),
-        pose_refine=True,
     )
     trainer = TrainerConfig(size=64, rays_per_batch=256, frames_per_batch=2, head=StageConfig(steps=12),
                             lips=StageConfig(steps=4, lr_grid=2e-3, lr_net=2e-4), torso=StageConfig(steps=6),
@@ -43,7 +40,6 @@ def _cpu() -> ExperimentConfig:
         head=HeadFieldConfig(spatial=GridEncoderConfig(n_levels=8, base_resolution=16, max_resolution=256)),
         torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=6, base_resolution=16, max_resolution=256)),
         grid=OccupancyGridConfig(resolution=64, update_every=16, cells_per_update=1 << 16),
-        pose_refine=True,
     )
     trainer = TrainerConfig(size=256, rays_per_batch=4096, frames_per_batch=4, head=StageConfig(steps=6000),
                             lips=StageConfig(steps=600, lr_grid=2e-3, lr_net=2e-4), torso=StageConfig(steps=2000),
@@ -58,7 +54,6 @@ def _paper() -> ExperimentConfig:
                              audio_grid=GridEncoderConfig(n_levels=8, base_resolution=8, max_resolution=128)),
         torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=12, base_resolution=16, max_resolution=2048)),
         grid=OccupancyGridConfig(resolution=128, update_every=16),
-        pose_refine=True,
     )
     trainer = TrainerConfig(size=512, rays_per_batch=65536, frames_per_batch=8, head=StageConfig(steps=100_000),
                             lips=StageConfig(steps=25_000, lr_grid=2e-3, lr_net=2e-4),

@@ -155,7 +155,7 @@ def test_checkpoint_from_before_a_config_field_loads(frames64, lpips, tmp_path):
     parsed = config_from_json(ck2["config"])
     assert parsed.model.head.latent_in_density is False and parsed.model.losses.ambient_region == "face"
     assert parsed.model.pose_refine is False and "pose_deltas" not in ck2["model"]
-    assert preset("debug").model.head.latent_in_density is True and preset("debug").model.pose_refine is True
+    assert preset("debug").model.head.latent_in_density is True
     d = Trainer(parsed, frames64, lips_loss=lpips)
     d.load_checkpoint(tmp_path / "older.pt")
     assert d.global_step == 1
@@ -504,9 +504,7 @@ def test_pose_refine_learns_training_frames_corrections_and_held_out_frames_borr
     corrections change the render, and checkpoints hold them. Without it the model has none (older checkpoints
     load)."""
     d = frames64
-    off = preset("debug")
-    off = replace(off, model=replace(off.model, pose_refine=False))
-    assert Trainer(_steps(off, head=1), d).model.pose_deltas is None
+    assert Trainer(_steps(preset("debug"), head=1), d).model.pose_deltas is None
 
     tr = Trainer(_steps(_with_pose_refine(preset("debug")), head=6, lips=2, torso=2), d, lips_loss=lpips)
     m = tr.model
@@ -581,7 +579,7 @@ def test_evaluation_renders_what_the_saved_avatar_renders(frames64, tmp_path):
     (not the live latents with the averaged field)."""
     from nerf.avatar import Avatar
 
-    tr = Trainer(_steps(preset("debug"), head=8, lips=0, torso=4), frames64)
+    tr = Trainer(_steps(_with_pose_refine(preset("debug")), head=8, lips=0, torso=4), frames64)
     tr.train()
     with torch.no_grad():  # live weights far from the averages (a few debug steps barely move the latents)
         tr.model.head_latents.add_(1.0)

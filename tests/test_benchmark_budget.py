@@ -1,0 +1,40 @@
+"""The time-budget planning of ``benchmarks/train.py`` (which the benchmark itself only exercises when it runs
+for half an hour): stages are re-sized from their measured pace so that the run ends on its budget.
+
+The trainer is real (a debug-preset trainer on the small dataset, which :meth:`nerf.trainer.Trainer.resize_stage`
+re-sizes), the clock is simulated: each stage runs at a set pace unlike the one timed before training."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.train import SHARES, Run, replan_to_budget
+from jobs.train import load_identity, lpips_module
+from nerf.models import STAGES
+from nerf.presets import preset
+from nerf.trainer import StepResult, Trainer
+from tests.nerf.test_training import IDENTITY, _steps
+
+
+@pytest.mark.parametrize("pace", [{"head": 2.0, "lips": 1.0, "torso": 0.5}, {"head": 0.6, "lips": 1.5, "torso": 1.3}])
+def test_replan_keeps_the_run_to_its_budget(small_dataset, pace):
+    budget = 1000.0
+    timed = {"head": 1.0, "lips": 1.0, "torso": 1.0}  # what the few steps timed before training said
+    planned = {s: int(budget * SHARES[s] / timed[s]) for s in STAGES}
+    cfg = _steps(preset("debug"), head=planned["head"], lips=planned["lips"], torso=planned["torso"])
+    trainer = Trainer(cfg, load_identity(str(small_dataset), IDENTITY, 64), lips_loss=lpips_module())
+    run = Run("grid", trainer.config)
+    replan = replan_to_budget(timed, budget, SHARES)
+    for stage in STAGES:
+        step = 0
+        while step < trainer.stage_config(stage).steps:
+            step += 1
+            run.train_s += pace[stage]
+            run.stage_s[stage] = run.stage_s.get(stage, 0.0) + pace[stage]
+            replan(trainer, run, StepResult(stage=stage, step=step, global_step=0, losses={}, loss=0.0, lr=0.0,
+                                            samples=0, seconds=pace[stage]))
+    assert run.train_s == pytest.approx(budget, rel=0.02)
+    # the head keeps to its share whatever its pace; the lips and torso split what it left
+    assert run.stage_s["head"] == pytest.approx(budget * SHARES["head"], rel=0.02)
+    assert run.config.trainer.head.steps == pytest.approx(budget * SHARES["head"] / pace["head"], rel=0.02)
+    assert run.config == trainer.config

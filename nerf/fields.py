@@ -125,7 +125,8 @@ class HeadFieldConfig:
     """Half side of the head box in metres (the ICT head spans about +-0.13 x, -0.19..0.15 y, -0.09..0.13 z).
     Hair below the chin (shoulder-length hair) leaves the box and renders as blocks of background at the box's
     edge; on RD_Radio2_000 (cpu preset, 4500 head steps, seed 0) 0.25 gave held-out head PSNR 22.59 dB against
-    22.33 with 0.2 (training 24.87 / 24.93): a lead, one seed, within twice the run-to-run spread."""
+    22.33 with 0.2 (training 24.87 / 24.93), but with seed 1 22.26 against 22.30: no gain over two seeds, so
+    the box stays at 0.2."""
     ABSENT_IN_OLD_CONFIGS: ClassVar[dict[str, object]] = {"latent_in_density": False}
     """Fields whose absence from a saved config means the behaviour from before they existed, not the default."""
 

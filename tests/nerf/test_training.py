@@ -570,7 +570,7 @@ def test_pose_correction_gradient_undoes_a_pose_error(frames64):
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.1 * losses[0], delta
-    assert abs(float(delta[1]) - 0.03) < 0.006, delta
+    assert abs(float(delta.detach()[1]) - 0.03) < 0.006, delta
 
 
 def test_evaluation_renders_what_the_saved_avatar_renders(frames64, tmp_path):

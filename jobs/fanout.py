@@ -80,7 +80,8 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     """A frozen dataclass config with dotted keys replaced (``{"model.head.audio_coord_dim": 3}``).
 
     Raises:
-        FanoutError: a key that is not a config field (the valid ones at that level are named).
+        FanoutError: a key that is not a config field (the valid ones at that level are named), or a value the
+            field cannot take.
     """
     for key, value in overrides.items():
         cfg = _replace_path(cfg, key.split("."), value, key)
@@ -100,7 +101,10 @@ def _replace_path(obj: Any, path: list[str], value: Any, full: str) -> Any:
     if is_dataclass(current):
         raise FanoutError(f"config key {full!r} names a section; set one of its fields")
     typed = isinstance(current, int | float | str) and not isinstance(current, bool)
-    return replace(obj, **{head: type(current)(value) if typed else value})
+    try:
+        return replace(obj, **{head: type(current)(value) if typed else value})
+    except (ValueError, TypeError) as e:  # a value of the wrong type, or one the config rejects
+        raise FanoutError(f"config key {full!r}: {e}") from e
 
 
 # the trial ---------------------------------------------------------------------------------------------------

@@ -46,6 +46,15 @@ class StageConfig:
     lr_pose: float = 5e-4
     """Learning rate of the head pose corrections (only with :attr:`nerf.models.RadNerfConfig.pose_refine`)."""
 
+    def __post_init__(self) -> None:
+        # Adam checks only its default learning rate, not a parameter group's: a negative one would train backwards
+        bad = [f"{k}={getattr(self, k)}" for k in ("steps", "lr_grid", "lr_net", "lr_pose") if getattr(self, k) < 0]
+        if not 0.0 < self.lr_final <= 1.0:
+            bad.append(f"lr_final={self.lr_final}")
+        if bad:
+            raise ValueError(f"stage config: invalid {', '.join(bad)} (steps and learning rates must be >= 0, "
+                             "lr_final a fraction in (0, 1])")
+
 
 @dataclass(frozen=True)
 class TrainerConfig:

@@ -280,6 +280,10 @@ def test_bad_sweep_files_and_overrides_are_named(tmp_path):
         search_space({"model.head.audio_coord_dim": {"range": [1, 3]}})
     with pytest.raises(FanoutError, match="names a section"):
         apply_overrides(preset("debug"), {"model.head": 3})
+    with pytest.raises(FanoutError, match=r"'trainer.head.lr_pose': stage config: invalid lr_pose=-1.0"):
+        apply_overrides(preset("debug"), {"trainer.head.lr_pose": -1})
+    with pytest.raises(FanoutError, match=r"'trainer.head.steps': invalid literal"):
+        apply_overrides(preset("debug"), {"trainer.head.steps": "many"})
     cfg = apply_overrides(preset("debug"), {"model.head.audio_coord_dim": 3.0, "trainer.head.lr_grid": "0.02"})
     assert cfg.model.head.audio_coord_dim == 3 and isinstance(cfg.model.head.audio_coord_dim, int)
     assert cfg.trainer.head.lr_grid == 0.02

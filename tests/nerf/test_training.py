@@ -175,6 +175,12 @@ def test_config_json_round_trip():
         config_from_json('{"name": "x", "bogus": 1}')
     with pytest.raises(KeyError, match="presets: debug, cpu, paper"):
         preset("nope")
+    from nerf.trainer import StageConfig
+
+    with pytest.raises(ValueError, match=r"invalid lr_pose=-0.001, lr_final=0 \(steps and learning rates"):
+        StageConfig(steps=10, lr_pose=-1e-3, lr_final=0)
+    with pytest.raises(ValueError, match="invalid steps=-1"):
+        config_from_json(config_to_json(preset("debug")).replace('"steps": 12', '"steps": -1'))
 
 
 def _head_shell_density(x: torch.Tensor, verts: torch.Tensor, radius: float = 0.01) -> torch.Tensor:

@@ -178,7 +178,7 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
     return result
 
 
-def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path) -> EvalResult:
+def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path, align_poses: bool = False) -> EvalResult:
     import cv2
 
     from workers.media import VideoWriter
@@ -197,7 +197,8 @@ def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path) -> EvalResult:
                 if f in qc_frames:
                     cv2.imwrite(str(out / QC_DIR / f"heldout_{f:05d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
-            res = evaluate(trainer, lpips=lips, landmarks=(detect_pred, detect_gt), on_frame=frame)
+            res = evaluate(trainer, lpips=lips, landmarks=(detect_pred, detect_gt), on_frame=frame,
+                           align_poses=align_poses)
     finally:
         close()
     (out / EVAL_JSON).write_text(json.dumps({"identity": trainer.data.identity, "metrics": res.metrics,
@@ -206,8 +207,9 @@ def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path) -> EvalResult:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, dataset: str, output: str | Path, s3_endpoint: str | None = None,
-                        device: str = "cpu") -> EvalResult:
-    """Evaluate a checkpoint on its identity's held-out frames: ``eval.json`` and the side-by-side video.
+                        device: str = "cpu", align_poses: bool = False) -> EvalResult:
+    """Evaluate a checkpoint on its identity's held-out frames: ``eval.json`` and the side-by-side video
+    (``align_poses``: also the PSNR under test-time aligned head poses, :func:`nerf.avatar.evaluate`).
 
     Raises:
         CheckpointError, KeyError, DataError: see :func:`load_checkpoint` and :func:`load_identity`.
@@ -222,7 +224,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, output: str | Path
     trainer.load_checkpoint(checkpoint)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    return _evaluate(trainer, lips, out)
+    return _evaluate(trainer, lips, out, align_poses)
 
 
 def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, size: int | None = None,
@@ -315,7 +317,8 @@ def run_train_cli(args: argparse.Namespace) -> int:
 
 def run_evaluate_cli(args: argparse.Namespace) -> int:
     try:
-        res = evaluate_checkpoint(args.checkpoint, args.dataset, args.output, args.s3_endpoint, args.device)
+        res = evaluate_checkpoint(args.checkpoint, args.dataset, args.output, args.s3_endpoint, args.device,
+                                  align_poses=args.align_poses)
     except (KeyError, DataError, FileNotFoundError, CheckpointError, ValueError) as exc:
         return _fail("evaluate", exc)
     print(json.dumps(res.metrics, indent=2))

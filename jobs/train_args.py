@@ -78,6 +78,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", "-c", required=True, help="checkpoint.pt of a run")
     p.add_argument("--dataset", "-d", required=True, help="the dataset it was trained on")
     p.add_argument("--output", "-o", required=True, help="directory for eval.json and the side-by-side video")
+    p.add_argument("--align-poses", action="store_true",
+                   help="also align each held-out frame's head pose to its image and report psnr_aligned: how much "
+                        "of the error is the tracked pose's (slower: ~60 steps per frame)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--s3-endpoint", default=None)
 

@@ -31,15 +31,17 @@ class EvalResult:
 
     metrics: dict[str, float]
     """``psnr``, ``ssim``, ``lpips``, ``lmd`` (px at the training size; NaN without a landmark function),
-    ``render_s_per_frame``, ``n_frames``, ``lmd_frames``."""
+    ``render_s_per_frame``, ``n_frames``, ``lmd_frames``; with pose alignment, ``psnr_aligned``, ``align_deg``,
+    ``align_mm`` (:func:`evaluate`)."""
     per_frame: list[dict[str, float]] = field(default_factory=list)
-    """``frame``, ``psnr``, ``ssim``, ``lpips`` of each frame."""
+    """``frame``, ``psnr``, ``ssim``, ``lpips`` (and the alignment's) of each frame."""
 
 
 def evaluate(trainer: Trainer, frames: np.ndarray | None = None, lpips: LPIPS | None = None,
              landmarks: tuple[Callable[[np.ndarray], np.ndarray | None],
                               Callable[[np.ndarray], np.ndarray | None]] | None = None,
-             on_frame: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> EvalResult:
+             on_frame: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+             align_poses: bool = False) -> EvalResult:
     """Render frames (default: the held-out ones) and compare them with the ground truth.
 
     Args:
@@ -49,6 +51,10 @@ def evaluate(trainer: Trainer, frames: np.ndarray | None = None, lpips: LPIPS | 
         landmarks: two functions RGB uint8 [S, S, 3] -> [68, 2] landmarks or None (undetected), one for the
             predictions and one for the ground truth (each sees its frames in order); gives LMD on the mouth.
         on_frame: called with (frame id, prediction, ground truth), both uint8 [S, S, 3] (e.g. to write a video).
+        align_poses: also align each frame's head pose to its image (:meth:`Trainer.align_pose`) and render it
+            again: ``psnr_aligned`` is the PSNR under the aligned pose, ``align_deg`` / ``align_mm`` the rotation
+            and translation the alignment needed. The gap ``psnr_aligned - psnr`` is the share of the error that
+            is the tracked pose's rather than the model's. Costs about 60 training-size steps per frame.
 
     Returns:
         Mean metrics and per-frame values.
@@ -68,6 +74,10 @@ def evaluate(trainer: Trainer, frames: np.ndarray | None = None, lpips: LPIPS | 
         if lpips is not None:
             with torch.no_grad():
                 row["lpips"] = float(lpips(pred.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None])[0])
+        if align_poses:
+            al = trainer.align_pose(int(f))
+            row["psnr_aligned"] = psnr(trainer.render_frame(int(f), pose_delta=al.delta), gt)
+            row["align_deg"], row["align_mm"] = al.degrees, al.millimetres
         per.append(row)
         pred_u8 = (pred.cpu().numpy() * 255 + 0.5).astype(np.uint8)
         gt_u8 = trainer.data.images[f]

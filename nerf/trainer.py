@@ -23,6 +23,7 @@ from torch import Tensor
 
 from nerf.data import FrameStore, IdentityFrames
 from nerf.models import STAGES, FrameConditions, RadNerf, RadNerfConfig, Stage
+from pipelines.schema import HEAD
 
 CHECKPOINT_FORMAT = "parley-radnerf/1"
 
@@ -312,7 +313,8 @@ class Trainer:
     # evaluation ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def render_frame(self, frame: int, chunk: int = 1 << 15, use_ema: bool = True,
-                     novel: bool | None = None, head_only: bool = False, audio_from: int | None = None) -> Tensor:
+                     novel: bool | None = None, head_only: bool = False, audio_from: int | None = None,
+                     pose_delta: Tensor | None = None) -> Tensor:
         """Render one dataset frame under its own pose, audio and eye.
 
         Args:
@@ -326,30 +328,93 @@ class Trainer:
                 of the full model.
             audio_from: another frame whose audio drives it (everything else stays ``frame``'s): what the
                 audio alone changes.
+            pose_delta: [6] a rigid correction of the head pose (:func:`nerf.models.correct_rays`) instead of the
+                model's own (none, or the learned one with :attr:`RadNerfConfig.pose_refine`), e.g. from
+                :meth:`align_pose`.
 
         Returns:
             [S, S, 3] float in [0, 1].
         """
         s = self.store
-        fid = torch.tensor([frame], device=self.device)
-        audio = s.audio[torch.tensor([frame if audio_from is None else audio_from], device=self.device)]
-        if novel is None:
-            novel = frame >= s.n_train
         rays = s.frame_rays(frame, head_only=head_only)
         with_torso = not head_only and self.tc.torso.steps > 0 and (self.stage == "torso" or self.done)
         if use_ema:  # the latents and pose corrections too, as a registered model (the EMA weights) renders
             self.ema.swap(self.model)
         try:
-            if novel:
-                near = torch.from_numpy(self.data.nearest_train(frame)).to(self.device) if frame >= s.n_train else None
-                cond = self.model.novel_conditions(audio, s.eye[fid], s.poses[fid], near)
-            else:
-                cond = self.model.train_conditions(fid, audio, s.eye[fid], s.poses[fid])
+            cond = self._frame_conditions(frame, novel, audio_from)
+            if pose_delta is not None:
+                cond.pose_delta = pose_delta.detach().view(1, 6).to(self.device)
             return render_image(self.model, rays.origins, rays.directions, rays.pixels, cond, rays.background,
                                 with_torso=with_torso, size=s.size, chunk=chunk)
         finally:
             if use_ema:
                 self.ema.swap(self.model)
+
+    def _frame_conditions(self, frame: int, novel: bool | None = None, audio_from: int | None = None
+                          ) -> FrameConditions:
+        """One frame's conditions as :meth:`render_frame` renders it (held-out frames borrow latents)."""
+        s = self.store
+        fid = torch.tensor([frame], device=self.device)
+        audio = s.audio[torch.tensor([frame if audio_from is None else audio_from], device=self.device)]
+        if novel is None:
+            novel = frame >= s.n_train
+        if novel:
+            near = torch.from_numpy(self.data.nearest_train(frame)).to(self.device) if frame >= s.n_train else None
+            return self.model.novel_conditions(audio, s.eye[fid], s.poses[fid], near)
+        return self.model.train_conditions(fid, audio, s.eye[fid], s.poses[fid])
+
+    def align_pose(self, frame: int, steps: int = 60, n_rays: int = 4096, lr: float = 2e-3,
+                   margin: int = 8, seed: int = 0) -> PoseAlignment:
+        """Fit a rigid correction of one frame's head pose to its own image, the field frozen (test-time pose
+        alignment, as BARF evaluates): how much of a frame's error is the tracked pose's rather than the model's.
+
+        The correction (axis-angle and translation, :func:`nerf.models.correct_rays`) starts at the model's own
+        (zero, or the learned or borrowed one with :attr:`RadNerfConfig.pose_refine`) and takes ``steps`` Adam
+        steps on the photometric error of the head over the ground truth's torso and background (the head
+        stage's target), on ``n_rays`` random pixels per step from the head's box (its parsing label, ``margin``
+        pixels wider) in the ground truth. Uses the averaged (EMA) weights, as :meth:`render_frame`.
+
+        Returns:
+            the :class:`PoseAlignment`; render with it through ``render_frame(frame, pose_delta=...delta)``.
+        """
+        s = self.store
+        rays = s.frame_rays(frame, head_only=True)
+        head = (rays.label == HEAD).view(s.size, s.size)
+        region = torch.arange(rays.label.shape[0], device=self.device)
+        if bool(head.any()):
+            ys, xs = torch.nonzero(head, as_tuple=True)
+            y0, y1 = max(int(ys.min()) - margin, 0), min(int(ys.max()) + margin, s.size - 1)
+            x0, x1 = max(int(xs.min()) - margin, 0), min(int(xs.max()) + margin, s.size - 1)
+            py, px = region // s.size, region % s.size
+            region = region[(py >= y0) & (py <= y1) & (px >= x0) & (px <= x1)]
+        g = torch.Generator().manual_seed(seed)
+        self.ema.swap(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            cond = self._frame_conditions(frame)
+            start = (cond.pose_delta.detach().clone() if cond.pose_delta is not None
+                     else torch.zeros(1, 6, device=self.device))
+            delta = start.clone().requires_grad_(True)
+            opt = torch.optim.Adam([delta], lr=lr)
+            for _ in range(steps):
+                pick = region[torch.randint(0, region.shape[0], (n_rays,), generator=g).to(self.device)]
+                cond.pose_delta = delta.expand(1, 6)
+                fr = torch.zeros(pick.shape[0], dtype=torch.long, device=self.device)
+                with torch.enable_grad():
+                    out = self.model.get_outputs(rays.origins[pick], rays.directions[pick], rays.pixels[pick], fr,
+                                                 cond, rays.background[pick], with_torso=False, generator=None)
+                    loss = ((out["rgb"] - rays.rgb[pick]) ** 2).mean()
+                    (grad,) = torch.autograd.grad(loss, [delta])  # the field's own parameters get no gradient
+                opt.zero_grad()
+                delta.grad = grad
+                opt.step()
+        finally:
+            self.model.train(was_training)
+            self.ema.swap(self.model)
+        change = (delta.detach() - start)[0]
+        return PoseAlignment(delta=delta.detach()[0], degrees=float(torch.rad2deg(change[:3].norm())),
+                             millimetres=float(change[3:].norm() * 1000))
 
     # checkpoints -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -405,6 +470,18 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.generator.set_state(ckpt["generator"])
+
+
+@dataclass
+class PoseAlignment:
+    """A frame's head pose aligned to its image (:meth:`Trainer.align_pose`)."""
+
+    delta: Tensor
+    """[6] the correction to render with (axis-angle radians, then metres)."""
+    degrees: float
+    """Rotation the alignment added to the model's own correction."""
+    millimetres: float
+    """Translation it added."""
 
 
 def render_kit(d: IdentityFrames) -> dict[str, Any]:

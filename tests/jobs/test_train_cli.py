@@ -136,3 +136,24 @@ def test_cli_help_does_not_import_torch():
     from nerf.presets import PRESETS
 
     assert sorted(CLI_PRESETS) == sorted(PRESETS)
+
+
+def test_cli_evaluate_with_pose_alignment(small_dataset, trained, tmp_path):
+    """`parley evaluate --align-poses` writes eval.json with the aligned PSNR and the alignment's angle per held-out
+    frame beside the usual metrics; a corrupt checkpoint exits 2 naming it."""
+    out = tmp_path / "eval"
+    p = _parley("evaluate", "-c", str(trained / "checkpoint.pt"), "-d", str(small_dataset), "-o", str(out),
+                "--align-poses")
+    assert p.returncode == 0, p.stderr
+    ev = json.loads((out / "eval.json").read_text())
+    assert len(ev["frames"]) == 3
+    for row in ev["frames"]:
+        assert 5 < row["psnr_aligned"] < 60 and 0 <= row["align_deg"] < 20 and row["align_mm"] >= 0
+    m = ev["metrics"]
+    assert m["psnr_aligned"] == pytest.approx(np.mean([r["psnr_aligned"] for r in ev["frames"]]))
+    assert json.loads(p.stdout)["psnr_aligned"] == pytest.approx(m["psnr_aligned"])
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00" * 100)
+    p = _parley("evaluate", "-c", str(corrupt), "-d", str(small_dataset), "-o", str(tmp_path / "e2"))
+    assert p.returncode == 2 and "corrupt.pt" in p.stderr

@@ -36,6 +36,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -67,7 +68,8 @@ REPORT = "train_benchmark.json"
 
 
 def build_dataset(clip: Path, work: Path) -> Path:
-    """A one-identity dataset (identity = the clip's stem) of the whole clip, built once and cached in ``work``.
+    """A one-identity dataset (identity = the clip's stem) of the whole clip, built once and cached in ``work``
+    (rebuilt when the clip or the feature builder's version changes).
 
     Returns:
         The dataset root.
@@ -75,12 +77,15 @@ def build_dataset(clip: Path, work: Path) -> Path:
     from pipelines import dataset as D
     from pipelines.storage import Storage
     from workers.clip import ClipConfig, ClipProcessor, clip_id_for
+    from workers.config import BUILDER_VERSION
     from workers.errors import ParleyError
 
     root = work / f"dataset_{clip.stem}"
     done = root / ".complete"
-    if done.is_file() and done.read_text() == str(clip.resolve()):
+    marker = f"{clip.resolve()}\nbuilder {BUILDER_VERSION}"
+    if done.is_file() and done.read_text() == marker:
         return root
+    shutil.rmtree(root, ignore_errors=True)  # a stale build: its rows would be kept as they are
     t = time.perf_counter()
     processor = ClipProcessor(ClipConfig())
     try:
@@ -92,7 +97,7 @@ def build_dataset(clip: Path, work: Path) -> Path:
     st = Storage(root)
     D.write_clip(st, res, identity=clip.stem)
     D.write_identities(st, D.aggregate_identities(D.Dataset(st).clip_rows().values()))
-    done.write_text(str(clip.resolve()))
+    done.write_text(marker)
     print(f"dataset: processed {clip.name} ({len(res.rows)} frames) in {time.perf_counter() - t:.0f} s -> {root}",
           flush=True)
     return root

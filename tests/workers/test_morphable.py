@@ -62,3 +62,20 @@ def test_blendshape_names_map_onto_ict_expressions():
     assert exp[model.exp_names.index("eyeBlink_L")] == np.float32(0.8)
     assert exp[model.exp_names.index("browInnerUp_L")] == exp[model.exp_names.index("browInnerUp_R")] == 0.5
     assert np.count_nonzero(exp) == 3
+
+
+def test_fit_reaches_the_same_poses_from_any_start():
+    """The fit runs until its loss stops falling: started from rotations a few degrees off (as MediaPipe's, whose
+    face model's frame differs from the ICT model's) or from the frontal pose, it ends at the same poses. A fixed
+    120 steps stopped 0.2-0.4 degrees apart on a real clip, and that spread reached the avatar's training."""
+    model = FaceModel()
+    lms, expr, R, _ = _synthetic(model, 60, focal=1000.0, seed=2)
+    lms = lms + np.random.default_rng(0).normal(0, 1.0, lms.shape).astype(np.float32)  # a detector's noise
+    off = rodrigues(torch.tensor([[np.radians(5.0), np.radians(-2.0), np.radians(1.5)]]))[0].numpy()
+    cfg = FitConfig(focal_grid=(1000.0 / 512,), fine_steps=0)
+    a = fit_clip(model, lms, 512, 512, np.zeros_like(expr), rotation_init=R @ off, cfg=cfg)
+    b = fit_clip(model, lms, 512, 512, np.zeros_like(expr), rotation_init=None, cfg=cfg)
+    rel = np.einsum("nij,nkj->nik", a.rotation, b.rotation)  # Ra Rb^T
+    angle = np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    assert angle.max() < 0.05, angle.max()
+    assert abs(float(a.reprojection_error.mean()) - float(b.reprojection_error.mean())) < 0.01

@@ -51,7 +51,7 @@ class FitConfig:
     """Pose-only steps of the full fit."""
     joint_iters: int = 1000
     """Most joint identity/expression/pose steps of the full fit; it ends when the loss stops falling (on a
-    200-frame clip after 200-400 steps)."""
+    200-frame clip after about 200-250 steps)."""
     w_identity: float = 2e-4
     """L2 weight on identity coefficients."""
     w_expression: float = 2e-4

@@ -2,17 +2,19 @@
 
     PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/train.py [--minutes 30] [--size 256]
         [--clip ../shared/data/clips/RD_Radio2_000.mp4] [--baseline-minutes M] [--no-baseline] [--eval-every S]
+        [--set trainer.error_map=0 ...]
 
 What is measured:
 
 * A one-identity dataset is built from the whole clip (200 frames: 181 train, the last 19 held out) with
   :class:`workers.clip.ClipProcessor` (no Ray) and cached in ``--work``.
-* The ``cpu`` preset (RAD-NeRF's grid head) trains for ``--minutes`` of training wall-clock, split head 70% /
-  lips 5% / torso 25%. Each stage's seconds per step are measured first (warm-up steps of a throwaway trainer,
-  plus the amortised occupancy-grid update), and each stage gets the steps that fit its share, so that its
-  exponential learning-rate decay completes. The head and the torso are re-sized from their measured pace as they
-  run, and the later stages to the budget left when the head and the lips stages end (a few timed steps are
-  easily skewed by anything else running; :meth:`nerf.trainer.Trainer.resize_stage` re-fits the decay).
+* The ``cpu`` preset (RAD-NeRF's grid head; ``--set`` overrides its keys, dotted as in ``parley sweep``) trains for
+  ``--minutes`` of training wall-clock, split head 70% / lips 5% / torso 25%. Each stage's seconds per step are
+  measured first (warm-up steps of a throwaway trainer, plus the amortised occupancy-grid update), and each stage
+  gets the steps that fit its share, so that its exponential learning-rate decay completes. The head and the torso
+  are re-sized from their measured pace as they run, and the later stages to the budget left when the head and the
+  lips stages end (a few timed steps are easily skewed by anything else running;
+  :meth:`nerf.trainer.Trainer.resize_stage` re-fits the decay).
 * A curve every ``--eval-every`` seconds of *training* time (evaluation is off the clock) on every 2nd
   held-out frame: the head PSNR (the head rendered over the ground truth's torso and background, the head
   stage's own target) and, once the torso stage has started, the full-image PSNR.
@@ -52,6 +54,8 @@ os.environ.setdefault("PARLEY_ASSETS", str(SHARED / "assets"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.torso import parse_variant  # noqa: E402
+from jobs.fanout import FanoutError, apply_overrides  # noqa: E402
 from jobs.train import landmark_fn, load_identity, lpips_module  # noqa: E402
 from nerf.avatar import evaluate  # noqa: E402
 from nerf.data import IdentityFrames  # noqa: E402
@@ -292,7 +296,14 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK,
                     help="cache of the dataset, the report and the checkpoint (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the cpu preset (dotted, e.g. trainer.error_map=0; repeatable)")
     args = ap.parse_args()
+    overrides = parse_variant("set=" + ",".join(args.set))[1]
+    try:
+        base_cfg = apply_overrides(preset("cpu"), overrides)
+    except FanoutError as e:
+        raise SystemExit(f"--set: {e}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -308,7 +319,6 @@ def main() -> int:
           f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs", flush=True)
     lips = lpips_module()
 
-    base_cfg = preset("cpu")
     cfg = replace(base_cfg, trainer=replace(base_cfg.trainer, size=args.size))
     per_step = {s: seconds_per_step(cfg, data, s, lips) for s in ("head", "lips", "torso")}
     steps = budget_steps(per_step, budget_s, SHARES)

@@ -301,19 +301,26 @@ class FrameStore:
                         pixels=centres, label=lab)
 
     def sample(self, n_rays: int, n_frames: int, generator: torch.Generator, head_only: bool,
-               face_fraction: float = 0.5) -> RayBatch:
-        """Random rays of random training frames; ``face_fraction`` of them inside the face rectangle."""
+               face_fraction: float = 0.5, error_map: ErrorMap | None = None, error_fraction: float = 0.0
+               ) -> RayBatch:
+        """Random rays of random training frames: of each frame's rays, ``face_fraction`` inside the face
+        rectangle, ``error_fraction`` drawn from ``error_map`` (where the model's recent error is), the rest
+        anywhere."""
         g = generator
         frames = torch.randint(0, self.n_train, (n_frames,), generator=g)
         per = max(n_rays // n_frames, 1)
         fid = frames.repeat_interleave(per)
         r = fid.shape[0]
         u = torch.rand(r, 2, generator=g)
-        n_face = int(round(r * face_fraction))
+        face = (torch.arange(r) % per) < int(round(per * face_fraction))
         rect = self.face_rect.cpu()[fid].float()
-        lo = torch.cat([rect[:n_face, :2], torch.zeros(r - n_face, 2)])
-        hi = torch.cat([rect[:n_face, 2:], torch.full((r - n_face, 2), float(self.size))])
+        lo = torch.where(face[:, None], rect[:, :2], 0.0)
+        hi = torch.where(face[:, None], rect[:, 2:], float(self.size))
         pix = (lo + u * (hi - lo)).long().clamp(0, self.size - 1)
+        n_err = int(round(per * error_fraction)) if error_map is not None else 0
+        if error_map is not None and n_err > 0:
+            drawn = (torch.arange(r) % per) >= per - n_err  # the last n_err rays of each frame's block
+            pix[drawn] = error_map.sample(frames, n_err, g)
         return self.rays(fid.to(self.device), pix.to(self.device), head_only)
 
     def frame_rays(self, frame: int, head_only: bool = False) -> RayBatch:
@@ -352,3 +359,55 @@ class FrameStore:
                         background=bg_grid[0].permute(1, 2, 0).reshape(-1, 3), face=face, mouth=face, pixels=pix,
                         label=label)
         return rays, target
+
+
+class ErrorMap:
+    """Where each training frame's recent photometric error lies, on a coarse ``side`` x ``side`` grid of cells
+    (torch-ngp's and RAD-NeRF's ``error_map``): rays drawn from it go where the model is still wrong (hair,
+    silhouettes, the mouth) instead of where it has converged (background, cheeks).
+
+    Cells start at 1 (so every cell is drawn until it has been seen); each ray's squared error replaces
+    ``1 - keep`` of its cell's value.
+
+    Args:
+        n_frames: frames (training frames are the first).
+        side: cells per image side.
+        size: image side in pixels.
+        device: where the map lives.
+        keep: share of a cell's old value an update keeps.
+    """
+
+    def __init__(self, n_frames: int, side: int, size: int, device: torch.device | str = "cpu", keep: float = 0.1):
+        if side < 1 or side > size:
+            raise ValueError(f"error map side {side} must be in [1, {size}] (the image side)")
+        self.side, self.size, self.keep = side, size, keep
+        self.values = torch.ones(n_frames, side * side, device=device)
+
+    def reset(self) -> None:
+        """Forget every error (a new stage fits another target)."""
+        self.values.fill_(1.0)
+
+    def sample(self, frames: Tensor, per: int, generator: torch.Generator) -> Tensor:
+        """int64 [len(frames) * per, 2] pixel positions (x, y), frame by frame: cells drawn in proportion to their
+        error, a uniform position inside each."""
+        w = self.values[frames.to(self.values.device)].float().cpu() + 1e-12
+        cells = torch.multinomial(w, per, replacement=True, generator=generator).reshape(-1)
+        u = torch.rand(cells.shape[0], 2, generator=generator)
+        cell = self.size / self.side
+        xy = torch.stack([cells % self.side, cells // self.side], -1).float()
+        return ((xy + u) * cell).long().clamp(0, self.size - 1)
+
+    @torch.no_grad()
+    def update(self, frames: Tensor, pixels: Tensor, error: Tensor) -> None:
+        """Blend rays' errors into their cells.
+
+        Args:
+            frames: int64 [R] frame ids.
+            pixels: [R, 2] pixel positions (x, y) at the image size (centres or integers).
+            error: [R] each ray's squared error (mean over colour channels).
+        """
+        cell = (pixels.long().clamp(0, self.size - 1) * self.side) // self.size  # truncation: pixels are >= 0
+        flat = frames.to(self.values.device) * self.side * self.side + (cell[:, 1] * self.side + cell[:, 0]).to(
+            self.values.device)
+        v = self.values.view(-1)
+        v[flat] = self.keep * v[flat] + (1.0 - self.keep) * error.detach().to(v.device, v.dtype)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nerf.data import FrameStore, IdentityFrames
+from nerf.data import ErrorMap, FrameStore, IdentityFrames
 from nerf.models import STAGES, FrameConditions, RadNerf, RadNerfConfig, Stage
 from pipelines.schema import HEAD
 
@@ -68,7 +68,13 @@ class TrainerConfig:
     frames_per_batch: int = 4
     """Frames the rays of one step come from."""
     face_fraction: float = 0.5
-    """Share of a batch's rays drawn inside the face rectangle (the rest anywhere)."""
+    """Share of a batch's rays drawn inside the face rectangle."""
+    error_map: int = 0
+    """Cells per side of each training frame's error map (:class:`nerf.data.ErrorMap`; 0: none). ``error_fraction``
+    of a batch's rays are drawn from it, in proportion to the recent error; the rest of the batch, after the
+    face's share, anywhere. Reset at each stage's start."""
+    error_fraction: float = 0.25
+    """Share of a batch's rays drawn from the error map (with ``error_map``)."""
     head: StageConfig = field(default_factory=lambda: StageConfig(steps=2000))
     lips: StageConfig = field(default_factory=lambda: StageConfig(steps=300, lr_grid=2e-3, lr_net=2e-4))
     torso: StageConfig = field(default_factory=lambda: StageConfig(steps=1000))
@@ -81,6 +87,14 @@ class TrainerConfig:
     max_frames: int | None = None
     """Use only the first frames of the identity (before the held-out split); None for all."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        share = self.face_fraction + (self.error_fraction if self.error_map else 0.0)
+        if self.face_fraction < 0 or self.error_fraction < 0 or share > 1.0:
+            raise ValueError(f"trainer config: face_fraction ({self.face_fraction}) and error_fraction "
+                             f"({self.error_fraction}) must be >= 0 and sum to at most 1")
+        if not 0 <= self.error_map <= self.size:
+            raise ValueError(f"trainer config: error_map={self.error_map} must be in [0, size={self.size}]")
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,8 @@ class Trainer:
             raise ValueError("the lips stage needs an LPIPS module (lips_loss); pass one or set lips steps to 0")
         self.ema = Ema(self.model, self.tc.ema_decay)
         self.generator = torch.Generator().manual_seed(self.tc.seed)
+        self.error_map = (ErrorMap(data.n_frames, self.tc.error_map, data.size, self.device)
+                          if self.tc.error_map else None)
         self.stage: Stage = STAGES[0]
         self.stage_step = 0
         self.global_step = 0
@@ -213,6 +229,8 @@ class Trainer:
             self.stage = STAGES[i + 1]
             self.stage_step = 0
             self._make_optimizer()
+            if self.error_map is not None:
+                self.error_map.reset()
         return True
 
     @property
@@ -248,12 +266,15 @@ class Trainer:
             self.model.update_grid(self.store.audio[:n], self.store.eye[:n], g)
 
         batch = self.store.sample(self.tc.rays_per_batch, self.tc.frames_per_batch, g, head_only=stage != "torso",
-                                  face_fraction=self.tc.face_fraction)
+                                  face_fraction=self.tc.face_fraction, error_map=self.error_map,
+                                  error_fraction=self.tc.error_fraction)
         cond, ray_frame = self._conditions(batch.frame)
         out = self.model.get_outputs(batch.origins, batch.directions, batch.pixels, ray_frame, cond,
                                      batch.background, with_torso=stage == "torso", generator=g,
                                      head_grad=stage != "torso")
         losses = self.model.get_loss_dict(out, batch.rgb, batch.face, batch.label, stage, batch.mouth)
+        if self.error_map is not None:
+            self.error_map.update(batch.frame, batch.pixels, ((out["rgb"].detach() - batch.rgb) ** 2).mean(-1))
         if self.config.model.losses.latent_smooth:
             losses["latent_smooth"] = self.model.latent_loss(stage, self.latent_pairs)
         samples = int(out["n_samples"])
@@ -433,6 +454,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "render_kit": render_kit(d),
+            **({"error_map": self.error_map.values.clone()} if self.error_map is not None else {}),
         }
 
     def save_checkpoint(self, path: str | Path) -> Path:
@@ -470,6 +492,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.generator.set_state(ckpt["generator"])
+        if self.error_map is not None and "error_map" in ckpt:
+            self.error_map.values.copy_(ckpt["error_map"])
 
 
 @dataclass

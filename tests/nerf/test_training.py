@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from jobs.train import load_identity, lpips_module
-from nerf.data import DataError, FrameStore, IdentityFrames
+from nerf.data import DataError, ErrorMap, FrameStore, IdentityFrames
 from nerf.metrics import psnr
 from nerf.presets import PRESETS, preset
 from nerf.rendering import OccupancyGrid, OccupancyGridConfig, SamplerConfig, sample_rays
@@ -84,9 +84,12 @@ def test_debug_runs_all_stages(frames64, lpips, tmp_path):
     assert img.shape == (64, 64, 3) and torch.isfinite(img).all()
 
 
-def test_checkpoint_resumes_to_the_same_loss(frames64, lpips, tmp_path):
-    """A checkpoint saved mid-stage (weights_only-loadable) resumes to exactly the loss of the uninterrupted run."""
+@pytest.mark.parametrize("error_map", [0, 16])
+def test_checkpoint_resumes_to_the_same_loss(frames64, lpips, tmp_path, error_map):
+    """A checkpoint saved mid-stage (weights_only-loadable) resumes to exactly the loss of the uninterrupted run
+    (with an error map too: it is part of the state that picks the next rays)."""
     cfg = preset("debug")
+    cfg = replace(cfg, trainer=replace(cfg.trainer, error_map=error_map))
     a = Trainer(cfg, frames64, lips_loss=lpips)
     for _ in range(7):  # mid head stage, after occupancy updates
         a.step()
@@ -253,6 +256,46 @@ def test_train_stage_steps_zero_skips(frames64):
     assert stages == ["head", "torso"] and tr.step() is None
     with pytest.raises(ValueError, match="lips stage needs an LPIPS"):
         Trainer(_steps(preset("debug"), head=1, lips=1), frames64)
+
+
+def test_error_map_draws_rays_where_the_error_is():
+    """Cells are drawn in proportion to their error, positions fall inside the drawn cells, and an update blends a
+    ray's error into its own frame's cell only."""
+    em = ErrorMap(n_frames=3, side=4, size=64)
+    em.values.zero_()
+    em.values[1, 5] = 3.0  # cell (x=1, y=1): pixels [16, 32)
+    em.values[1, 14] = 1.0  # cell (x=2, y=3): x [32, 48), y [48, 64)
+    g = torch.Generator().manual_seed(0)
+    pix = em.sample(torch.tensor([1]), 4000, g)
+    in_a = ((pix[:, 0] // 16 == 1) & (pix[:, 1] // 16 == 1)).float().mean()
+    in_b = ((pix[:, 0] // 16 == 2) & (pix[:, 1] // 16 == 3)).float().mean()
+    assert float(in_a + in_b) == 1.0 and 0.72 < float(in_a) < 0.78
+    em.reset()
+    em.update(torch.tensor([2, 2]), torch.tensor([[0.5, 0.5], [63.5, 63.5]]), torch.tensor([0.2, 0.0]))
+    assert em.values[2, 0] == pytest.approx(0.1 + 0.9 * 0.2) and em.values[2, 15] == pytest.approx(0.1)
+    assert bool((em.values[:2] == 1).all()) and int((em.values[2] != 1).sum()) == 2
+    with pytest.raises(ValueError, match="error map side"):
+        ErrorMap(1, side=128, size=64)
+
+
+def test_trainer_error_map_follows_training_frames_only(frames64):
+    """With ``trainer.error_map`` the head stage's error lands in the training frames' maps (held-out frames are
+    never drawn), a new stage starts from a fresh map, and a share that leaves no room is refused."""
+    cfg = _steps(preset("debug"), head=6, torso=1)
+    cfg = replace(cfg, trainer=replace(cfg.trainer, error_map=16, error_fraction=0.5))
+    tr = Trainer(cfg, frames64)
+    assert tr.error_map is not None
+    for _ in range(6):
+        tr.step()
+    n = frames64.n_train
+    seen = tr.error_map.values[:n] != 1
+    assert int(seen.sum()) > 100 and float(tr.error_map.values[:n][seen].max()) < 1.0
+    assert bool((tr.error_map.values[n:] == 1).all())
+    assert tr.step().stage == "torso" and int((tr.error_map.values != 1).sum()) < int(seen.sum())
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        replace(cfg.trainer, face_fraction=0.6, error_fraction=0.5)
+    with pytest.raises(ValueError, match="error_map=80"):
+        replace(cfg.trainer, error_map=80)
 
 
 def test_resize_stage_refits_the_learning_rate_decay(frames64):

@@ -272,7 +272,8 @@ def test_error_map_draws_rays_where_the_error_is():
     assert float(in_a + in_b) == 1.0 and 0.72 < float(in_a) < 0.78
     em.reset()
     em.update(torch.tensor([2, 2]), torch.tensor([[0.5, 0.5], [63.5, 63.5]]), torch.tensor([0.2, 0.0]))
-    assert em.values[2, 0] == pytest.approx(0.1 + 0.9 * 0.2) and em.values[2, 15] == pytest.approx(0.1)
+    assert float(em.values[2, 0]) == pytest.approx(0.1 + 0.9 * 0.2, rel=1e-3)  # half precision
+    assert float(em.values[2, 15]) == pytest.approx(0.1, rel=1e-3)
     assert bool((em.values[:2] == 1).all()) and int((em.values[2] != 1).sum()) == 2
     with pytest.raises(ValueError, match="error map side"):
         ErrorMap(1, side=128, size=64)

@@ -36,8 +36,9 @@ from nerf.metrics import psnr  # noqa: E402
 from nerf.trainer import CheckpointError, Trainer, config_from_json, load_checkpoint  # noqa: E402
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, object]]:
-    """``name=key=value,key=value`` -> (name, overrides); values are YAML scalars (``false``, ``0.01``)."""
+def parse_variant(text: str, option: str = "--variant") -> tuple[str, dict[str, object]]:
+    """``name=key=value,key=value`` -> (name, overrides); values are YAML scalars (``false``, ``0.01``). Errors name
+    ``option``, the command-line option the text came from."""
     import yaml
 
     name, _, rest = text.partition("=")
@@ -45,7 +46,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, object]]:
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--variant {text!r}: {item!r} is not key=value")
+            raise SystemExit(f"{option}: {item!r} is not key=value (in {text.partition('=')[2]!r})")
         overrides[key.strip()] = yaml.safe_load(value)
     return name, overrides
 

@@ -299,7 +299,9 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the cpu preset (dotted, e.g. trainer.error_map=0; repeatable)")
     args = ap.parse_args()
-    overrides = parse_variant("set=" + ",".join(args.set))[1]
+    overrides: dict[str, object] = {}
+    for item in args.set:
+        overrides.update(parse_variant(f"set={item}", option="--set")[1])
     try:
         base_cfg = apply_overrides(preset("cpu"), overrides)
     except FanoutError as e:

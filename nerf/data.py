@@ -312,15 +312,15 @@ class FrameStore:
         fid = frames.repeat_interleave(per)
         r = fid.shape[0]
         u = torch.rand(r, 2, generator=g)
-        face = (torch.arange(r) % per) < int(round(per * face_fraction))
+        j = torch.arange(r) % per  # each ray's place in its frame's block
+        face = j < int(round(per * face_fraction))
         rect = self.face_rect.cpu()[fid].float()
         lo = torch.where(face[:, None], rect[:, :2], 0.0)
         hi = torch.where(face[:, None], rect[:, 2:], float(self.size))
         pix = (lo + u * (hi - lo)).long().clamp(0, self.size - 1)
         n_err = int(round(per * error_fraction)) if error_map is not None else 0
         if error_map is not None and n_err > 0:
-            drawn = (torch.arange(r) % per) >= per - n_err  # the last n_err rays of each frame's block
-            pix[drawn] = error_map.sample(frames, n_err, g)
+            pix[j >= per - n_err] = error_map.sample(frames, n_err, g)  # the last n_err rays of each block
         return self.rays(fid.to(self.device), pix.to(self.device), head_only)
 
     def frame_rays(self, frame: int, head_only: bool = False) -> RayBatch:

@@ -8,12 +8,13 @@ poses and eye openness, intrinsics) so a checkpoint renders without the dataset.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,26 @@ class Ema:
             tmp = p.detach().clone()
             p.copy_(self.shadow[k])
             self.shadow[k].copy_(tmp)
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[None]:
+        """The averaged parameters in ``model`` inside the block; its own ones back after it, also on error."""
+        self.swap(model)
+        try:
+            yield
+        finally:
+            self.swap(model)
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block; its previous mode back after it, also on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -359,17 +380,13 @@ class Trainer:
         s = self.store
         rays = s.frame_rays(frame, head_only=head_only)
         with_torso = not head_only and self.tc.torso.steps > 0 and (self.stage == "torso" or self.done)
-        if use_ema:  # the latents and pose corrections too, as a registered model (the EMA weights) renders
-            self.ema.swap(self.model)
-        try:
+        # the latents and pose corrections too, as a registered model (the EMA weights) renders
+        with self.ema.applied(self.model) if use_ema else contextlib.nullcontext():
             cond = self._frame_conditions(frame, novel, audio_from)
             if pose_delta is not None:
                 cond.pose_delta = pose_delta.detach().view(1, 6).to(self.device)
             return render_image(self.model, rays.origins, rays.directions, rays.pixels, cond, rays.background,
                                 with_torso=with_torso, size=s.size, chunk=chunk)
-        finally:
-            if use_ema:
-                self.ema.swap(self.model)
 
     def _frame_conditions(self, frame: int, novel: bool | None = None, audio_from: int | None = None
                           ) -> FrameConditions:
@@ -409,10 +426,7 @@ class Trainer:
             py, px = region // s.size, region % s.size
             region = region[(py >= y0) & (py <= y1) & (px >= x0) & (px <= x1)]
         g = torch.Generator().manual_seed(seed)
-        self.ema.swap(self.model)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with self.ema.applied(self.model), evaluating(self.model):
             cond = self._frame_conditions(frame)
             start = (cond.pose_delta.detach().clone() if cond.pose_delta is not None
                      else torch.zeros(1, 6, device=self.device))
@@ -430,9 +444,6 @@ class Trainer:
                 opt.zero_grad()
                 delta.grad = grad
                 opt.step()
-        finally:
-            self.model.train(was_training)
-            self.ema.swap(self.model)
         change = (delta.detach() - start)[0]
         return PoseAlignment(delta=delta.detach()[0], degrees=float(torch.rad2deg(change[:3].norm())),
                              millimetres=float(change[3:].norm() * 1000))
@@ -527,11 +538,7 @@ def render_image(model: RadNerf, origins: Tensor, directions: Tensor, pixels: Te
                  background: Tensor, with_torso: bool, size: int, chunk: int = 1 << 15,
                  ema: Ema | None = None) -> Tensor:
     """Render every ray of one frame (``cond`` has one row) in chunks: [S, S, 3] in [0, 1]."""
-    was_training = model.training
-    model.eval()
-    if ema is not None:
-        ema.swap(model)
-    try:
+    with evaluating(model), ema.applied(model) if ema is not None else contextlib.nullcontext():
         parts = []
         for i in range(0, origins.shape[0], chunk):
             sl = slice(i, i + chunk)
@@ -539,10 +546,6 @@ def render_image(model: RadNerf, origins: Tensor, directions: Tensor, pixels: Te
             out = model.get_outputs(origins[sl], directions[sl], pixels[sl], fr, cond, background[sl],
                                     with_torso=with_torso, generator=None)
             parts.append(out["rgb"])
-    finally:
-        if ema is not None:
-            ema.swap(model)
-        model.train(was_training)
     return torch.cat(parts).clamp(0, 1).view(size, size, 3)
 
 

@@ -680,3 +680,23 @@ def test_test_time_pose_alignment_recovers_a_pose_error(frames64):
     assert five["psnr_aligned"] > five["psnr"] + 1.0 and five["align_deg"] > 1.0
     assert six["align_deg"] < 0.3 and six["psnr_aligned"] > 40  # nothing to undo: it stays (near) where it was
     assert res.metrics["psnr_aligned"] == pytest.approx((five["psnr_aligned"] + six["psnr_aligned"]) / 2)
+
+
+def test_ema_applied_and_evaluating_restore_the_model_also_on_error():
+    """``Ema.applied`` puts the averaged parameters in for a block and the model's own back after it, and
+    ``evaluating`` restores the training mode, also when the block raises (a failed render must not leave a
+    trainer training on its averages)."""
+    from nerf.trainer import Ema, evaluating
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    ema = Ema(model, 0.5)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    own = model[0].weight.detach().clone()
+    average = ema.shadow["0.weight"].clone()
+    with ema.applied(model), evaluating(model):
+        assert torch.equal(model[0].weight, average) and not model.training
+    assert torch.equal(model[0].weight, own) and model.training
+    with pytest.raises(RuntimeError, match="boom"), ema.applied(model), evaluating(model):
+        raise RuntimeError("boom")
+    assert torch.equal(model[0].weight, own) and torch.equal(ema.shadow["0.weight"], average) and model.training

@@ -10,6 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PARLEY_SHARED", ROOT.parent / "shared"))
 CLIPS = sorted((SHARED / "data" / "clips").glob("*.mp4"))
+SMALL_IDENTITY = "RD_Radio2_000"
+"""The identity of the ``small_dataset`` fixture."""
 CONVERSATION = SHARED / "data" / "conversation" / "video_call_interview.mp4"
 
 if not os.environ.get("PARLEY_ASSETS"):
@@ -91,8 +93,8 @@ def build_small_dataset(root: Path, stems: list[str], max_frames: int = 30) -> P
 
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> Path:
-    """A real one-identity dataset (``RD_Radio2_000``, first 30 frames of a shared clip) for the avatar tests."""
-    return build_small_dataset(tmp_path_factory.mktemp("small_dataset") / "ds", ["RD_Radio2_000"])
+    """A real one-identity dataset (``SMALL_IDENTITY``, first 30 frames of a shared clip) for the avatar tests."""
+    return build_small_dataset(tmp_path_factory.mktemp("small_dataset") / "ds", [SMALL_IDENTITY])
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ from jobs.train import load_identity, lpips_module
 from nerf.models import STAGES
 from nerf.presets import preset
 from nerf.trainer import StepResult, Trainer
-from tests.nerf.test_training import IDENTITY, _steps
+from tests.conftest import SMALL_IDENTITY as IDENTITY
+from tests.nerf.helpers import with_steps as _steps
 
 
 @pytest.mark.parametrize("pace", [{"head": 2.0, "lips": 1.0, "torso": 0.5}, {"head": 0.6, "lips": 1.5, "torso": 1.3}])

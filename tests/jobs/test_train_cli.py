@@ -16,10 +16,10 @@ from jobs.train import TrainJob, render_audio, train_identity
 from nerf.avatar import AudioError, pingpong
 from nerf.trainer import CheckpointError
 from tests.conftest import ROOT, SHARED
+from tests.conftest import SMALL_IDENTITY as IDENTITY
 from workers.errors import ClipError
 from workers.media import probe
 
-IDENTITY = "RD_Radio2_000"
 WAV = SHARED / "data" / "audio" / "RD_Radio31_000.wav"
 
 

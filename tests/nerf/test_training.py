@@ -17,14 +17,8 @@ from nerf.presets import PRESETS, preset
 from nerf.rendering import OccupancyGrid, OccupancyGridConfig, SamplerConfig, sample_rays
 from nerf.trainer import CheckpointError, ExperimentConfig, Trainer, config_from_json, config_to_json
 from tests.conftest import ROOT, SHARED
-
-IDENTITY = "RD_Radio2_000"
-
-
-def _steps(cfg: ExperimentConfig, head: int, lips: int = 0, torso: int = 0) -> ExperimentConfig:
-    tc = cfg.trainer
-    return replace(cfg, trainer=replace(tc, head=replace(tc.head, steps=head), lips=replace(tc.lips, steps=lips),
-                                        torso=replace(tc.torso, steps=torso)))
+from tests.conftest import SMALL_IDENTITY as IDENTITY
+from tests.nerf.helpers import with_steps as _steps
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,9 @@ What is measured:
   held-out frame: the head PSNR (the head rendered over the ground truth's torso and background, the head
   stage's own target) and, once the torso stage has started, the full-image PSNR.
 * Final evaluation on all held-out frames: PSNR, SSIM, LPIPS (AlexNet) and LMD (mouth landmark distance,
-  MediaPipe, px at the training size); training throughput = head samples / second over the head stage.
+  MediaPipe, px at the training size); training throughput = head samples / second over the head stage. The
+  held-out frames are also split by their rotation from the nearest training view (``view_gap_deg``): those
+  within 2 degrees (``psnr_seen_views``) and the new views beyond it (``new_view_frames`` of them).
 * Baseline: the same recipe with an AD-NeRF-like implicit MLP head (``backbone="frequency"``), head stage only,
   for ``--baseline-minutes``, with the same head-PSNR curve. ``convergence_ratio`` = the time the baseline
   needed to first reach its best head PSNR P, divided by the (linearly interpolated) time the grid model
@@ -29,6 +31,7 @@ Writes ``train_benchmark.json`` (curves, metrics, configs, steps, machine) and t
 ``checkpoint.pt`` (for ``benchmarks/render.py``) in ``--work``. The last line is ``name=value`` pairs:
 
     psnr=... lpips=... lmd=... samples_per_s=... head_psnr=... baseline_head_psnr=... convergence_ratio=... minutes=...
+    psnr_seen_views=... new_view_frames=...
 """
 
 from __future__ import annotations
@@ -69,6 +72,20 @@ SHARES = {"head": 0.70, "lips": 0.05, "torso": 0.25}
 """Share of the training budget of each stage."""
 CHECKPOINT = "checkpoint.pt"
 REPORT = "train_benchmark.json"
+
+
+NEW_VIEW_DEG = 2.0
+"""Held-out frames rotated more than this from every training view count as new views in the report."""
+
+
+def view_split(per_frame: list[dict[str, float]], limit: float = NEW_VIEW_DEG) -> dict[str, dict[str, float]]:
+    """Held-out frames split by ``view_gap_deg`` (:func:`nerf.avatar.evaluate`'s per-frame rows): frame count and
+    mean PSNR of those within ``limit`` degrees of a training view (``seen_views``) and beyond it (``new_views``)."""
+    out = {}
+    for name, keep in (("seen_views", lambda g: g <= limit), ("new_views", lambda g: g > limit)):
+        rows = [r for r in per_frame if keep(r["view_gap_deg"])]
+        out[name] = {"frames": len(rows), "psnr": float(np.mean([r["psnr"] for r in rows])) if rows else math.nan}
+    return out
 
 
 def build_dataset(clip: Path, work: Path) -> Path:
@@ -352,14 +369,19 @@ def main() -> int:
     t = time.perf_counter()
     detect_pred, detect_gt, close = landmark_fn()
     try:
-        final = evaluate(trainer, lpips=lips, landmarks=(detect_pred, detect_gt)).metrics
+        final_res = evaluate(trainer, lpips=lips, landmarks=(detect_pred, detect_gt))
     finally:
         close()
+    final = final_res.metrics
     head_psnr = head_psnr_all(trainer)
     print(f"final evaluation ({int(final['n_frames'])} held-out frames, {time.perf_counter() - t:.0f} s): "
           f"PSNR {final['psnr']:.2f} dB, SSIM {final['ssim']:.4f}, LPIPS {final['lpips']:.4f}, "
           f"LMD {final['lmd']:.3f} px ({int(final['lmd_frames'])} frames), head PSNR {head_psnr:.2f} dB; "
           f"{samples_per_s / 1e6:.3f} M samples/s",
+          flush=True)
+    views = view_split(final_res.per_frame)
+    print("held-out frames by their rotation from the nearest training view: "
+          + "; ".join(f"{k} {v['frames']} frames, PSNR {v['psnr']:.2f} dB" for k, v in views.items() if v["frames"]),
           flush=True)
     del trainer
 
@@ -407,7 +429,8 @@ def main() -> int:
         "grid": {"config": json.loads(config_to_json(runs["grid"].config)), "steps": steps,
                  "seconds_per_step": per_step,
                  "planned_s": planned, "stage_s": grid.stage_s, "train_s": grid.train_s, "eval_s": grid.eval_s,
-                 "curve": grid.curve, "final": final, "head_psnr": head_psnr, "samples_per_s": samples_per_s,
+                 "curve": grid.curve, "final": final, "final_per_frame": final_res.per_frame, "views": views,
+                 "head_psnr": head_psnr, "samples_per_s": samples_per_s,
                  "checkpoint": str(ckpt)},
         "baseline": baseline, "convergence_ratio": ratio,
     }
@@ -418,7 +441,8 @@ def main() -> int:
     b_head = baseline["head_psnr"] if baseline else math.nan
     print(f"psnr={final['psnr']:.2f} lpips={final['lpips']:.4f} lmd={final['lmd']:.3f} "
           f"samples_per_s={samples_per_s:.0f} head_psnr={head_psnr:.2f} baseline_head_psnr={b_head:.2f} "
-          f"convergence_ratio={ratio:.3f} minutes={args.minutes:g}")
+          f"convergence_ratio={ratio:.3f} minutes={args.minutes:g} psnr_seen_views={views['seen_views']['psnr']:.2f} "
+          f"new_view_frames={views['new_views']['frames']}")
     return 0
 
 

@@ -57,7 +57,8 @@ def evaluate(trainer: Trainer, frames: np.ndarray | None = None, lpips: LPIPS | 
             is the tracked pose's rather than the model's. Costs about 60 training-size steps per frame.
 
     Returns:
-        Mean metrics and per-frame values.
+        Mean metrics and per-frame values; ``view_gap_deg`` is each frame's rotation away from the nearest training
+        view (:meth:`IdentityFrames.view_gap`), so errors on new views can be told from errors on seen ones.
     """
     ids = trainer.data.val_ids if frames is None else np.asarray(frames)
     if ids.size == 0:
@@ -70,7 +71,8 @@ def evaluate(trainer: Trainer, frames: np.ndarray | None = None, lpips: LPIPS | 
         pred = trainer.render_frame(int(f))
         render_s += time.perf_counter() - t0
         gt = torch.from_numpy(trainer.data.images[f]).float().to(pred.device) / 255.0
-        row = {"frame": float(f), "psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
+        row = {"frame": float(f), "psnr": psnr(pred, gt), "ssim": ssim(pred, gt),
+               "view_gap_deg": trainer.data.view_gap(int(f))}
         if lpips is not None:
             with torch.no_grad():
                 row["lpips"] = float(lpips(pred.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None])[0])

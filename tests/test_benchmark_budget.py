@@ -1,5 +1,6 @@
-"""The time-budget planning of ``benchmarks/train.py`` (which the benchmark itself only exercises when it runs
-for half an hour): stages are re-sized from their measured pace so that the run ends on its budget.
+"""Helpers of ``benchmarks/train.py`` that the benchmark itself only exercises when it runs for half an hour: the
+time-budget planning (stages are re-sized from their measured pace so that the run ends on its budget) and the
+report's split of held-out frames into seen and new views.
 
 The trainer is real (a debug-preset trainer on the small dataset, which :meth:`nerf.trainer.Trainer.resize_stage`
 re-sizes), the clock is simulated: each stage runs at a set pace unlike the one timed before training."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.train import SHARES, Run, replan_to_budget
+from benchmarks.train import SHARES, Run, replan_to_budget, view_split
 from jobs.train import load_identity, lpips_module
 from nerf.models import STAGES
 from nerf.presets import preset
@@ -39,3 +40,12 @@ def test_replan_keeps_the_run_to_its_budget(small_dataset, pace):
     assert run.stage_s["head"] == pytest.approx(budget * SHARES["head"], rel=0.02)
     assert run.config.trainer.head.steps == pytest.approx(budget * SHARES["head"] / pace["head"], rel=0.02)
     assert run.config == trainer.config
+
+
+def test_view_split_separates_new_views_from_seen_ones():
+    rows = [{"psnr": 30.0, "view_gap_deg": 0.4}, {"psnr": 28.0, "view_gap_deg": 2.0},
+            {"psnr": 20.0, "view_gap_deg": 5.5}]
+    views = view_split(rows)
+    assert views["seen_views"] == {"frames": 2, "psnr": 29.0}
+    assert views["new_views"] == {"frames": 1, "psnr": 20.0}
+    assert view_split(rows[:1])["new_views"]["frames"] == 0

@@ -694,3 +694,29 @@ def test_ema_applied_and_evaluating_restore_the_model_also_on_error():
     with pytest.raises(RuntimeError, match="boom"), ema.applied(model), evaluating(model):
         raise RuntimeError("boom")
     assert torch.equal(model[0].weight, own) and torch.equal(ema.shadow["0.weight"], average) and model.training
+
+
+def test_view_gap_is_the_rotation_to_the_nearest_training_view(frames64):
+    """``IdentityFrames.view_gap``: 0 for a training frame, and for a held-out frame the angle to the closest
+    training head rotation (not the first, not the mean); ``evaluate`` reports it per frame."""
+    from nerf.avatar import evaluate
+
+    def turned(deg: float) -> np.ndarray:  # frame 0's pose turned about the vertical axis
+        a = np.radians(deg)
+        rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        p = frames64.poses[0].astype(np.float64).copy()
+        p[:3, :3] = rot @ p[:3, :3]
+        return p.astype(np.float32)
+
+    poses = np.stack([turned(0.0)] * frames64.n_frames)
+    poses[3] = turned(-4.0)  # the nearest training view of the frame below is this one, 6 degrees away
+    first_val = frames64.n_train
+    poses[first_val] = turned(-10.0)
+    poses[first_val + 1] = turned(0.5)
+    data = replace(frames64, poses=poses)
+    assert data.view_gap(3) == pytest.approx(0.0, abs=0.02)
+    assert data.view_gap(first_val) == pytest.approx(6.0, abs=0.02)
+    assert data.view_gap(first_val + 1) == pytest.approx(0.5, abs=0.02)
+    tr = Trainer(_steps(preset("debug"), head=1), data)
+    res = evaluate(tr, frames=np.array([first_val, first_val + 1]))
+    assert [round(r["view_gap_deg"], 1) for r in res.per_frame] == [6.0, 0.5]

@@ -52,7 +52,8 @@ def _paper() -> ExperimentConfig:
         head=HeadFieldConfig(spatial=GridEncoderConfig(n_levels=12, features_per_level=2, base_resolution=16,
                                                        max_resolution=2048),
                              audio_grid=GridEncoderConfig(n_levels=8, base_resolution=8, max_resolution=128)),
-        torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=12, base_resolution=16, max_resolution=2048)),
+        torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=12, base_resolution=16, max_resolution=2048),
+                               pose_frequencies=4),
         grid=OccupancyGridConfig(resolution=128, update_every=16),
     )
     trainer = TrainerConfig(size=512, rays_per_batch=65536, frames_per_batch=8, head=StageConfig(steps=100_000),

@@ -257,6 +257,14 @@ class TorsoFieldConfig:
     """Also feed the pose to the colour net (RAD-NeRF feeds it to the deformation only; on RD_Radio2_000 the two
     were within the run-to-run spread of held-out PSNR, about +-0.5 dB)."""
 
+    def __post_init__(self) -> None:
+        bad = [f"{k}={getattr(self, k)}" for k in ("pixel_frequencies", "pose_frequencies", "latent_dim")
+               if getattr(self, k) < 0]
+        bad += [f"hidden={self.hidden}"] if self.hidden < 1 else []
+        if bad:
+            raise ValueError(f"torso config: invalid {', '.join(bad)} (octaves and latent_dim must be >= 0, "
+                             "hidden >= 1)")
+
 
 class TorsoField(nn.Module):
     """Torso colour and alpha per pixel: one sample per pixel, deformed in 2D by the head pose."""

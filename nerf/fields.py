@@ -130,6 +130,15 @@ class HeadFieldConfig:
     ABSENT_IN_OLD_CONFIGS: ClassVar[dict[str, object]] = {"latent_in_density": False}
     """Fields whose absence from a saved config means the behaviour from before they existed, not the default."""
 
+    def __post_init__(self) -> None:
+        bad = [f"audio_coord_dim={self.audio_coord_dim} (1, 2 or 3)"] if not 1 <= self.audio_coord_dim <= 3 else []
+        bad += [f"{k}={getattr(self, k)} (>= 0)" for k in ("latent_dim", "audio_gate") if getattr(self, k) < 0]
+        bad += [f"{k}={getattr(self, k)} (>= 1)" for k in ("hidden", "geo_feat_dim", "mlp_hidden", "mlp_layers")
+                if getattr(self, k) < 1]
+        bad += [f"bound={self.bound} (> 0)"] if not self.bound > 0 else []
+        if bad:
+            raise ValueError(f"head config: invalid {', '.join(bad)}")
+
 
 class HeadField(nn.Module):
     """The audio-spatial decomposed head field of RAD-NeRF (or its implicit-MLP baseline)."""
@@ -140,8 +149,6 @@ class HeadField(nn.Module):
         c = config
         self.audio_net = AudioEncoder(c.audio)
         cond_dim = (1 if c.use_eye else 0) + (c.latent_dim if c.latent_in_density else 0)  # density's per-frame
-        if not 1 <= c.audio_coord_dim <= 3:
-            raise ValueError(f"audio_coord_dim must be 1, 2 or 3, got {c.audio_coord_dim}")
         self.spatial: PlaneEncoder | FrequencyEncoder
         if c.audio_gate > 0:
             self.register_buffer("mouth_centre", torch.zeros(3))  # world position, set from the data

@@ -535,10 +535,10 @@ def render_kit(d: IdentityFrames) -> dict[str, Any]:
 
 @torch.no_grad()
 def render_image(model: RadNerf, origins: Tensor, directions: Tensor, pixels: Tensor, cond: FrameConditions,
-                 background: Tensor, with_torso: bool, size: int, chunk: int = 1 << 15,
-                 ema: Ema | None = None) -> Tensor:
-    """Render every ray of one frame (``cond`` has one row) in chunks: [S, S, 3] in [0, 1]."""
-    with evaluating(model), ema.applied(model) if ema is not None else contextlib.nullcontext():
+                 background: Tensor, with_torso: bool, size: int, chunk: int = 1 << 15) -> Tensor:
+    """Render every ray of one frame (``cond`` has one row) in chunks: [S, S, 3] in [0, 1], with the model's
+    current weights (a caller wanting the EMA weights applies them around it, see :meth:`Ema.applied`)."""
+    with evaluating(model):
         parts = []
         for i in range(0, origins.shape[0], chunk):
             sl = slice(i, i + chunk)

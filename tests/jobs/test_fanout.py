@@ -284,6 +284,10 @@ def test_bad_sweep_files_and_overrides_are_named(tmp_path):
         apply_overrides(preset("debug"), {"trainer.head.lr_pose": -1})
     with pytest.raises(FanoutError, match=r"'model.torso.pose_frequencies': torso config: invalid pose_frequencies=-1"):
         apply_overrides(preset("debug"), {"model.torso.pose_frequencies": -1})
+    with pytest.raises(FanoutError, match=r"'model.head.audio_coord_dim': head config: invalid audio_coord_dim=4"):
+        apply_overrides(preset("debug"), {"model.head.audio_coord_dim": 4})
+    with pytest.raises(FanoutError, match=r"head config: invalid bound=0.0 \(> 0\)"):
+        apply_overrides(preset("debug"), {"model.head.bound": 0})
     with pytest.raises(FanoutError, match=r"'trainer.head.steps': invalid literal"):
         apply_overrides(preset("debug"), {"trainer.head.steps": "many"})
     cfg = apply_overrides(preset("debug"), {"model.head.audio_coord_dim": 3.0, "trainer.head.lr_grid": "0.02"})

@@ -11,7 +11,9 @@ What is measured:
 * The ``cpu`` preset (RAD-NeRF's grid head; ``--set`` overrides its keys, dotted as in ``parley sweep``) trains for
   ``--minutes`` of training wall-clock, split head 70% / lips 5% / torso 25%. Each stage's seconds per step are
   measured first (warm-up steps of a throwaway trainer, plus the amortised occupancy-grid update), and each stage
-  gets the steps that fit its share, so that its exponential learning-rate decay completes. The head and the torso
+  gets the steps that fit its share, so that its exponential learning-rate decay completes, but never more than
+  the preset's (``--set trainer.head.steps=N`` caps the head at N; a large N lets it fill its share): a run whose
+  stages all reach their preset's steps ends before the budget. The head and the torso
   are re-sized from their measured pace as they run, and the later stages to the budget left when the head and the
   lips stages end (a few timed steps are easily skewed by anything else running;
   :meth:`nerf.trainer.Trainer.resize_stage` re-fits the decay).
@@ -217,8 +219,10 @@ def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_ev
     return trainer
 
 
-def replan_to_budget(per_step: dict[str, float], budget_s: float, shares: dict[str, float]):  # noqa: ANN201
-    """A ``replan`` for :func:`train_with_curve` that keeps the stages to the budget.
+def replan_to_budget(per_step: dict[str, float], budget_s: float, shares: dict[str, float],  # noqa: ANN201
+                     cap: dict[str, int] | None = None):
+    """A ``replan`` for :func:`train_with_curve` that keeps the stages to the budget, none past its ``cap`` steps
+    (default: no cap).
 
     Steps are first sized by the per-step times timed before training, which a few timed steps get wrong easily:
     anything else running at the start doubled the torso's estimate (the run ended 400 s early), anything
@@ -228,6 +232,9 @@ def replan_to_budget(per_step: dict[str, float], budget_s: float, shares: dict[s
     At the end of the head stage the lips and torso stages get the budget it left, split by ``shares``; at the
     end of the lips stage the torso gets what is left then."""
     mark: dict[str, tuple[int, float]] = {}  # stage -> (step, stage seconds) at its previous re-size
+
+    def capped(stage: str, n: int) -> int:
+        return min(n, cap[stage]) if cap and stage in cap else n
 
     def resize(trainer: Trainer, run: Run, new: dict[str, int], why: str) -> None:
         for s, n in new.items():
@@ -245,14 +252,14 @@ def replan_to_budget(per_step: dict[str, float], budget_s: float, shares: dict[s
             later = {s: shares[s] for s in order[order.index(r.stage) + 1 if r.stage in order else 0:]
                      if trainer.stage_config(s).steps}
             if later:
-                resize(trainer, run, {s: max(1, int(rest * later[s] / sum(later.values()) / per_step[s]))
+                resize(trainer, run, {s: capped(s, max(1, int(rest * later[s] / sum(later.values()) / per_step[s])))
                                       for s in later}, f"{r.stage} stage took {spent:.0f} s")
         elif r.stage in ("head", "torso") and r.step >= 100 and r.step & (r.step - 1) == 0 and r.step < steps:
             step0, spent0 = mark.get(r.stage, (0, 0.0))
             mark[r.stage] = (r.step, spent)
             pace = (spent - spent0) / (r.step - step0)
             left = budget_s * shares["head"] - spent if r.stage == "head" else rest
-            new = r.step + max(1, int(left / pace))
+            new = capped(r.stage, r.step + max(1, int(left / pace)))
             if abs(new - steps) > 0.02 * steps:
                 resize(trainer, run, {r.stage: new}, f"{r.stage} at step {r.step} runs {pace:.3f} s/step "
                        f"(timed {per_step[r.stage]:.3f})")
@@ -293,10 +300,12 @@ def finite(x: Any) -> Any:
     return x
 
 
-def budget_steps(per_step: dict[str, float], seconds: float, shares: dict[str, float]) -> dict[str, int]:
-    """Steps of each stage so that its share of ``seconds`` fits (at least 1 for a stage with a share)."""
-    return {s: max(1, int(seconds * shares[s] / per_step[s])) if shares.get(s) else 0
-            for s in ("head", "lips", "torso")}
+def budget_steps(per_step: dict[str, float], seconds: float, shares: dict[str, float],
+                 cap: dict[str, int] | None = None) -> dict[str, int]:
+    """Steps of each stage so that its share of ``seconds`` fits (at least 1 for a stage with a share), at most
+    its ``cap``."""
+    fit = {s: max(1, int(seconds * shares[s] / per_step[s])) if shares.get(s) else 0 for s in ("head", "lips", "torso")}
+    return {s: min(n, cap[s]) if cap else n for s, n in fit.items()}
 
 
 def main() -> int:
@@ -340,7 +349,8 @@ def main() -> int:
 
     cfg = replace(base_cfg, trainer=replace(base_cfg.trainer, size=args.size))
     per_step = {s: seconds_per_step(cfg, data, s, lips) for s in ("head", "lips", "torso")}
-    steps = budget_steps(per_step, budget_s, SHARES)
+    cap = {s: getattr(cfg.trainer, s).steps for s in ("head", "lips", "torso")}  # the preset's: at most these
+    steps = budget_steps(per_step, budget_s, SHARES, cap)
     cfg = with_steps(cfg, steps["head"], steps["lips"], steps["torso"])
     print("grid model: " + ", ".join(f"{s} {per_step[s]:.2f} s/step x {steps[s]} steps" for s in steps), flush=True)
 
@@ -353,16 +363,19 @@ def main() -> int:
         runs["baseline"] = Run("baseline", with_steps(bcfg, b_steps, 0, 0))
         print(f"baseline (frequency MLP head): head {b_per_step:.2f} s/step x {b_steps} steps", flush=True)
 
-    trainer = train_with_curve(runs["grid"], data, lips, eval_every, replan_to_budget(per_step, budget_s, SHARES))
+    trainer = train_with_curve(runs["grid"], data, lips, eval_every, replan_to_budget(per_step, budget_s, SHARES, cap))
     steps = {s: trainer.stage_config(s).steps for s in steps}  # as re-planned during training
     ckpt = trainer.save_checkpoint(args.work / CHECKPOINT)
     grid = runs["grid"]
     planned = {s: budget_s * SHARES[s] for s in steps}
     print("grid stages, budget share vs actual training s: "
           + ", ".join(f"{s} {planned[s]:.0f}/{grid.stage_s.get(s, 0.0):.0f}" for s in steps), flush=True)
-    if abs(grid.train_s - budget_s) > 0.05 * budget_s:
+    short = [s for s in steps if steps[s] < cap[s]]  # stages that the budget cut: they should have filled it
+    if grid.train_s > 1.05 * budget_s or (short and grid.train_s < 0.95 * budget_s):
         print(f"warning: trained {grid.train_s:.0f} s for a {budget_s:.0f} s budget: the step timings varied "
               "(is the machine busy?); figures are for the steps in the report", flush=True)
+    elif not short:
+        print(f"every stage ran the preset's steps, {grid.train_s:.0f} s of the {budget_s:.0f} s budget", flush=True)
     head_results = [r for r in grid.results if r.stage == "head"]
     samples_per_s = sum(r.samples for r in head_results) / max(sum(r.seconds for r in head_results), 1e-9)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.train import SHARES, Run, replan_to_budget, view_split
+from benchmarks.train import SHARES, Run, budget_steps, replan_to_budget, view_split
 from jobs.train import load_identity, lpips_module
 from nerf.models import STAGES
 from nerf.presets import preset
@@ -40,6 +40,32 @@ def test_replan_keeps_the_run_to_its_budget(small_dataset, pace):
     assert run.stage_s["head"] == pytest.approx(budget * SHARES["head"], rel=0.02)
     assert run.config.trainer.head.steps == pytest.approx(budget * SHARES["head"] / pace["head"], rel=0.02)
     assert run.config == trainer.config
+
+
+def test_no_stage_runs_past_its_cap(small_dataset):
+    """The benchmark's caps (the preset's step counts): a stage that would fit more steps in its share stops at its
+    cap, and neither re-sizing from its pace nor the budget the head leaves pushes a later stage past its own."""
+    budget = 1000.0
+    timed = {"head": 1.0, "lips": 1.0, "torso": 1.0}
+    cap = {"head": 300, "lips": 20, "torso": 150}
+    planned = budget_steps(timed, budget, SHARES, cap)
+    assert planned == cap  # 700 / 50 / 250 steps would fit
+    assert budget_steps(timed, budget, SHARES, {"head": 10_000, "lips": 20, "torso": 150})["head"] == 700
+    cfg = _steps(preset("debug"), head=planned["head"], lips=planned["lips"], torso=planned["torso"])
+    trainer = Trainer(cfg, load_identity(str(small_dataset), IDENTITY, 64), lips_loss=lpips_module())
+    run = Run("grid", trainer.config)
+    replan = replan_to_budget(timed, budget, SHARES, cap)
+    pace = {"head": 0.5, "lips": 0.5, "torso": 0.5}  # twice as fast as timed: every stage could take more steps
+    for stage in STAGES:
+        step = 0
+        while step < trainer.stage_config(stage).steps:
+            step += 1
+            run.train_s += pace[stage]
+            run.stage_s[stage] = run.stage_s.get(stage, 0.0) + pace[stage]
+            replan(trainer, run, StepResult(stage=stage, step=step, global_step=0, losses={}, loss=0.0, lr=0.0,
+                                            samples=0, seconds=pace[stage]))
+    assert {s: trainer.stage_config(s).steps for s in STAGES} == cap
+    assert run.train_s == pytest.approx(0.5 * sum(cap.values()))  # ends early: the budget is a limit
 
 
 def test_view_split_separates_new_views_from_seen_ones():

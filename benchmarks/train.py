@@ -370,12 +370,13 @@ def main() -> int:
     planned = {s: budget_s * SHARES[s] for s in steps}
     print("grid stages, budget share vs actual training s: "
           + ", ".join(f"{s} {planned[s]:.0f}/{grid.stage_s.get(s, 0.0):.0f}" for s in steps), flush=True)
-    short = [s for s in steps if steps[s] < cap[s]]  # stages that the budget cut: they should have filled it
-    if grid.train_s > 1.05 * budget_s or (short and grid.train_s < 0.95 * budget_s):
+    last = [s for s in steps if steps[s]][-1]  # it gets whatever the others left: it fills the budget unless capped
+    if grid.train_s > 1.05 * budget_s or (steps[last] < cap[last] and grid.train_s < 0.95 * budget_s):
         print(f"warning: trained {grid.train_s:.0f} s for a {budget_s:.0f} s budget: the step timings varied "
               "(is the machine busy?); figures are for the steps in the report", flush=True)
-    elif not short:
-        print(f"every stage ran the preset's steps, {grid.train_s:.0f} s of the {budget_s:.0f} s budget", flush=True)
+    elif grid.train_s < 0.95 * budget_s:
+        print(f"the {last} stage ran the preset's {cap[last]} steps: {grid.train_s:.0f} s of the {budget_s:.0f} s "
+              "budget", flush=True)
     head_results = [r for r in grid.results if r.stage == "head"]
     samples_per_s = sum(r.samples for r in head_results) / max(sum(r.seconds for r in head_results), 1e-9)
 

@@ -18,6 +18,18 @@ from tests.conftest import SMALL_IDENTITY as IDENTITY
 from tests.nerf.helpers import with_steps as _steps
 
 
+def _simulate(trainer: Trainer, run: Run, replan, pace: dict[str, float]) -> None:  # noqa: ANN001
+    """Every stage's steps (as ``replan`` re-sizes them) on a simulated clock: ``pace[stage]`` seconds a step."""
+    for stage in STAGES:
+        step = 0
+        while step < trainer.stage_config(stage).steps:
+            step += 1
+            run.train_s += pace[stage]
+            run.stage_s[stage] = run.stage_s.get(stage, 0.0) + pace[stage]
+            replan(trainer, run, StepResult(stage=stage, step=step, global_step=0, losses={}, loss=0.0, lr=0.0,
+                                            samples=0, seconds=pace[stage]))
+
+
 @pytest.mark.parametrize("pace", [{"head": 2.0, "lips": 1.0, "torso": 0.5}, {"head": 0.6, "lips": 1.5, "torso": 1.3}])
 def test_replan_keeps_the_run_to_its_budget(small_dataset, pace):
     budget = 1000.0
@@ -27,14 +39,7 @@ def test_replan_keeps_the_run_to_its_budget(small_dataset, pace):
     trainer = Trainer(cfg, load_identity(str(small_dataset), IDENTITY, 64), lips_loss=lpips_module())
     run = Run("grid", trainer.config)
     replan = replan_to_budget(timed, budget, SHARES)
-    for stage in STAGES:
-        step = 0
-        while step < trainer.stage_config(stage).steps:
-            step += 1
-            run.train_s += pace[stage]
-            run.stage_s[stage] = run.stage_s.get(stage, 0.0) + pace[stage]
-            replan(trainer, run, StepResult(stage=stage, step=step, global_step=0, losses={}, loss=0.0, lr=0.0,
-                                            samples=0, seconds=pace[stage]))
+    _simulate(trainer, run, replan, pace)
     assert run.train_s == pytest.approx(budget, rel=0.02)
     # the head keeps to its share whatever its pace; the lips and torso split what it left
     assert run.stage_s["head"] == pytest.approx(budget * SHARES["head"], rel=0.02)
@@ -56,14 +61,7 @@ def test_no_stage_runs_past_its_cap(small_dataset):
     run = Run("grid", trainer.config)
     replan = replan_to_budget(timed, budget, SHARES, cap)
     pace = {"head": 0.5, "lips": 0.5, "torso": 0.5}  # twice as fast as timed: every stage could take more steps
-    for stage in STAGES:
-        step = 0
-        while step < trainer.stage_config(stage).steps:
-            step += 1
-            run.train_s += pace[stage]
-            run.stage_s[stage] = run.stage_s.get(stage, 0.0) + pace[stage]
-            replan(trainer, run, StepResult(stage=stage, step=step, global_step=0, losses={}, loss=0.0, lr=0.0,
-                                            samples=0, seconds=pace[stage]))
+    _simulate(trainer, run, replan, pace)
     assert {s: trainer.stage_config(s).steps for s in STAGES} == cap
     assert run.train_s == pytest.approx(0.5 * sum(cap.values()))  # ends early: the budget is a limit
 

@@ -1,4 +1,5 @@
-"""Input encoders: multi-resolution 2D feature planes (tri-plane for 3D points) and frequency encoding.
+"""Input encoders: multi-resolution 2D feature planes (tri-plane for 3D points), frequency encoding, and spherical
+harmonics for directions.
 
 All encoders share one interface: an ``nn.Module`` with ``in_dim``, ``out_dim`` and
 ``forward(x [N, in_dim] in [-1, 1]) -> [N, out_dim]``.
@@ -163,3 +164,25 @@ class FrequencyEncoder(nn.Module):
         scaled = (x[:, :, None] * self.bands).flatten(1)  # [N, in_dim * n_frequencies]
         parts = [x] if self.config.include_input else []
         return torch.cat([*parts, torch.sin(scaled), torch.cos(scaled)], dim=-1)
+
+
+def spherical_harmonics(d: Tensor, degree: int) -> Tensor:
+    """Real spherical harmonics of unit directions ``d [N, 3]``: the ``degree**2`` functions of bands ``< degree``
+    (degree 1-4; orthonormal on the sphere), the direction encoding of instant-ngp and RAD-NeRF's colour net."""
+    if not 1 <= degree <= 4:
+        raise ValueError(f"spherical harmonics degree {degree} (1-4)")
+    x, y, z = d.unbind(-1)
+    out = [torch.full_like(x, 0.28209479177387814)]
+    if degree > 1:
+        c = 0.48860251190291987
+        out += [-c * y, c * z, -c * x]
+    if degree > 2:
+        xx, yy, zz = x * x, y * y, z * z
+        out += [1.0925484305920792 * x * y, -1.0925484305920792 * y * z, 0.94617469575756 * zz - 0.31539156525252,
+                -1.0925484305920792 * x * z, 0.5462742152960396 * (xx - yy)]
+    if degree > 3:
+        out += [0.5900435899266435 * y * (3 * xx - yy), 2.890611442640554 * x * y * z,
+                0.4570457994644658 * y * (5 * zz - 1), 0.3731763325901154 * z * (5 * zz - 3),
+                0.4570457994644658 * x * (5 * zz - 1), 1.445305721320277 * z * (xx - yy),
+                0.5900435899266435 * x * (xx - 3 * yy)]
+    return torch.stack(out, -1)

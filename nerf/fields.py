@@ -12,7 +12,13 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from nerf.encoders import FrequencyEncoder, FrequencyEncoderConfig, GridEncoderConfig, PlaneEncoder
+from nerf.encoders import (
+    FrequencyEncoder,
+    FrequencyEncoderConfig,
+    GridEncoderConfig,
+    PlaneEncoder,
+    spherical_harmonics,
+)
 
 
 class _TruncExp(torch.autograd.Function):
@@ -113,6 +119,10 @@ class HeadFieldConfig:
     4500 head steps, seed 0) a 5 cm gate gave held-out head PSNR 22.41 dB against 22.33 without, training 24.57
     against 24.93, within the run-to-run spread (the same ungated run gave 22.48 / 25.13 in another session), and
     held-out frames no longer gain from the audio of training frames (``audio_swap`` 22.35 / 22.28) either way."""
+    view_degree: int = 0
+    """Spherical-harmonics degree (1-4: 1, 4, 9 or 16 functions) of the ray direction in the head's frame, fed to the
+    colour net as in RAD-NeRF (0: colour does not depend on the view). The camera is fixed and the head turns, so
+    the direction in the head's frame is where the light falls on it as much as where it is seen from."""
     hidden: int = 64
     """Width of the small MLPs (``grid`` backbone)."""
     geo_feat_dim: int = 32
@@ -133,6 +143,7 @@ class HeadFieldConfig:
     def __post_init__(self) -> None:
         bad = [f"audio_coord_dim={self.audio_coord_dim} (1, 2 or 3)"] if not 1 <= self.audio_coord_dim <= 3 else []
         bad += [f"{k}={getattr(self, k)} (>= 0)" for k in ("latent_dim", "audio_gate") if getattr(self, k) < 0]
+        bad += [f"view_degree={self.view_degree} (0-4)"] if not 0 <= self.view_degree <= 4 else []
         bad += [f"{k}={getattr(self, k)} (>= 1)" for k in ("hidden", "geo_feat_dim", "mlp_hidden", "mlp_layers")
                 if getattr(self, k) < 1]
         bad += [f"bound={self.bound} (> 0)"] if not self.bound > 0 else []
@@ -159,14 +170,14 @@ class HeadField(nn.Module):
             self.audio_grid: PlaneEncoder | None = PlaneEncoder(3 if c.audio_coord_dim == 3 else 2, c.audio_grid)
             h_in = self.spatial.out_dim + self.audio_grid.out_dim + cond_dim
             self.sigma_net = mlp(h_in, 1 + c.geo_feat_dim, c.hidden, 3)
-            self.color_net = mlp(c.geo_feat_dim + c.latent_dim, 3, c.hidden, 2)
+            self.color_net = mlp(c.geo_feat_dim + c.latent_dim + c.view_degree**2, 3, c.hidden, 2)
         elif c.backbone == "frequency":
             self.spatial = FrequencyEncoder(3, c.frequency)
             self.audio_coord_net = None  # type: ignore[assignment]
             self.audio_grid = None
             h_in = self.spatial.out_dim + self.audio_net.out_dim + cond_dim
             self.sigma_net = mlp(h_in, 1 + c.geo_feat_dim, c.mlp_hidden, c.mlp_layers)
-            self.color_net = mlp(c.geo_feat_dim + c.latent_dim, 3, c.mlp_hidden // 2, 2)
+            self.color_net = mlp(c.geo_feat_dim + c.latent_dim + c.view_degree**2, 3, c.mlp_hidden // 2, 2)
         else:
             raise ValueError(f"unknown head backbone {c.backbone!r} (grid or frequency)")
 
@@ -185,7 +196,7 @@ class HeadField(nn.Module):
         return self.audio_grid(x_a)
 
     def get_outputs(self, x: Tensor, audio_feat: Tensor, eye: Tensor, latent: Tensor,
-                    with_color: bool = True) -> dict[str, Tensor]:
+                    with_color: bool = True, dirs: Tensor | None = None) -> dict[str, Tensor]:
         """Density, colour and audio coordinate at points.
 
         Args:
@@ -194,6 +205,7 @@ class HeadField(nn.Module):
             eye: [N] eye openness of each point's frame.
             latent: [N, latent_dim] appearance latent of each point's frame.
             with_color: also compute the colour (not needed to update the occupancy grid).
+            dirs: [N, 3] unit ray directions in the head's frame (needed for the colour with ``view_degree``).
 
         Returns:
             ``sigma`` [N], ``rgb`` [N, 3] (with_color), ``audio_coord`` [N, audio_coord_dim] (grid backbone).
@@ -218,8 +230,12 @@ class HeadField(nn.Module):
         out["sigma"] = trunc_exp(h[:, 0] - 1.0)
         if with_color:
             geo = h[:, 1:]
-            color_in = torch.cat([geo, latent], -1) if self.config.latent_dim else geo
-            out["rgb"] = torch.sigmoid(self.color_net(color_in))
+            color_in = [geo, latent] if self.config.latent_dim else [geo]
+            if self.config.view_degree:
+                if dirs is None:
+                    raise ValueError("head field: view_degree > 0 needs the rays' directions for the colour")
+                color_in.append(spherical_harmonics(dirs, self.config.view_degree))
+            out["rgb"] = torch.sigmoid(self.color_net(torch.cat(color_in, -1)))
         return out
 
     def audio_gate_weight(self, x: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nerf.encoders import PlaneEncoder
@@ -152,8 +153,11 @@ class RadNerf(nn.Module):
         n_rays, s = samples.t.shape
         if n_rays:
             fr = ray_frame[samples.ray].repeat_interleave(s)
+            dirs = None
+            if self.head.config.view_degree:
+                dirs = F.normalize(directions[samples.ray], dim=-1).repeat_interleave(s, 0)
             out = self.head.get_outputs(samples.points.reshape(-1, 3), audio_feat[fr], cond.eye[fr],
-                                        cond.head_latent[fr])
+                                        cond.head_latent[fr], dirs=dirs)
             w, c, a = composite(out["sigma"].view(n_rays, s), out["rgb"].view(n_rays, s, 3), samples.delta)
             rgb = rgb.index_put((samples.ray,), c)
             acc = acc.index_put((samples.ray,), a)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nerf.encoders import GridEncoderConfig, PlaneEncoder, plane_features, plane_features_torch
+from nerf.encoders import GridEncoderConfig, PlaneEncoder, plane_features, plane_features_torch, spherical_harmonics
 from tests.nerf.planes_reference import compare
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,3 +130,17 @@ class TestTritonCuda:
             results.append([out.detach(), *grads])
         for got, want in zip(results[1], results[0], strict=True):
             torch.testing.assert_close(got, want, rtol=TOL, atol=TOL * max(1.0, float(want.abs().max())))
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3, 4])
+def test_spherical_harmonics_are_orthonormal_on_the_sphere(degree: int) -> None:
+    """The degree**2 functions integrate to the identity Gram matrix over the sphere (4 pi times the mean over
+    uniform directions), so no constant or product is wrong; a degree outside 1-4 is refused."""
+    g = torch.Generator().manual_seed(0)
+    d = torch.nn.functional.normalize(torch.randn(400_000, 3, generator=g, dtype=torch.float64), dim=-1)
+    y = spherical_harmonics(d, degree)
+    assert y.shape == (d.shape[0], degree**2)
+    gram = 4 * math.pi * (y.T @ y) / d.shape[0]
+    torch.testing.assert_close(gram, torch.eye(degree**2, dtype=torch.float64), atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="degree 5"):
+        spherical_harmonics(d[:4], 5)

@@ -417,6 +417,32 @@ def test_latent_in_density_conditions_the_shape_and_the_occupancy_grid(frames64)
     assert used.max() < n and len(torch.unique(used)) > 1  # training frames' latents, various ones
 
 
+def test_view_degree_makes_the_colour_depend_on_the_ray_direction(frames64):
+    """With ``view_degree`` the head's colour (not its density) changes with the ray direction, renders and
+    trains through the whole model, and asks for the directions; off, the direction is not an input."""
+    from nerf.fields import HeadField
+
+    torch.manual_seed(0)
+    base = replace(preset("debug").model.head, view_degree=3)
+    field = HeadField(base)
+    x = torch.rand(64, 3) * 0.2 - 0.1
+    audio, eye, z = torch.randn(64, base.audio.out_dim), torch.rand(64), torch.zeros(64, base.latent_dim)
+    d1 = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    with torch.no_grad():
+        a, b = field.get_outputs(x, audio, eye, z, dirs=d1), field.get_outputs(x, audio, eye, z, dirs=-d1)
+    assert torch.equal(a["sigma"], b["sigma"]) and not torch.allclose(a["rgb"], b["rgb"])
+    with pytest.raises(ValueError, match="directions"):
+        field.get_outputs(x, audio, eye, z)
+    with pytest.raises(ValueError, match="view_degree=5"):
+        replace(base, view_degree=5)
+    cfg = preset("debug")
+    cfg = replace(cfg, model=replace(cfg.model, head=base))
+    tr = Trainer(_steps(cfg, head=2), frames64)
+    tr.train()
+    img = tr.render_frame(28)
+    assert img.shape[-1] == 3 and torch.isfinite(img).all()
+
+
 def test_ambient_loss_region_face_or_mouth(frames64):
     """``ambient_region="mouth"`` leaves the audio coordinate free in the mouth region (lips and jaw) only; the
     face rectangle contains it; an unknown region is refused."""

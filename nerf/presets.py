@@ -58,7 +58,8 @@ def _paper() -> ExperimentConfig:
     model = RadNerfConfig(
         head=HeadFieldConfig(spatial=GridEncoderConfig(n_levels=12, features_per_level=2, base_resolution=16,
                                                        max_resolution=2048),
-                             audio_grid=GridEncoderConfig(n_levels=8, base_resolution=8, max_resolution=128)),
+                             audio_grid=GridEncoderConfig(n_levels=8, base_resolution=8, max_resolution=128),
+                             view_degree=4),
         torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=12, base_resolution=16, max_resolution=2048),
                                pose_frequencies=4),
         grid=OccupancyGridConfig(resolution=128, update_every=16),

@@ -137,7 +137,8 @@ def test_checkpoint_from_before_a_config_field_loads(frames64, lpips, tmp_path):
     assert b.global_step == 1
     # fields whose default changed the model: their absence means the old behaviour, not today's default
     old_cfg = preset("debug")
-    old_cfg = replace(old_cfg, model=replace(old_cfg.model, head=replace(old_cfg.model.head, latent_in_density=False),
+    old_head = replace(old_cfg.model.head, latent_in_density=False, view_degree=0)
+    old_cfg = replace(old_cfg, model=replace(old_cfg.model, head=old_head,
                                              losses=replace(old_cfg.model.losses, ambient_region="face"),
                                              pose_refine=False))
     c = Trainer(old_cfg, frames64, lips_loss=lpips)
@@ -145,6 +146,7 @@ def test_checkpoint_from_before_a_config_field_loads(frames64, lpips, tmp_path):
     ck2 = c.state_dict()
     cfg2 = json.loads(ck2["config"])
     del cfg2["model"]["head"]["latent_in_density"], cfg2["model"]["losses"]["ambient_region"]
+    del cfg2["model"]["head"]["view_degree"]
     del cfg2["model"]["pose_refine"]
     for stage in ("head", "lips", "torso"):
         del cfg2["trainer"][stage]["lr_pose"]
@@ -152,6 +154,7 @@ def test_checkpoint_from_before_a_config_field_loads(frames64, lpips, tmp_path):
     torch.save(ck2, tmp_path / "older.pt")
     parsed = config_from_json(ck2["config"])
     assert parsed.model.head.latent_in_density is False and parsed.model.losses.ambient_region == "face"
+    assert parsed.model.head.view_degree == 0 and preset("debug").model.head.view_degree == 2
     assert parsed.model.pose_refine is False and "pose_deltas" not in ck2["model"]
     assert preset("debug").model.head.latent_in_density is True
     d = Trainer(parsed, frames64, lips_loss=lpips)
@@ -433,6 +436,9 @@ def test_view_degree_makes_the_colour_depend_on_the_ray_direction(frames64):
     assert torch.equal(a["sigma"], b["sigma"]) and not torch.allclose(a["rgb"], b["rgb"])
     with pytest.raises(ValueError, match="directions"):
         field.get_outputs(x, audio, eye, z)
+    off = HeadField(replace(base, view_degree=0))
+    assert off.color_net[0].in_features == field.color_net[0].in_features - 9
+    assert off.get_outputs(x, audio, eye, z)["rgb"].shape == (64, 3)
     with pytest.raises(ValueError, match="view_degree=5"):
         replace(base, view_degree=5)
     cfg = preset("debug")

@@ -704,7 +704,9 @@ def test_test_time_pose_alignment_recovers_a_pose_error(frames64):
     res = evaluate(tr, frames=np.array([5, 6]), align_poses=True)
     five, six = res.per_frame
     assert five["psnr_aligned"] > five["psnr"] + 1.0 and five["align_deg"] > 1.0
-    assert six["align_deg"] < 0.3 and six["psnr_aligned"] > 40  # nothing to undo: it stays (near) where it was
+    # nothing to undo: it stays (near) where it was, and so does its PSNR (the evaluation renders the torso too,
+    # which the head-only image lacks, so the PSNR itself depends on the fresh torso's initialisation)
+    assert six["align_deg"] < 0.3 and abs(six["psnr_aligned"] - six["psnr"]) < 0.05
     assert res.metrics["psnr_aligned"] == pytest.approx((five["psnr_aligned"] + six["psnr_aligned"]) / 2)
 
 

@@ -46,6 +46,13 @@ class LossWeights:
     30-min checkpoint the head latents already drift slowly (mean squared step 0.0015 against a variance over time of
     0.019), and a latent fitted to each held-out frame's left half did not raise PSNR on its right half
     (-0.01 to -0.40 dB), so the borrowed latents are not what held-out frames lack."""
+    grid_tv: float = 0.0
+    """Total variation of the head's feature planes, spatial and audio (:meth:`nerf.encoders.PlaneEncoder.
+    total_variation`: the mean squared difference of neighbouring texels, averaged over levels), in the head and
+    lips stages: a smoothness prior after K-Planes; texels that no training ray reaches, or that would fit one
+    training view's detail, follow their neighbours. Not on the torso: over a 30-min run on WDA_BobMenendez_000
+    with it on the torso's planes too, the torso stage lowered held-out PSNR (28.23 -> 28.11 dB on every 2nd
+    held-out frame) and LPIPS rose to 0.109 against about 0.098 without."""
     ABSENT_IN_OLD_CONFIGS: ClassVar[dict[str, object]] = {"ambient_region": "face"}
     """Fields whose absence from a saved config means the behaviour from before they existed (see
     :class:`nerf.fields.HeadFieldConfig`)."""

@@ -245,6 +245,13 @@ class RadNerf(nn.Module):
         latents = self.torso_latents if stage == "torso" else self.head_latents
         return self.config.losses.latent_smooth * latent_smoothness(latents, pairs)
 
+    def grid_loss(self) -> Tensor:
+        """The weighted total variation of the head's feature planes (:attr:`LossWeights.grid_tv`)."""
+        tvs = [m.total_variation() for m in self.head.modules() if isinstance(m, PlaneEncoder)]
+        if not tvs:  # the frequency-encoded (implicit MLP) head has no planes
+            return self.head_latents.sum() * 0.0
+        return self.config.losses.grid_tv * torch.stack(tvs).mean()
+
     def get_param_groups(self, stage: Stage) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters of a stage: ``grid`` (feature planes), ``net`` (MLPs, latents) and ``pose`` (the
         head pose corrections, in the head and lips stages with :attr:`RadNerfConfig.pose_refine`)."""

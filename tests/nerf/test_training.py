@@ -545,6 +545,37 @@ def test_latent_smoothness_pairs_neighbours_and_pulls_them_together(frames64):
     assert spread(100.0) < 0.5 * spread(0.0)
 
 
+def test_grid_tv_smooths_the_stage_planes(frames64):
+    """Total variation: zero on a constant plane, the mean squared neighbour difference otherwise; with ``grid_tv``
+    the loss is on in the head's stages and off in the torso's, and training leaves the head's planes smoother
+    than without."""
+    from nerf.encoders import GridEncoderConfig, PlaneEncoder
+
+    enc = PlaneEncoder(2, GridEncoderConfig(n_levels=1, features_per_level=1, base_resolution=4, max_resolution=4))
+    with torch.no_grad():
+        enc.planes[0].fill_(0.5)
+        assert float(enc.total_variation()) == 0.0
+        enc.planes[0][0, 0, :, 2:] = 1.5  # a step of 1 between columns 1 and 2: 4 of 12 horizontal pairs
+        assert float(enc.total_variation()) == pytest.approx(4 / 12)
+
+    def roughness(weight: float) -> float:
+        cfg = preset("debug")
+        cfg = replace(cfg, model=replace(cfg.model, losses=replace(cfg.model.losses, grid_tv=weight)))
+        tr = Trainer(_steps(cfg, head=8, torso=2), frames64)
+        seen = []
+        while (r := tr.step()) is not None:
+            seen.append(("grid_tv" in r.losses, r.stage))
+        assert [on for on, st in seen if st == "head"] == [weight > 0] * 8
+        assert [on for on, st in seen if st == "torso"] == [False] * 2
+        with torch.no_grad():
+            return float(torch.stack([m.total_variation() for m in tr.model.head.modules()
+                                      if isinstance(m, PlaneEncoder)]).mean())
+
+    smooth, rough = roughness(10.0), roughness(0.0)
+    print(f"head planes' TV: {smooth:.3g} with grid_tv, {rough:.3g} without")
+    assert smooth < 0.5 * rough
+
+
 def _with_pose_refine(cfg: ExperimentConfig, lr: float = 5e-4) -> ExperimentConfig:
     tc = cfg.trainer
     return replace(cfg, model=replace(cfg.model, pose_refine=True),

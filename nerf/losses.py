@@ -50,9 +50,14 @@ class LossWeights:
     """Total variation of the head's feature planes, spatial and audio (:meth:`nerf.encoders.PlaneEncoder.
     total_variation`: the mean squared difference of neighbouring texels, averaged over levels), in the head and
     lips stages: a smoothness prior after K-Planes; texels that no training ray reaches, or that would fit one
-    training view's detail, follow their neighbours. Not on the torso: over a 30-min run on WDA_BobMenendez_000
-    with it on the torso's planes too, the torso stage lowered held-out PSNR (28.23 -> 28.11 dB on every 2nd
-    held-out frame) and LPIPS rose to 0.109 against about 0.098 without."""
+    training view's detail, follow their neighbours. Off by default. On WDA_BobMenendez_000 (cpu preset,
+    benchmarks/variants.py, 3000 head steps, seed 0) held-out head PSNR 28.11 dB without, 28.10 at 1e-3, 28.29 at
+    1e-2 (training frames 28.70 / 28.72 / 28.60), but its head steps cost ~10% more (the loss itself ~10 ms). Over
+    two whole 30-min runs at 1e-2 (benchmarks/train.py --set model.losses.grid_tv=1e-2) held-out PSNR 28.03 and
+    27.68 dB, LPIPS 0.109 and 0.106, against 28.00 and 27.64 dB, LPIPS 0.097 and 0.100 without: the head's held-out
+    PSNR still peaks at 300-600 s (28.42, 28.24) and falls by the head stage's end (28.12, 27.81). Not on the
+    torso: in the first of those runs it was on the torso's planes too, and the torso stage lowered held-out PSNR
+    (28.23 -> 28.11 dB on every 2nd held-out frame)."""
     ABSENT_IN_OLD_CONFIGS: ClassVar[dict[str, object]] = {"ambient_region": "face"}
     """Fields whose absence from a saved config means the behaviour from before they existed (see
     :class:`nerf.fields.HeadFieldConfig`)."""

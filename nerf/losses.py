@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar, Literal
 
 import torch
@@ -65,6 +65,13 @@ class LossWeights:
     """Binary cross-entropy of the torso's alpha against the parsing's body (torso + neck) outside the head, meant
     to keep the torso off the background on frames it has not seen. Off by default: on RD_Radio2_000 (torso stage
     retrained on two fixed heads) it moved held-out PSNR by -0.8 to +0.7 dB, inside the run-to-run spread."""
+
+    def __post_init__(self) -> None:
+        # a negative weight would reward what the term penalises (rough planes, a transparent head, ...)
+        bad = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+               if f.type in (float, "float") and not getattr(self, f.name) >= 0]
+        if bad:
+            raise ValueError(f"loss weights: invalid {', '.join(bad)} (weights must be >= 0)")
 
 
 def mse(pred: Tensor, target: Tensor) -> Tensor:

@@ -180,6 +180,10 @@ def test_config_json_round_trip():
 
     with pytest.raises(ValueError, match=r"invalid lr_pose=-0.001, lr_final=0 \(steps and learning rates"):
         StageConfig(steps=10, lr_pose=-1e-3, lr_final=0)
+    from nerf.losses import LossWeights
+
+    with pytest.raises(ValueError, match=r"loss weights: invalid head_mask=nan, grid_tv=-1.0 \(weights must be >= 0"):
+        LossWeights(grid_tv=-1.0, head_mask=float("nan"))
     with pytest.raises(ValueError, match="invalid steps=-1"):
         config_from_json(config_to_json(preset("debug")).replace('"steps": 12', '"steps": -1'))
 

@@ -68,8 +68,8 @@ class LossWeights:
 
     def __post_init__(self) -> None:
         # a negative weight would reward what the term penalises (rough planes, a transparent head, ...)
-        bad = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-               if f.type in (float, "float") and not getattr(self, f.name) >= 0]
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        bad = [f"{k}={v}" for k, v in values.items() if isinstance(v, int | float) and not v >= 0]
         if bad:
             raise ValueError(f"loss weights: invalid {', '.join(bad)} (weights must be >= 0)")
 

@@ -24,11 +24,11 @@ NEAREST_LATENTS = 1
 nearest one's). Appearance drifts slowly (light, hair, skin shine), so the frames just before a held-out stretch
 describe it better than the mean over the clip (on RD_Radio2_000, +0.4 dB held-out PSNR for the same checkpoint),
 and the last one better than the mean of the last five, as the last value of a drifting series predicts its next
-ones better than a window's mean. Full-image held-out PSNR of the same checkpoint with 5 / 2 / 1 (cpu preset,
-benchmarks/train.py, 30 min): WDA_BobMenendez_000 27.84 / 28.04 / 28.04 dB and (a run with ``grid_tv``) 27.68 / -
-/ 28.05; RD_Radio2_000 22.92 / 22.92 / 22.93 dB. On WDA the gain is in the torso's latent (the head's own PSNR
-moves by < 0.06 dB) and in the held-out frames nearest the training ones (+0.5 to +0.8 dB on the first eight, none
-on the last four)."""
+ones better than a window's mean. Full-image held-out PSNR (benchmarks/latents.py) of the same checkpoint with 5 /
+2 / 1 (cpu preset, benchmarks/train.py, 30 min): WDA_BobMenendez_000 27.84 / 28.04 / 28.04 dB and (a run with
+``grid_tv``) 27.68 / n/a / 28.05; RD_Radio2_000 22.92 / 22.92 / 22.93 dB. On WDA the gain is in the torso's latent
+(the head's own PSNR moves by < 0.06 dB) and in the held-out frames nearest the training ones (+0.5 to +0.8 dB on
+the first eight, none on the last four)."""
 
 LATENT_PAIR_GAP = 2
 """Training frames at most this many frames apart in their clip are neighbours for the latents' smoothness loss

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nerf.data import ErrorMap, FrameStore, IdentityFrames
+from nerf.data import NEAREST_LATENTS, ErrorMap, FrameStore, IdentityFrames
 from nerf.models import STAGES, FrameConditions, RadNerf, RadNerfConfig, Stage
 from pipelines.schema import HEAD
 
@@ -358,7 +358,7 @@ class Trainer:
     @torch.no_grad()
     def render_frame(self, frame: int, chunk: int = 1 << 15, use_ema: bool = True,
                      novel: bool | None = None, head_only: bool = False, audio_from: int | None = None,
-                     pose_delta: Tensor | None = None) -> Tensor:
+                     pose_delta: Tensor | None = None, nearest: int = NEAREST_LATENTS) -> Tensor:
         """Render one dataset frame under its own pose, audio and eye.
 
         Args:
@@ -375,6 +375,7 @@ class Trainer:
             pose_delta: [6] a rigid correction of the head pose (:func:`nerf.models.correct_rays`) instead of the
                 model's own (none, or the learned one with :attr:`RadNerfConfig.pose_refine`), e.g. from
                 :meth:`align_pose`.
+            nearest: how many nearest training frames' latents a held-out frame averages.
 
         Returns:
             [S, S, 3] float in [0, 1].
@@ -384,14 +385,14 @@ class Trainer:
         with_torso = not head_only and self.tc.torso.steps > 0 and (self.stage == "torso" or self.done)
         # the latents and pose corrections too, as a registered model (the EMA weights) renders
         with self.ema.applied(self.model) if use_ema else contextlib.nullcontext():
-            cond = self._frame_conditions(frame, novel, audio_from)
+            cond = self._frame_conditions(frame, novel, audio_from, nearest)
             if pose_delta is not None:
                 cond.pose_delta = pose_delta.detach().view(1, 6).to(self.device)
             return render_image(self.model, rays.origins, rays.directions, rays.pixels, cond, rays.background,
                                 with_torso=with_torso, size=s.size, chunk=chunk)
 
-    def _frame_conditions(self, frame: int, novel: bool | None = None, audio_from: int | None = None
-                          ) -> FrameConditions:
+    def _frame_conditions(self, frame: int, novel: bool | None = None, audio_from: int | None = None,
+                          nearest: int = NEAREST_LATENTS) -> FrameConditions:
         """One frame's conditions as :meth:`render_frame` renders it (held-out frames borrow latents)."""
         s = self.store
         fid = torch.tensor([frame], device=self.device)
@@ -399,7 +400,8 @@ class Trainer:
         if novel is None:
             novel = frame >= s.n_train
         if novel:
-            near = torch.from_numpy(self.data.nearest_train(frame)).to(self.device) if frame >= s.n_train else None
+            near = (torch.from_numpy(self.data.nearest_train(frame, nearest)).to(self.device)
+                    if frame >= s.n_train else None)
             return self.model.novel_conditions(audio, s.eye[fid], s.poses[fid], near)
         return self.model.train_conditions(fid, audio, s.eye[fid], s.poses[fid])
 

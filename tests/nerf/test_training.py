@@ -391,6 +391,12 @@ def test_held_out_frames_borrow_the_latents_of_their_nearest_training_frames(fra
     with torch.no_grad():
         m.head_latents[26] = -3.0
     assert not torch.equal(img1, tr.render_frame(28, use_ema=False))
+    # benchmarks/latents.py's knob: with nearest=5 the frames before the nearest one count too
+    img5 = tr.render_frame(28, use_ema=False, nearest=5)
+    assert torch.equal(img5, tr.render_frame(28, use_ema=False, nearest=5))
+    with torch.no_grad():
+        m.head_latents[22] = 2.0
+    assert not torch.equal(img5, tr.render_frame(28, use_ema=False, nearest=5))
 
 
 def test_latent_in_density_conditions_the_shape_and_the_occupancy_grid(frames64):

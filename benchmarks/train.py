@@ -2,7 +2,7 @@
 
     PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/train.py [--minutes 30] [--size 256]
         [--clip ../shared/data/clips/RD_Radio2_000.mp4] [--baseline-minutes M] [--no-baseline] [--eval-every S]
-        [--set trainer.error_map=0 ...]
+        [--early 30,60,120] [--set trainer.error_map=0 ...]
 
 What is measured:
 
@@ -17,9 +17,11 @@ What is measured:
   are re-sized from their measured pace as they run, and the later stages to the budget left when the head and the
   lips stages end (a few timed steps are easily skewed by anything else running;
   :meth:`nerf.trainer.Trainer.resize_stage` re-fits the decay).
-* A curve every ``--eval-every`` seconds of *training* time (evaluation is off the clock) on every 2nd
-  held-out frame: the head PSNR (the head rendered over the ground truth's torso and background, the head
-  stage's own target) and, once the torso stage has started, the full-image PSNR.
+* A curve every ``--eval-every`` seconds of *training* time (evaluation is off the clock), and for the grid model
+  also at the ``--early`` times (30, 60 and 120 s by default: it passes the baseline's best long before the first
+  regular point, and a coarse curve only bounds its time to get there), on every 2nd held-out frame: the head
+  PSNR (the head rendered over the ground truth's torso and background, the head stage's own target) and, once
+  the torso stage has started, the full-image PSNR.
 * Final evaluation on all held-out frames: PSNR, SSIM, LPIPS (AlexNet) and LMD (mouth landmark distance,
   MediaPipe, px at the training size); training throughput = head samples / second over the head stage. The
   held-out frames are also split by their rotation from the nearest training view (``view_gap_deg``): those
@@ -168,6 +170,27 @@ class Run:
     stage_s: dict[str, float] = field(default_factory=dict)
 
 
+class CurveSchedule:
+    """When curve points are due: every ``every`` seconds of training time, and at each of the ``early`` times."""
+
+    def __init__(self, every: float, early: tuple[float, ...] = ()):
+        if every <= 0:
+            raise ValueError(f"curve points every {every} s: must be > 0")
+        self.every = every
+        self._next = every
+        self._early = sorted(t for t in early if t > 0)
+
+    def due(self, t: float) -> bool:
+        """Whether a point is due at training time ``t`` (once: every time passed by ``t`` counts as taken, so a
+        slow step that passes several gives one point)."""
+        if t < self._next and not (self._early and t >= self._early[0]):
+            return False
+        while self._next <= t:
+            self._next += self.every
+        self._early = [x for x in self._early if x > t]
+        return True
+
+
 def curve_point(trainer: Trainer, frames: list[int], t: float, stage: str, step: int) -> dict[str, Any]:
     """Head PSNR (and full PSNR once the torso stage has started) averaged over ``frames``."""
     head, full = [], []
@@ -182,10 +205,12 @@ def curve_point(trainer: Trainer, frames: list[int], t: float, stage: str, step:
 
 
 def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_every: float,
-                     replan: Callable[[Trainer, Run, StepResult], None] | None = None) -> Trainer:
-    """Train ``run.config`` to the end, adding a curve point at t=0, every ``eval_every`` s of training time,
-    at the end of each stage and at the end. ``replan(trainer, run, result)`` is called after every step (a
-    stage's last step comes before the next stage's optimiser exists), to resize the stages to a budget."""
+                     replan: Callable[[Trainer, Run, StepResult], None] | None = None,
+                     early: tuple[float, ...] = ()) -> Trainer:
+    """Train ``run.config`` to the end, adding a curve point at t=0, at each of the ``early`` times (s of training
+    time), every ``eval_every`` s of training time, at the end of each stage and at the end.
+    ``replan(trainer, run, result)`` is called after every step (a stage's last step comes before the next stage's
+    optimiser exists), to resize the stages to a budget."""
     trainer = Trainer(run.config, data, lips_loss=lips if run.config.trainer.lips.steps else None)
     frames = [int(f) for f in data.val_ids[::2]]
 
@@ -199,7 +224,7 @@ def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_ev
               f"(eval {time.perf_counter() - t:.0f} s)", flush=True)
 
     point("head", 0)
-    next_eval = eval_every
+    schedule = CurveSchedule(eval_every, early)
     while True:
         t = time.perf_counter()
         r = trainer.step()
@@ -210,10 +235,8 @@ def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_ev
         run.stage_s[r.stage] = run.stage_s.get(r.stage, 0.0) + dt
         run.results.append(r)
         stage_end = r.step >= trainer.stage_config(r.stage).steps
-        if run.train_s >= next_eval or stage_end:
+        if schedule.due(run.train_s) or stage_end:
             point(r.stage, r.step)
-            while next_eval <= run.train_s:
-                next_eval += eval_every
         if replan is not None:
             replan(trainer, run, r)
     return trainer
@@ -319,6 +342,9 @@ def main() -> int:
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline (no convergence ratio)")
     ap.add_argument("--eval-every", type=float, default=None,
                     help="seconds of training time between curve points (default: minutes*60/10)")
+    ap.add_argument("--early", default="30,60,120", metavar="S,S,...",
+                    help="extra curve points of the grid model at these seconds of training time (it passes the "
+                         "baseline's best early; default: %(default)s; '' for none)")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK,
                     help="cache of the dataset, the report and the checkpoint (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
@@ -338,6 +364,10 @@ def main() -> int:
     budget_s = args.minutes * 60.0
     base_s = (args.minutes if args.baseline_minutes is None else args.baseline_minutes) * 60.0
     eval_every = args.eval_every or budget_s / 10.0
+    try:
+        early = tuple(float(x) for x in args.early.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"--early {args.early!r}: a comma-separated list of seconds, e.g. 30,60,120") from None
     args.work.mkdir(parents=True, exist_ok=True)
 
     root = build_dataset(args.clip, args.work)
@@ -363,7 +393,8 @@ def main() -> int:
         runs["baseline"] = Run("baseline", with_steps(bcfg, b_steps, 0, 0))
         print(f"baseline (frequency MLP head): head {b_per_step:.2f} s/step x {b_steps} steps", flush=True)
 
-    trainer = train_with_curve(runs["grid"], data, lips, eval_every, replan_to_budget(per_step, budget_s, SHARES, cap))
+    trainer = train_with_curve(runs["grid"], data, lips, eval_every, replan_to_budget(per_step, budget_s, SHARES, cap),
+                               early)
     steps = {s: trainer.stage_config(s).steps for s in steps}  # as re-planned during training
     ckpt = trainer.save_checkpoint(args.work / CHECKPOINT)
     grid = runs["grid"]
@@ -437,7 +468,7 @@ def main() -> int:
 
     report = {
         "clip": str(args.clip), "identity": identity, "size": args.size, "minutes": args.minutes,
-        "n_train": data.n_train, "n_val": int(len(data.val_ids)), "eval_every_s": eval_every,
+        "n_train": data.n_train, "n_val": int(len(data.val_ids)), "eval_every_s": eval_every, "early_s": list(early),
         "machine": {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                     "platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__},
         "grid": {"config": json.loads(config_to_json(runs["grid"].config)), "steps": steps,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.train import SHARES, Run, budget_steps, replan_to_budget, view_split
+from benchmarks.train import SHARES, CurveSchedule, Run, budget_steps, replan_to_budget, view_split
 from jobs.train import load_identity, lpips_module
 from nerf.models import STAGES
 from nerf.presets import preset
@@ -73,3 +73,13 @@ def test_view_split_separates_new_views_from_seen_ones():
     assert views["seen_views"] == {"frames": 2, "psnr": 29.0}
     assert views["new_views"] == {"frames": 1, "psnr": 20.0}
     assert view_split(rows[:1])["new_views"]["frames"] == 0
+
+
+def test_curve_schedule_adds_the_early_points_to_the_regular_ones():
+    sched = CurveSchedule(100.0, early=(60.0, 30.0, 0.0))
+    due = [t for t in range(0, 351, 7) if sched.due(float(t))]
+    assert due == [35, 63, 105, 203, 301]  # the first step past 30, 60 (unordered, 0 ignored), then every 100 s
+    once = CurveSchedule(100.0, early=(30.0, 60.0))
+    assert [once.due(t) for t in (20.0, 130.0, 140.0, 200.0)] == [False, True, False, True]  # a long step: one point
+    with pytest.raises(ValueError, match="must be > 0"):
+        CurveSchedule(0.0)

@@ -47,6 +47,18 @@ def test_replan_keeps_the_run_to_its_budget(small_dataset, pace):
     assert run.config == trainer.config
 
 
+def test_replan_keeps_a_head_only_run_to_its_budget(small_dataset):
+    """The baseline: the head stage alone, timed at 1.0 s a step, runs at 0.7 (and still ends on its budget)."""
+    cfg = _steps(preset("debug"), head=300, lips=0, torso=0)
+    trainer = Trainer(cfg, load_identity(str(small_dataset), IDENTITY, 64))
+    run = Run("baseline", trainer.config)
+    _simulate(trainer, run, replan_to_budget({"head": 1.0}, 300.0, {"head": 1.0}), {"head": 0.7, "lips": 1.0,
+                                                                                 "torso": 1.0})
+    assert run.train_s == pytest.approx(300.0, rel=0.02)
+    assert run.config.trainer.head.steps == pytest.approx(300.0 / 0.7, rel=0.02)
+    assert "lips" not in run.stage_s and "torso" not in run.stage_s
+
+
 def test_no_stage_runs_past_its_cap(small_dataset):
     """The benchmark's caps (the preset's step counts): a stage that would fit more steps in its share stops at its
     cap, and neither re-sizing from its pace nor the budget the head leaves pushes a later stage past its own."""

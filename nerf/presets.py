@@ -43,6 +43,11 @@ def _cpu() -> ExperimentConfig:
     # head (benchmarks/train.py --set trainer.head.steps=1500: full-image PSNR 27.72 against 27.82 with the head's
     # full share, LPIPS 0.131 against 0.101), so the head keeps 6000. The torso: 4000 steps against 2000 gave
     # +0.04 and +0.11 dB held-out PSNR over two seeds (benchmarks/torso.py on WDA).
+    # The head's finest plane: 128 texels instead of 256 (benchmarks/headcurve.py --set
+    # model.head.spatial.max_resolution=128, 6000 head steps, seed 0; held-out head PSNR peak / end) lifts
+    # WDA_BobMenendez_000 from 28.21 / 27.53 dB (measured without latents; the same curve as with them) to
+    # 28.45 / 28.08, but costs RD_Radio2_000 23.03 -> 22.45 dB at the end, so it stays 256 (both heads span ~195 px
+    # at 256 px, so a texel-per-pixel rule would not tell them apart).
     model = RadNerfConfig(
         head=HeadFieldConfig(spatial=GridEncoderConfig(n_levels=8, base_resolution=16, max_resolution=256)),
         torso=TorsoFieldConfig(grid=GridEncoderConfig(n_levels=6, base_resolution=16, max_resolution=256)),

@@ -35,10 +35,9 @@ os.environ.setdefault("PARLEY_ASSETS", str(ROOT.parent / "shared" / "assets"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.torso import parse_variant  # noqa: E402
+from benchmarks.torso import apply_sets  # noqa: E402
 from benchmarks.train import DEFAULT_CLIP, DEFAULT_WORK, build_dataset, with_steps  # noqa: E402
 from benchmarks.variants import head_psnr  # noqa: E402
-from jobs.fanout import FanoutError, apply_overrides  # noqa: E402
 from jobs.train import load_identity  # noqa: E402
 from nerf.presets import preset  # noqa: E402
 from nerf.trainer import Trainer  # noqa: E402
@@ -57,13 +56,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.steps < 1 or args.every < 1 or args.val_frames < 0:
         ap.error("--steps and --every must be >= 1, --val-frames >= 0")
-    overrides: dict[str, object] = {"trainer.seed": args.seed}
-    for item in args.set:
-        overrides.update(parse_variant(f"set={item}", option="--set")[1])
-    try:
-        cfg = apply_overrides(with_steps(preset("cpu"), args.steps, 0, 0), overrides)
-    except (ValueError, FanoutError) as e:
-        ap.error(f"--set: {e}")
+    cfg, overrides = apply_sets(with_steps(preset("cpu"), args.steps, 0, 0), args.set, {"trainer.seed": args.seed})
     torch.set_num_threads(os.cpu_count() or 1)
     args.work.mkdir(parents=True, exist_ok=True)
     root = build_dataset(args.clip, args.work)

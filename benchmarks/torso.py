@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from jobs.fanout import FanoutError, apply_overrides  # noqa: E402
 from jobs.train import load_identity  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
-from nerf.trainer import CheckpointError, Trainer, config_from_json, load_checkpoint  # noqa: E402
+from nerf.trainer import CheckpointError, ExperimentConfig, Trainer, config_from_json, load_checkpoint  # noqa: E402
 
 
 def parse_variant(text: str, option: str = "--variant") -> tuple[str, dict[str, object]]:
@@ -49,6 +49,19 @@ def parse_variant(text: str, option: str = "--variant") -> tuple[str, dict[str, 
             raise SystemExit(f"{option}: {item!r} is not key=value (in {text.partition('=')[2]!r})")
         overrides[key.strip()] = yaml.safe_load(value)
     return name, overrides
+
+
+def apply_sets(cfg: ExperimentConfig, items: list[str],
+               extra: dict[str, object] | None = None) -> tuple[ExperimentConfig, dict[str, object]]:
+    """``cfg`` with ``--set KEY=VALUE`` items (and ``extra`` overrides under them) applied -> (config, overrides).
+    A bad key or value stops with a one-line ``--set: ...`` error."""
+    overrides: dict[str, object] = dict(extra or {})
+    for item in items:
+        overrides.update(parse_variant(f"set={item}", option="--set")[1])
+    try:
+        return apply_overrides(cfg, overrides), overrides
+    except (ValueError, FanoutError) as e:
+        raise SystemExit(f"--set: {e}") from None
 
 
 def mean_psnr(trainer: Trainer, frames: list[int]) -> float:

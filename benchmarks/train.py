@@ -62,8 +62,7 @@ os.environ.setdefault("PARLEY_ASSETS", str(SHARED / "assets"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.torso import parse_variant  # noqa: E402
-from jobs.fanout import FanoutError, apply_overrides  # noqa: E402
+from benchmarks.torso import apply_sets  # noqa: E402
 from jobs.train import landmark_fn, load_identity, lpips_module  # noqa: E402
 from nerf.avatar import evaluate  # noqa: E402
 from nerf.data import IdentityFrames  # noqa: E402
@@ -352,13 +351,9 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the cpu preset (dotted, e.g. trainer.error_map=0; repeatable)")
     args = ap.parse_args()
-    overrides: dict[str, object] = {}
-    for item in args.set:
-        overrides.update(parse_variant(f"set={item}", option="--set")[1])
-    try:
-        base_cfg = apply_overrides(preset("cpu"), overrides)
-    except FanoutError as e:
-        raise SystemExit(f"--set: {e}") from None
+    if args.eval_every is not None and args.eval_every <= 0:
+        ap.error(f"--eval-every {args.eval_every:g}: seconds between curve points, > 0")
+    base_cfg, _ = apply_sets(preset("cpu"), args.set)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

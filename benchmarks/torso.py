@@ -89,7 +89,7 @@ def main() -> int:
         ck = load_checkpoint(args.checkpoint)
         base = config_from_json(ck["config"])
         configs = {name: apply_overrides(base, overrides) for name, overrides in variants}
-    except (CheckpointError, FanoutError) as e:
+    except (CheckpointError, ValueError, FanoutError) as e:
         raise SystemExit(f"error: {e}") from None
     data = load_identity(args.dataset, str(ck["identity"]), base.trainer.size, max_frames=base.trainer.max_frames)
     held = [int(f) for f in data.val_ids]

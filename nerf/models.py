@@ -40,14 +40,18 @@ class RadNerfConfig:
     take the corrections of the training frames their latents come from (:meth:`RadNerf.novel_conditions`). The
     learning rate is :attr:`nerf.trainer.StageConfig.lr_pose`.
 
-    Off in the presets: it fits the training frames better but not the held-out ones, and costs a third more
-    per step (gradients flow to every sample's position). On RD_Radio2_000 (cpu preset, 4500 head steps, seed 1,
-    benchmarks/variants.py) training-frame head PSNR 24.70 -> 26.60 dB, held-out 22.30 -> 22.23 dB. The
+    On in the ``cpu`` preset. Measured on the three shared clips (benchmarks/headcurve.py --set
+    model.pose_refine=true, cpu preset, 6000 head steps, seed 0; held-out head PSNR at 1500 / 3000 / 4500 / 6000
+    steps, against the same without): WDA_BobMenendez_000 29.05 / 28.37 / 28.95 / 29.18 dB (without, where the
+    held-out head PSNR peaks early and falls: 27.53, 27.54 and 27.74 at the end of three runs);
+    WDA_AlexandriaOcasioCortez_000 23.90 / 24.77 / 24.65 / 24.55 (without: 25.34 / 25.14 / 24.99 / 24.90);
+    RD_Radio2_000 22.66 / 22.55 / 22.71 / 22.71 (without: 23.03 at the end of a 30-min run's head). So +1.5, -0.35
+    and -0.3 dB at the end (head curves vary by ~0.5 dB between runs), steps ~7% slower. Earlier, on an older head
+    (before the frame latent fed the density and audio was kept to the mouth), on RD_Radio2_000 (4500 head steps,
+    seed 1, benchmarks/variants.py) training-frame head PSNR 24.70 -> 26.60 dB, held-out 22.30 -> 22.23 dB; the
     corrections (median 1.4 degrees, 5 mm) change slowly in time and held-out frames need the borrowed ones
-    (19.90 dB with none), but a held-out frame's own tracking error is not among them: aligning each held-out
-    pose to its image (BARF's test-time protocol) still adds 1.3 dB, and 1.0 dB on a model trained without. In
-    the 30-min benchmark (benchmarks/train.py) the held-out head PSNR fell as the head trained (22.16, 22.01,
-    21.78 dB at 300, 600, 900 s, where the presets' run rises 22.10, 22.38, 22.54), so that run was stopped."""
+    (19.90 dB with none), and aligning each held-out pose to its image (BARF's test-time protocol) still adds 1.3
+    dB. The paper preset keeps the tracked poses, as RAD-NeRF does."""
 
 
 @dataclass

@@ -200,7 +200,7 @@ class Avatar:
             cond = self.model.novel_conditions(
                 torch.from_numpy(np.asarray(audio[t : t + 1], np.float32)).to(self.device),
                 torch.tensor([float(eye[t])], device=self.device), pose[None],
-                None if source is None else source[t : t + 1])
+                None if source is None else source[t : t + 1], None if source is None else source[t : t + 1])
             img = render_image(self.model, o, d, pix / scale, cond, bg, with_torso=self.has_torso, size=size,
                                chunk=chunk)
             yield (img.cpu().numpy() * 255 + 0.5).astype(np.uint8)

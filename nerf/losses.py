@@ -46,6 +46,15 @@ class LossWeights:
     30-min checkpoint the head latents already drift slowly (mean squared step 0.0015 against a variance over time of
     0.019), and a latent fitted to each held-out frame's left half did not raise PSNR on its right half
     (-0.01 to -0.40 dB), so the borrowed latents are not what held-out frames lack."""
+    pose_smooth: float = 0.0
+    """Mean squared difference of the head pose corrections (:attr:`nerf.models.RadNerfConfig.pose_refine`; radians
+    and metres) of consecutive training frames (the pairs of ``latent_smooth``), in the head and lips stages: a
+    frame's correction is learnt only from the few rays of it in a batch, while the tracking error it corrects
+    drifts slowly, and held-out frames borrow their nearest training frames' corrections. Off by default: at 10
+    (cpu preset, pose_refine, 3000 head steps, seed 0, benchmarks/variants.py) the corrections' median step between
+    frames fell from 0.31 to 0.11 degrees, but held-out head PSNR did not rise: WDA_AlexandriaOcasioCortez_000
+    24.85 dB against 24.88 without (training frames 26.05 against 26.34), WDA_BobMenendez_000 28.12 against 29.03
+    (29.61 against 29.95). A frame's correction is not noise to average out."""
     grid_tv: float = 0.0
     """Total variation of the head's feature planes, spatial and audio (:meth:`nerf.encoders.PlaneEncoder.
     total_variation`: the mean squared difference of neighbouring texels, averaged over levels), in the head and

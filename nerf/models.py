@@ -37,7 +37,7 @@ class RadNerfConfig:
     """Learn a rigid correction of each training frame's head pose (rotation and translation, zero at the start)
     with the head: the tracked poses are off by about a degree and a few millimetres (a 3DMM fit to 2D
     landmarks), and a field trained on misaligned views averages them into blur. Held-out frames and new audio
-    take the corrections of the training frames their latents come from (:meth:`RadNerf.novel_conditions`). The
+    take the corrections of the training frames their latents come from, or the mean (:attr:`pose_borrow`). The
     learning rate is :attr:`nerf.trainer.StageConfig.lr_pose`.
 
     On in the ``cpu`` preset. Measured on the three shared clips (benchmarks/headcurve.py --set
@@ -52,6 +52,26 @@ class RadNerfConfig:
     corrections (median 1.4 degrees, 5 mm) change slowly in time and held-out frames need the borrowed ones
     (19.90 dB with none), and aligning each held-out pose to its image (BARF's test-time protocol) still adds 1.3
     dB. The paper preset keeps the tracked poses, as RAD-NeRF does."""
+    pose_borrow: Literal["mean", "nearest"] = "nearest"
+    """Which correction a frame without one of its own (held-out frames, poses given to a render) takes, with
+    :attr:`pose_refine`: ``mean``, the mean over all training frames (the corrections' systematic part, the offset
+    between the field's head and the tracker's), or ``nearest``, the mean over the training frames its latents
+    come from (``latent_from`` of :meth:`RadNerf.novel_conditions`; the nearest one in time by default). A frame
+    rendered under a training frame's pose (the driving track of :class:`nerf.avatar.Avatar`) takes that frame's
+    own correction either way.
+
+    ``nearest`` by default. Held-out head PSNR of one checkpoint per clip (cpu preset, pose_refine, 3000 head steps,
+    seed 0, benchmarks/variants.py --checkpoints, then benchmarks/latents.py --poses near1,mean,none), the nearest
+    training frame's correction / the mean over all / none: WDA_BobMenendez_000 29.03 / 28.55 / 26.80 dB;
+    RD_Radio2_000 22.21 / 20.06 / 19.80 (its head turns past every training view and the correction drifts with
+    it); WDA_AlexandriaOcasioCortez_000 24.88 / 25.43 / 24.89 (a head trained without pose_refine: 25.31). Means
+    over the last 3, 5, 10 or 20 training frames were no better than the better of the two (Bob 28.33 / 27.52 /
+    26.65 / 26.47, AOC 24.71 / 24.84 / 25.07 / 25.30, RD 22.17 over 3). Which correction predicts a held-out
+    frame's is a property of the clip, not a rule."""
+
+    def __post_init__(self) -> None:
+        if self.pose_borrow not in ("mean", "nearest"):
+            raise ValueError(f"pose_borrow must be 'mean' or 'nearest', got {self.pose_borrow!r}")
 
 
 @dataclass
@@ -108,22 +128,30 @@ class RadNerf(nn.Module):
         delta = None if self.pose_deltas is None else self.pose_deltas[frames]
         return FrameConditions(audio, eye, pose, self.head_latents[frames], self.torso_latents[frames], delta)
 
-    def novel_conditions(self, audio: Tensor, eye: Tensor, pose: Tensor,
-                         latent_from: Tensor | None = None) -> FrameConditions:
+    def novel_conditions(self, audio: Tensor, eye: Tensor, pose: Tensor, latent_from: Tensor | None = None,
+                         pose_from: Tensor | None = None) -> FrameConditions:
         """Conditions of frames without a latent of their own (held-out frames, new audio).
 
         Args:
             audio, eye, pose: per frame [B, ...].
-            latent_from: int64 [K] training frames whose latents (and pose corrections, with
-                :attr:`RadNerfConfig.pose_refine`) every frame takes, averaged, e.g. the training frames nearest in
-                time; None or empty: the mean over all training frames.
+            latent_from: int64 [K] training frames whose latents every frame takes, averaged, e.g. the training
+                frames nearest in time; None or empty: the mean over all training frames.
+            pose_from: int64 [K] training frames whose head pose corrections (with
+                :attr:`RadNerfConfig.pose_refine`) every frame takes, averaged, e.g. the training frame whose
+                tracked pose ``pose`` is; None: as :attr:`RadNerfConfig.pose_borrow` says.
         """
         n = max(int(self.n_train), 1)
         b = audio.shape[0]
         rows = slice(0, n) if latent_from is None or latent_from.numel() == 0 else latent_from
         head = self.head_latents[rows].mean(0, keepdim=True).expand(b, -1)
         torso = self.torso_latents[rows].mean(0, keepdim=True).expand(b, -1)
-        delta = None if self.pose_deltas is None else self.pose_deltas[rows].mean(0, keepdim=True).expand(b, -1)
+        delta = None
+        if self.pose_deltas is not None:
+            if pose_from is not None and pose_from.numel() > 0:
+                prows: Tensor | slice = pose_from
+            else:
+                prows = rows if self.config.pose_borrow == "nearest" else slice(0, n)
+            delta = self.pose_deltas[prows].mean(0, keepdim=True).expand(b, -1)
         return FrameConditions(audio, eye, pose, head, torso, delta)
 
     def torso_pose(self, pose: Tensor) -> Tensor:
@@ -248,6 +276,13 @@ class RadNerf(nn.Module):
         (:attr:`LossWeights.latent_smooth`)."""
         latents = self.torso_latents if stage == "torso" else self.head_latents
         return self.config.losses.latent_smooth * latent_smoothness(latents, pairs)
+
+    def pose_loss(self, pairs: Tensor) -> Tensor:
+        """The weighted smoothness of the head pose corrections over ``pairs`` [P, 2] of neighbouring training
+        frames (:attr:`LossWeights.pose_smooth`); zero without :attr:`RadNerfConfig.pose_refine`."""
+        if self.pose_deltas is None:
+            return self.head_latents.sum() * 0.0
+        return self.config.losses.pose_smooth * latent_smoothness(self.pose_deltas, pairs)
 
     def grid_loss(self) -> Tensor:
         """The weighted total variation of the head's feature planes (:attr:`LossWeights.grid_tv`)."""

@@ -298,6 +298,8 @@ class Trainer:
             self.error_map.update(batch.frame, batch.pixels, ((out["rgb"].detach() - batch.rgb) ** 2).mean(-1))
         if self.config.model.losses.latent_smooth:
             losses["latent_smooth"] = self.model.latent_loss(stage, self.latent_pairs)
+        if self.config.model.losses.pose_smooth and self.model.pose_deltas is not None and stage != "torso":
+            losses["pose_smooth"] = self.model.pose_loss(self.latent_pairs)
         if self.config.model.losses.grid_tv and stage != "torso":
             losses["grid_tv"] = self.model.grid_loss()
         samples = int(out["n_samples"])

@@ -140,14 +140,14 @@ def test_checkpoint_from_before_a_config_field_loads(frames64, lpips, tmp_path):
     old_head = replace(old_cfg.model.head, latent_in_density=False, view_degree=0)
     old_cfg = replace(old_cfg, model=replace(old_cfg.model, head=old_head,
                                              losses=replace(old_cfg.model.losses, ambient_region="face"),
-                                             pose_refine=False))
+                                             pose_refine=False, pose_borrow="nearest"))
     c = Trainer(old_cfg, frames64, lips_loss=lpips)
     c.step()
     ck2 = c.state_dict()
     cfg2 = json.loads(ck2["config"])
     del cfg2["model"]["head"]["latent_in_density"], cfg2["model"]["losses"]["ambient_region"]
     del cfg2["model"]["head"]["view_degree"]
-    del cfg2["model"]["pose_refine"]
+    del cfg2["model"]["pose_refine"], cfg2["model"]["pose_borrow"]
     for stage in ("head", "lips", "torso"):
         del cfg2["trainer"][stage]["lr_pose"]
     ck2["config"] = json.dumps(cfg2)
@@ -156,6 +156,7 @@ def test_checkpoint_from_before_a_config_field_loads(frames64, lpips, tmp_path):
     assert parsed.model.head.latent_in_density is False and parsed.model.losses.ambient_region == "face"
     assert parsed.model.head.view_degree == 0 and preset("debug").model.head.view_degree == 2
     assert parsed.model.pose_refine is False and "pose_deltas" not in ck2["model"]
+    assert parsed.model.pose_borrow == "nearest"
     assert preset("debug").model.head.latent_in_density is True
     d = Trainer(parsed, frames64, lips_loss=lpips)
     d.load_checkpoint(tmp_path / "older.pt")
@@ -186,6 +187,10 @@ def test_config_json_round_trip():
         LossWeights(grid_tv=-1.0, head_mask=float("nan"))
     with pytest.raises(ValueError, match="invalid steps=-1"):
         config_from_json(config_to_json(preset("debug")).replace('"steps": 12', '"steps": -1'))
+    from nerf.models import RadNerfConfig
+
+    with pytest.raises(ValueError, match="pose_borrow must be 'mean' or 'nearest', got 'latest'"):
+        RadNerfConfig(pose_borrow="latest")  # type: ignore[arg-type]
 
 
 def _head_shell_density(x: torch.Tensor, verts: torch.Tensor, radius: float = 0.01) -> torch.Tensor:
@@ -594,6 +599,31 @@ def _with_pose_refine(cfg: ExperimentConfig, lr: float = 5e-4) -> ExperimentConf
                    trainer=replace(tc, head=replace(tc.head, lr_pose=lr), lips=replace(tc.lips, lr_pose=lr)))
 
 
+def test_pose_smooth_keeps_neighbouring_frames_corrections_together(frames64):
+    """With ``pose_smooth`` the loss is on in the head's stages (not the torso's) and consecutive training frames'
+    pose corrections end closer together than without; without ``pose_refine`` it adds nothing."""
+    from nerf.losses import latent_smoothness
+
+    def spread(weight: float, refine: bool = True) -> float:
+        cfg = preset("debug")
+        cfg = replace(cfg, model=replace(cfg.model, losses=replace(cfg.model.losses, pose_smooth=weight)))
+        tr = Trainer(_steps(_with_pose_refine(cfg, lr=5e-3) if refine else cfg, head=10, torso=2), frames64)
+        seen = []
+        while (r := tr.step()) is not None:
+            seen.append(("pose_smooth" in r.losses, r.stage))
+        assert [on for on, st in seen if st == "head"] == [weight > 0 and refine] * 10
+        assert [on for on, st in seen if st == "torso"] == [False] * 2
+        if not refine:
+            return 0.0
+        assert tr.model.pose_deltas is not None
+        return float(latent_smoothness(tr.model.pose_deltas.detach(), tr.latent_pairs))
+
+    smooth, rough = spread(1e3), spread(0.0)
+    print(f"pose corrections' squared neighbour step: {smooth:.3g} with pose_smooth, {rough:.3g} without")
+    assert rough > 0 and smooth < 0.5 * rough
+    spread(1e3, refine=False)
+
+
 def test_correct_rays_is_the_rays_of_the_corrected_pose(frames64):
     """Correcting rays by (w, t) equals building them from the pose [exp(w) R | exp(w) T + t]; zero changes nothing."""
     from nerf.data import pixel_rays
@@ -645,8 +675,17 @@ def test_pose_refine_learns_training_frames_corrections_and_held_out_frames_borr
     fid = torch.tensor([28])
     s = tr.store
     near = torch.from_numpy(d.nearest_train(28))
+    assert m.config.pose_borrow == "nearest"  # the default: the nearest training frames' corrections
     cond = m.novel_conditions(s.audio[fid], s.eye[fid], s.poses[fid], near)
     assert torch.allclose(cond.pose_delta, after_head[near].mean(0, keepdim=True))
+    own = torch.tensor([3])  # a training frame's pose takes that frame's own correction
+    cond = m.novel_conditions(s.audio[fid], s.eye[fid], s.poses[own], near, pose_from=own)
+    assert torch.allclose(cond.pose_delta, after_head[own])
+    m.config = replace(m.config, pose_borrow="mean")
+    cond = m.novel_conditions(s.audio[fid], s.eye[fid], s.poses[fid], near)
+    assert torch.allclose(cond.pose_delta, after_head[: d.n_train].mean(0, keepdim=True))
+    assert torch.allclose(cond.head_latent, m.head_latents[near].mean(0, keepdim=True))
+    m.config = replace(m.config, pose_borrow="nearest")
     img = tr.render_frame(28, use_ema=False, head_only=True)
     with torch.no_grad():
         m.pose_deltas[near, 0] += 0.1

@@ -197,10 +197,10 @@ class Avatar:
         for t in range(n):
             pose = torch.from_numpy(np.asarray(poses[t], np.float32)).to(self.device)
             o, d = pixel_rays(pose, intr.to(self.device), pix)
+            src = None if source is None else source[t : t + 1]  # latents and pose correction of the pose's frame
             cond = self.model.novel_conditions(
                 torch.from_numpy(np.asarray(audio[t : t + 1], np.float32)).to(self.device),
-                torch.tensor([float(eye[t])], device=self.device), pose[None],
-                None if source is None else source[t : t + 1], None if source is None else source[t : t + 1])
+                torch.tensor([float(eye[t])], device=self.device), pose[None], src, src)
             img = render_image(self.model, o, d, pix / scale, cond, bg, with_torso=self.has_torso, size=size,
                                chunk=chunk)
             yield (img.cpu().numpy() * 255 + 0.5).astype(np.uint8)

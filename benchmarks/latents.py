@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from jobs.train import load_identity, lpips_module  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
-from nerf.trainer import Trainer, config_from_json, load_checkpoint  # noqa: E402
+from nerf.trainer import CheckpointError, Trainer, config_from_json, load_checkpoint  # noqa: E402
 
 
 def main() -> int:
@@ -47,8 +47,15 @@ def main() -> int:
                                                                   and int(p[4:]) >= 1)]
     if bad:
         ap.error(f"--poses {args.poses}: unknown choice(s) {bad} (near<k> with k >= 1, mean, none)")
-    ck = load_checkpoint(args.checkpoint)
+    try:
+        ck = load_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        print(f"latents: {e}", file=sys.stderr)
+        return 2
     cfg = config_from_json(ck["config"])
+    if poses and not cfg.model.pose_refine:
+        print(f"latents: --poses: {args.checkpoint} was trained without model.pose_refine", file=sys.stderr)
+        return 2
     data = load_identity(args.dataset, str(ck["identity"]), cfg.trainer.size, max_frames=cfg.trainer.max_frames)
     tr = Trainer(cfg, data, lips_loss=lpips_module() if cfg.trainer.lips.steps else None)
     tr.load_checkpoint(args.checkpoint)
@@ -63,9 +70,7 @@ def main() -> int:
               + " ".join(f"{v:.1f}" for v in fulls), flush=True)
     last = " ".join(f"psnr_k{k}={v:.3f}" for k, v in result.items())
     if poses:
-        if tr.model.pose_deltas is None:
-            print(f"latents: --poses: {args.checkpoint} was trained without model.pose_refine", file=sys.stderr)
-            return 2
+        assert tr.model.pose_deltas is not None
         with tr.ema.applied(tr.model):  # the averaged corrections, as evaluation renders
             deltas = tr.model.pose_deltas.detach().clone()
         n = data.n_train

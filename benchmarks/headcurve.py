@@ -35,8 +35,7 @@ os.environ.setdefault("PARLEY_ASSETS", str(ROOT.parent / "shared" / "assets"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.torso import apply_sets  # noqa: E402
-from benchmarks.train import DEFAULT_CLIP, DEFAULT_WORK, build_dataset, with_steps  # noqa: E402
+from benchmarks.common import DEFAULT_CLIP, DEFAULT_WORK, apply_sets, build_dataset, with_steps  # noqa: E402
 from benchmarks.variants import head_psnr  # noqa: E402
 from jobs.train import load_identity  # noqa: E402
 from nerf.presets import preset  # noqa: E402

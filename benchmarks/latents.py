@@ -15,17 +15,16 @@ latents stay the default borrowed ones). Last line: ``psnr_k<k>=<dB> ...`` (full
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PARLEY_ASSETS", str(ROOT.parent / "shared" / "assets"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import CHECKPOINT, DEFAULT_CLIP, DEFAULT_WORK  # noqa: E402
 from jobs.train import load_identity, lpips_module  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
 from nerf.trainer import CheckpointError, Trainer, config_from_json, load_checkpoint  # noqa: E402
@@ -33,8 +32,8 @@ from nerf.trainer import CheckpointError, Trainer, config_from_json, load_checkp
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, default=Path("/tmp/parley_bench_train/checkpoint.pt"))
-    ap.add_argument("--dataset", default="/tmp/parley_bench_train/dataset_RD_Radio2_000")
+    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_WORK / CHECKPOINT)
+    ap.add_argument("--dataset", default=str(DEFAULT_WORK / f"dataset_{DEFAULT_CLIP.stem}"))
     ap.add_argument("--k", default="5,2,1", help="comma-separated neighbour counts (default: %(default)s)")
     ap.add_argument("--poses", default="", help="comma-separated pose corrections to compare: near<k>, mean, none "
                     "(default: none compared)")

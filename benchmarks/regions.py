@@ -17,18 +17,17 @@ heldout_head_band_share=<x>`` (means over the frames).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PARLEY_ASSETS", str(ROOT.parent / "shared" / "assets"))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import CHECKPOINT, DEFAULT_CLIP, DEFAULT_WORK  # noqa: E402
 from jobs.train import load_identity, lpips_module  # noqa: E402
 from nerf.trainer import Trainer, config_from_json, load_checkpoint  # noqa: E402
 from pipelines.schema import HEAD  # noqa: E402
@@ -38,8 +37,8 @@ REGIONS = {0: "bg", 1: "head", 2: "neck", 3: "torso"}
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, default=Path("/tmp/parley_bench_train/checkpoint.pt"))
-    ap.add_argument("--dataset", default="/tmp/parley_bench_train/dataset_RD_Radio2_000")
+    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_WORK / CHECKPOINT)
+    ap.add_argument("--dataset", default=str(DEFAULT_WORK / f"dataset_{DEFAULT_CLIP.stem}"))
     ap.add_argument("--frames", type=int, default=3, help="frames of each split (default: %(default)s)")
     args = ap.parse_args()
     ck = load_checkpoint(args.checkpoint)

@@ -33,7 +33,7 @@ os.environ.setdefault("PARLEY_ASSETS", str(SHARED / "assets"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.train import CHECKPOINT, DEFAULT_CLIP, DEFAULT_WORK, build_dataset, with_steps  # noqa: E402
+from benchmarks.common import CHECKPOINT, DEFAULT_CLIP, DEFAULT_WORK, build_dataset, with_steps  # noqa: E402
 from nerf.avatar import Avatar  # noqa: E402
 
 DEFAULT_AUDIO = SHARED / "data" / "audio" / "RD_Radio31_000.wav"

@@ -17,7 +17,6 @@ Last line: ``<variant>_psnr=<mean over seeds> <variant>_spread=<max - min> ...``
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import replace
@@ -25,43 +24,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PARLEY_ASSETS", str(ROOT.parent / "shared" / "assets"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import CHECKPOINT, DEFAULT_CLIP, DEFAULT_WORK, parse_variant  # noqa: E402
 from jobs.fanout import FanoutError, apply_overrides  # noqa: E402
 from jobs.train import load_identity  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
-from nerf.trainer import CheckpointError, ExperimentConfig, Trainer, config_from_json, load_checkpoint  # noqa: E402
-
-
-def parse_variant(text: str, option: str = "--variant") -> tuple[str, dict[str, object]]:
-    """``name=key=value,key=value`` -> (name, overrides); values are YAML scalars (``false``, ``0.01``). Errors name
-    ``option``, the command-line option the text came from."""
-    import yaml
-
-    name, _, rest = text.partition("=")
-    overrides: dict[str, object] = {}
-    for item in filter(None, rest.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"{option}: {item!r} is not key=value (in {text.partition('=')[2]!r})")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return name, overrides
-
-
-def apply_sets(cfg: ExperimentConfig, items: list[str],
-               extra: dict[str, object] | None = None) -> tuple[ExperimentConfig, dict[str, object]]:
-    """``cfg`` with ``--set KEY=VALUE`` items (and ``extra`` overrides under them) applied -> (config, overrides).
-    A bad key or value stops with a one-line ``--set: ...`` error."""
-    overrides: dict[str, object] = dict(extra or {})
-    for item in items:
-        overrides.update(parse_variant(f"set={item}", option="--set")[1])
-    try:
-        return apply_overrides(cfg, overrides), overrides
-    except (ValueError, FanoutError) as e:
-        raise SystemExit(f"--set: {e}") from None
+from nerf.trainer import CheckpointError, Trainer, config_from_json, load_checkpoint  # noqa: E402
 
 
 def mean_psnr(trainer: Trainer, frames: list[int]) -> float:
@@ -72,8 +43,8 @@ def mean_psnr(trainer: Trainer, frames: list[int]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, default=Path("/tmp/parley_bench_train/checkpoint.pt"))
-    ap.add_argument("--dataset", default="/tmp/parley_bench_train/dataset_RD_Radio2_000")
+    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_WORK / CHECKPOINT)
+    ap.add_argument("--dataset", default=str(DEFAULT_WORK / f"dataset_{DEFAULT_CLIP.stem}"))
     ap.add_argument("--steps", type=int, default=3000, help="torso steps per run (default: %(default)s)")
     ap.add_argument("--eval-every", type=int, default=1000, help="steps between evaluations (default: %(default)s)")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated torso seeds (default: %(default)s)")

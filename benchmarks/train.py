@@ -46,7 +46,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -62,7 +61,7 @@ os.environ.setdefault("PARLEY_ASSETS", str(SHARED / "assets"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.torso import apply_sets  # noqa: E402
+from benchmarks.common import CHECKPOINT, DEFAULT_CLIP, DEFAULT_WORK, apply_sets, build_dataset, with_steps  # noqa: E402
 from jobs.train import landmark_fn, load_identity, lpips_module  # noqa: E402
 from nerf.avatar import evaluate  # noqa: E402
 from nerf.data import IdentityFrames  # noqa: E402
@@ -70,11 +69,8 @@ from nerf.metrics import LPIPS, psnr  # noqa: E402
 from nerf.presets import preset  # noqa: E402
 from nerf.trainer import ExperimentConfig, StepResult, Trainer, config_to_json  # noqa: E402
 
-DEFAULT_CLIP = SHARED / "data" / "clips" / "RD_Radio2_000.mp4"
-DEFAULT_WORK = Path("/tmp/parley_bench_train")
 SHARES = {"head": 0.70, "lips": 0.05, "torso": 0.25}
 """Share of the training budget of each stage."""
-CHECKPOINT = "checkpoint.pt"
 REPORT = "train_benchmark.json"
 
 
@@ -90,49 +86,6 @@ def view_split(per_frame: list[dict[str, float]], limit: float = NEW_VIEW_DEG) -
         rows = [r for r in per_frame if keep(r["view_gap_deg"])]
         out[name] = {"frames": len(rows), "psnr": float(np.mean([r["psnr"] for r in rows])) if rows else math.nan}
     return out
-
-
-def build_dataset(clip: Path, work: Path) -> Path:
-    """A one-identity dataset (identity = the clip's stem) of the whole clip, built once and cached in ``work``
-    (rebuilt when the clip or the feature builder's version changes).
-
-    Returns:
-        The dataset root.
-    """
-    from pipelines import dataset as D
-    from pipelines.storage import Storage
-    from workers.clip import ClipConfig, ClipProcessor, clip_id_for
-    from workers.config import BUILDER_VERSION
-    from workers.errors import ParleyError
-
-    root = work / f"dataset_{clip.stem}"
-    done = root / ".complete"
-    marker = f"{clip.resolve()}\nbuilder {BUILDER_VERSION}"
-    if done.is_file() and done.read_text() == marker:
-        return root
-    shutil.rmtree(root, ignore_errors=True)  # a stale build: its rows would be kept as they are
-    t = time.perf_counter()
-    processor = ClipProcessor(ClipConfig())
-    try:
-        res = processor(str(clip), identity=clip.stem, clip_id=clip_id_for(str(clip.resolve())))
-    except ParleyError as e:  # a missing or unreadable clip: its one-line reason, not a traceback
-        raise SystemExit(f"{Path(sys.argv[0]).name}: {e}") from e
-    finally:
-        processor.close()
-    st = Storage(root)
-    D.write_clip(st, res, identity=clip.stem)
-    D.write_identities(st, D.aggregate_identities(D.Dataset(st).clip_rows().values()))
-    done.write_text(marker)
-    print(f"dataset: processed {clip.name} ({len(res.rows)} frames) in {time.perf_counter() - t:.0f} s -> {root}",
-          flush=True)
-    return root
-
-
-def with_steps(cfg: ExperimentConfig, head: int, lips: int, torso: int) -> ExperimentConfig:
-    """``cfg`` with each stage's step count replaced."""
-    tc = cfg.trainer
-    return replace(cfg, trainer=replace(tc, head=replace(tc.head, steps=head), lips=replace(tc.lips, steps=lips),
-                                        torso=replace(tc.torso, steps=torso)))
 
 
 def seconds_per_step(cfg: ExperimentConfig, data: IdentityFrames, stage: str, lips: LPIPS | None,

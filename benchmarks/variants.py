@@ -39,8 +39,7 @@ os.environ.setdefault("PARLEY_ASSETS", str(ROOT.parent / "shared" / "assets"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.torso import parse_variant  # noqa: E402
-from benchmarks.train import DEFAULT_CLIP, DEFAULT_WORK, build_dataset, with_steps  # noqa: E402
+from benchmarks.common import DEFAULT_CLIP, DEFAULT_WORK, build_dataset, parse_variant, with_steps  # noqa: E402
 from jobs.fanout import FanoutError, apply_overrides  # noqa: E402
 from jobs.train import load_identity  # noqa: E402
 from nerf.data import IdentityFrames  # noqa: E402

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from nerf.encoders import PlaneEncoder
 from nerf.fields import HeadField, HeadFieldConfig, TorsoField, TorsoFieldConfig
 from nerf.losses import LossWeights, alpha_entropy, ambient_l1, latent_smoothness, mask_bce, mse
-from nerf.rendering import OccupancyGrid, OccupancyGridConfig, SamplerConfig, composite, sample_rays
+from nerf.rendering import OccupancyGrid, OccupancyGridConfig, RaySamples, SamplerConfig, composite, sample_rays
 from pipelines.schema import HEAD, NECK, TORSO
 
 Stage = Literal["head", "lips", "torso"]
@@ -51,7 +51,10 @@ class RadNerfConfig:
     seed 1, benchmarks/variants.py) training-frame head PSNR 24.70 -> 26.60 dB, held-out 22.30 -> 22.23 dB; the
     corrections (median 1.4 degrees, 5 mm) change slowly in time and held-out frames need the borrowed ones
     (19.90 dB with none), and aligning each held-out pose to its image (BARF's test-time protocol) still adds 1.3
-    dB. The paper preset keeps the tracked poses, as RAD-NeRF does."""
+    dB. Over a whole 30-min run (benchmarks/train.py --minutes 30, one run, the machine partly busy for ~5 min of
+    it) on RD_Radio2_000: held-out PSNR 21.90 dB, LPIPS 0.187, LMD 2.12 px (tracked poses, earlier runs: 22.86-22.97
+    dB, LPIPS 0.199-0.219, LMD 2.66-2.93): sharper and better-synced mouths, lower PSNR on the clip whose held-out
+    head turns past every training view. The paper preset keeps the tracked poses, as RAD-NeRF does."""
     pose_borrow: Literal["mean", "nearest"] = "nearest"
     """Which correction a frame without one of its own (held-out frames, poses given to a render) takes, with
     :attr:`pose_refine`: ``mean``, the mean over all training frames (the corrections' systematic part, the offset
@@ -183,7 +186,12 @@ class RadNerf(nn.Module):
         acc = torch.zeros(r, device=dev)
         ambient = torch.zeros(r, device=dev)
         n_rays, s = samples.t.shape
-        if n_rays:
+        stop = self.config.sampler.stop_transmittance
+        if n_rays and stop > 0 and generator is None and not torch.is_grad_enabled():
+            c, a, amb = self._march(samples, directions, ray_frame, cond, audio_feat, stop)
+            rgb, acc = rgb.index_put((samples.ray,), c), acc.index_put((samples.ray,), a)
+            ambient = ambient.index_put((samples.ray,), amb)
+        elif n_rays:
             fr = ray_frame[samples.ray].repeat_interleave(s)
             dirs = None
             if self.head.config.view_degree:
@@ -197,6 +205,47 @@ class RadNerf(nn.Module):
                 amb = (w * out["audio_coord"].abs().sum(-1).view(n_rays, s)).sum(-1)
                 ambient = ambient.index_put((samples.ray,), amb)
         return {"rgb": rgb, "acc": acc, "ambient": ambient, "n_samples": torch.tensor(n_rays * s)}
+
+    def _march(self, samples: RaySamples, directions: Tensor, ray_frame: Tensor, cond: FrameConditions,
+               audio_feat: Tensor, stop: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Composite ``samples`` front to back, ``march_group`` samples per ray at a time, evaluating the field
+        only for rays whose transmittance is still at least ``stop`` (early ray termination; no gradients).
+
+        Returns:
+            colour [R', 3] (premultiplied), alpha [R'] and weighted |audio coordinate| [R'] of the sampled rays.
+        """
+        n_rays, s = samples.t.shape
+        dev = samples.t.device
+        g = self.config.sampler.march_group
+        rgb = torch.zeros(n_rays, 3, device=dev)
+        acc = torch.zeros(n_rays, device=dev)
+        ambient = torch.zeros(n_rays, device=dev)
+        trans = torch.ones(n_rays, device=dev)
+        delta = samples.delta.expand(n_rays, s)
+        rows = samples.ray
+        frame = ray_frame[rows]
+        dirs_all = F.normalize(directions[rows], dim=-1) if self.head.config.view_degree else None
+        live = torch.arange(n_rays, device=dev)
+        for k in range(0, s, g):
+            if not live.numel():
+                break
+            pts = samples.points[live, k : k + g]  # [L, G, 3]
+            n_live, gk = pts.shape[:2]
+            fr = frame[live].repeat_interleave(gk)
+            dirs = None if dirs_all is None else dirs_all[live].repeat_interleave(gk, 0)
+            out = self.head.get_outputs(pts.reshape(-1, 3), audio_feat[fr], cond.eye[fr], cond.head_latent[fr],
+                                        dirs=dirs)
+            alpha = 1.0 - torch.exp(-out["sigma"].view(n_live, gk) * delta[live, k : k + g])
+            through = torch.cumprod(1.0 - alpha + 1e-10, -1)  # light left after each sample of the group
+            before = trans[live, None] * torch.cat([torch.ones_like(alpha[:, :1]), through[:, :-1]], -1)
+            w = alpha * before
+            rgb[live] += (w[..., None] * out["rgb"].view(n_live, gk, 3)).sum(1)
+            acc[live] += w.sum(1)
+            if "audio_coord" in out:
+                ambient[live] += (w * out["audio_coord"].abs().sum(-1).view(n_live, gk)).sum(-1)
+            trans[live] = trans[live] * through[:, -1]
+            live = live[trans[live] >= stop]
+        return rgb, acc, ambient
 
     def render_torso(self, pixels: Tensor, ray_frame: Tensor, cond: FrameConditions) -> dict[str, Tensor]:
         """The torso at pixel positions [R, 2] (rows of ``cond`` per ray): ``rgb`` [R, 3], ``alpha`` [R]."""

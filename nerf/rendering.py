@@ -39,6 +39,21 @@ class SamplerConfig:
     """At most this many samples per ray (RAD-NeRF: 16)."""
     candidates: int = 64
     """Positions per ray tested against the occupancy grid to find the occupied length."""
+    stop_transmittance: float = 1e-4
+    """Early ray termination when rendering without gradients or jitter (evaluation, render jobs): rays are
+    marched ``march_group`` samples at a time and stop once the light left to reach their next sample falls
+    below this (each pixel then differs from evaluating every sample by less than this); 0 evaluates every
+    sample. Training always evaluates every sample."""
+    march_group: int = 2
+    """Samples per ray evaluated per marching round (see ``stop_transmittance``). On a 30-min RD_Radio2_000
+    checkpoint, 2 CPU cores, 256 px: 0.94 s per frame with 2, 1.01 with 1 or 4, 1.39 with 8, 2.24 evaluating every
+    sample (512 px: 3.6 s with 2, 7.6 without stopping); the frames differ from the full pass by at most 1/255."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.stop_transmittance < 1.0:
+            raise ValueError(f"stop_transmittance must be in [0, 1), got {self.stop_transmittance}")
+        if self.march_group < 1:
+            raise ValueError(f"march_group must be >= 1, got {self.march_group}")
 
 
 class OccupancyGrid(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.torso import apply_sets
+from benchmarks.common import apply_sets
 from nerf.presets import preset
 
 

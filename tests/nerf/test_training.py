@@ -836,3 +836,44 @@ def test_view_gap_is_the_rotation_to_the_nearest_training_view(frames64):
     tr = Trainer(_steps(preset("debug"), head=1), data)
     res = evaluate(tr, frames=np.array([first_val, first_val + 1]))
     assert [round(r["view_gap_deg"], 1) for r in res.per_frame] == [6.0, 0.5]
+
+
+def test_early_ray_termination_renders_what_every_sample_renders(frames64):
+    """Rendering without gradients marches rays ``march_group`` samples at a time and stops them once their
+    transmittance drops below ``stop_transmittance``: with a near-zero threshold it composites exactly as the
+    full pass does; on an opaque head it evaluates far fewer samples and every pixel stays within the threshold."""
+    tr = Trainer(_steps(preset("debug"), head=2), frames64)
+    while tr.step() is not None:
+        pass
+    model, f = tr.model, int(frames64.val_ids[0])
+    evaluated: list[int] = []
+    real = model.head.get_outputs
+
+    def counting(x, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        evaluated.append(x.shape[0])
+        return real(x, *args, **kwargs)
+
+    model.head.get_outputs = counting  # type: ignore[method-assign]
+
+    def render(stop: float, group: int = 4) -> tuple[torch.Tensor, int]:
+        model.config = replace(model.config, sampler=replace(model.config.sampler, stop_transmittance=stop,
+                                                                   march_group=group))
+        evaluated.clear()
+        with torch.no_grad():
+            img = tr.render_frame(f, head_only=True, use_ema=False)
+        return img, sum(evaluated)
+
+    full, n_full = render(0.0)
+    for group in (1, 3, 4):
+        marched, _ = render(1e-30, group)
+        torch.testing.assert_close(marched, full, atol=1e-5, rtol=0)
+    with torch.no_grad():  # an opaque head: rays saturate within their first samples
+        model.head.sigma_net[-1].bias[0] += 10.0
+    full, n_full = render(0.0)
+    marched, n_marched = render(1e-4, group=2)
+    assert (full - marched).abs().max() < 1e-4
+    assert n_marched < 0.5 * n_full
+    with pytest.raises(ValueError, match="stop_transmittance"):
+        SamplerConfig(stop_transmittance=1.0)
+    with pytest.raises(ValueError, match="march_group"):
+        SamplerConfig(march_group=0)

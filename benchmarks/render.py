@@ -71,12 +71,13 @@ def features(audio: Path, n: int, fps: float = 25.0) -> np.ndarray:
     return frame_features(samples, n, fps, acfg).mel
 
 
-def frames_per_s(avatar: Avatar, feats: np.ndarray, size: int) -> float:
-    """Frames per second of one render of ``feats`` at ``size``, after the first (warm-up) frame."""
+def frames_per_s(avatar: Avatar, feats: np.ndarray, size: int, chunk: int = 1 << 15) -> float:
+    """Frames per second of one render of ``feats`` at ``size`` (``chunk`` rays per forward pass), after the first
+    (warm-up) frame."""
     cuda = avatar.device.type == "cuda"
     start = None
     k = 0
-    for k, _ in enumerate(avatar.render(feats, size=size), 1):
+    for k, _ in enumerate(avatar.render(feats, size=size, chunk=chunk), 1):
         if k == 1:
             if cuda:
                 torch.cuda.synchronize()

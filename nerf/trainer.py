@@ -88,6 +88,9 @@ class TrainerConfig:
     max_frames: int | None = None
     """Use only the first frames of the identity (before the held-out split); None for all."""
     seed: int = 0
+    """Seed of the initial weights and of every random draw of training (rays, frames, jitter): two trainers with
+    the same config and frames start from the same weights and draw the same batches, and on the CPU (same torch,
+    same thread count) train to the same weights bit for bit. On a GPU some kernels add in a varying order."""
 
     def __post_init__(self) -> None:
         share = self.face_fraction + (self.error_fraction if self.error_map else 0.0)
@@ -185,7 +188,9 @@ class Trainer:
         self.data = data
         self.store = FrameStore(data, self.device)
         self.latent_pairs = torch.from_numpy(data.train_pairs()).to(self.device)
-        self.model = RadNerf(config.model, data.n_frames, data.size, data.near, data.far).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the initial weights from the seed, the global RNG left as it was
+            torch.manual_seed(self.tc.seed)
+            self.model = RadNerf(config.model, data.n_frames, data.size, data.near, data.far).to(self.device)
         poses = torch.from_numpy(data.poses[: data.n_train, :3, :4].reshape(-1, 12))
         self.model.pose_mean.copy_(poses.mean(0))
         self.model.n_train.fill_(data.n_train)

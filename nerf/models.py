@@ -197,8 +197,8 @@ class RadNerf(nn.Module):
             dirs = None
             if self.head.config.view_degree:
                 dirs = F.normalize(directions[samples.ray], dim=-1).repeat_interleave(s, 0)
-            out = self.head.get_outputs(samples.points.reshape(-1, 3), *gather((audio_feat, cond.eye, cond.head_latent),
-                                                                               fr), dirs=dirs)
+            feat, eye, lat = gather((audio_feat, cond.eye, cond.head_latent), fr)
+            out = self.head.get_outputs(samples.points.reshape(-1, 3), feat, eye, lat, dirs=dirs)
             w, c, a = composite(out["sigma"].view(n_rays, s), out["rgb"].view(n_rays, s, 3), samples.delta)
             rgb = rgb.index_put((samples.ray,), c)
             acc = acc.index_put((samples.ray,), a)
@@ -234,8 +234,8 @@ class RadNerf(nn.Module):
             n_live, gk = pts.shape[:2]
             fr = frame[live].repeat_interleave(gk)
             dirs = None if dirs_all is None else dirs_all[live].repeat_interleave(gk, 0)
-            out = self.head.get_outputs(pts.reshape(-1, 3), *gather((audio_feat, cond.eye, cond.head_latent), fr),
-                                        dirs=dirs)
+            feat, eye, lat = gather((audio_feat, cond.eye, cond.head_latent), fr)
+            out = self.head.get_outputs(pts.reshape(-1, 3), feat, eye, lat, dirs=dirs)
             alpha = 1.0 - torch.exp(-out["sigma"].view(n_live, gk) * delta[live, k : k + g])
             through = torch.cumprod(1.0 - alpha + 1e-10, -1)  # light left after each sample of the group
             before = trans[live, None] * torch.cat([torch.ones_like(alpha[:, :1]), through[:, :-1]], -1)

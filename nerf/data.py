@@ -276,6 +276,7 @@ class FrameStore:
         self.audio = torch.from_numpy(data.audio).to(dev)
         self.eye = torch.from_numpy(data.eye).to(dev)
         self.face_rect = torch.from_numpy(data.face_rect).to(dev)
+        self._face_rect_host = torch.from_numpy(data.face_rect)  # ray sampling runs on the host (its generator)
         self.lips_rect = torch.from_numpy(data.lips_rect).to(dev)
         self.background = torch.from_numpy(data.background).to(dev).float() / 255.0  # [S, S, 3]
         self.n_train = data.n_train
@@ -288,7 +289,7 @@ class FrameStore:
         centres = torch.stack([(lips[:, 0] + lips[:, 2]) / 2, (lips[:, 1] + lips[:, 3]) / 2], -1)
         o, d = pixel_rays(self.poses[:n].float(), self.intrinsics[:n].float(), centres)
         o, d = o.double(), d.double()
-        proj = torch.eye(3, dtype=torch.float64) - d[:, :, None] * d[:, None, :]  # [n, 3, 3] off-ray projectors
+        proj = torch.eye(3, dtype=torch.float64, device=d.device) - d[:, :, None] * d[:, None, :]  # off-ray projectors
         a = proj.sum(0)
         b = torch.einsum("nij,nj->i", proj, o)
         return torch.linalg.solve(a, b).float()
@@ -333,7 +334,7 @@ class FrameStore:
         u = torch.rand(r, 2, generator=g)
         j = torch.arange(r) % per  # each ray's place in its frame's block
         face = j < int(round(per * face_fraction))
-        rect = self.face_rect.cpu()[fid].float()
+        rect = self._face_rect_host[fid].float()
         lo = torch.where(face[:, None], rect[:, :2], 0.0)
         hi = torch.where(face[:, None], rect[:, 2:], float(self.size))
         pix = (lo + u * (hi - lo)).long().clamp(0, self.size - 1)

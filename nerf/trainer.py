@@ -189,7 +189,7 @@ class Trainer:
         self.store = FrameStore(data, self.device)
         self.latent_pairs = torch.from_numpy(data.train_pairs()).to(self.device)
         with torch.random.fork_rng(devices=[]):  # the initial weights from the seed, the global RNG left as it was
-            torch.manual_seed(self.tc.seed)
+            torch.default_generator.manual_seed(self.tc.seed)  # (the model is built on the CPU, then moved)
             self.model = RadNerf(config.model, data.n_frames, data.size, data.near, data.far).to(self.device)
         poses = torch.from_numpy(data.poses[: data.n_train, :3, :4].reshape(-1, 12))
         self.model.pose_mean.copy_(poses.mean(0))
@@ -328,8 +328,9 @@ class Trainer:
         self.ema.update(self.model)
         self.stage_step += 1
         self.global_step += 1
+        values = torch.stack([v.detach() for v in (loss, *losses.values())]).tolist()  # one copy to the host
         return StepResult(stage=stage, step=self.stage_step, global_step=self.global_step,
-                          losses={k: float(v.detach()) for k, v in losses.items()}, loss=float(loss.detach()),
+                          losses=dict(zip(losses, values[1:], strict=True)), loss=values[0],
                           lr=float(self.optimizer.param_groups[0]["lr"]), samples=samples,
                           seconds=time.perf_counter() - t0)
 

@@ -1,0 +1,80 @@
+"""The CUDA code paths, on a machine without a GPU: training, evaluation, resuming and rendering with
+``device="cuda"`` under :class:`tests.nerf.fake_cuda.FakeCuda` (a mock device: see its docstring), which reports
+what a real GPU would refuse. The kernels themselves are tested on a GPU by tests/nerf/test_encoders.py and
+benchmarks/gpu.py."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.train import load_identity, lpips_module
+from nerf.avatar import Avatar, evaluate
+from nerf.presets import preset
+from nerf.trainer import Trainer
+from tests.conftest import ROOT
+from tests.conftest import SMALL_IDENTITY as IDENTITY
+from tests.nerf.fake_cuda import FakeCuda
+
+
+def fake() -> FakeCuda:
+    return FakeCuda(str(ROOT) + "/")
+
+
+def test_the_mock_catches_what_a_gpu_refuses():
+    """A control: each kind of mistake it is there to catch is reported, and correct code is not."""
+    with fake() as f:
+        d = torch.ones(4, 3, device="cuda")
+        assert d.device.type == "cuda" and d.is_cuda and not torch.ones(2).is_cuda
+        ok = torch.eye(3, device=d.device) - d[:, :, None] * d[:, None, :]
+        ok = ok + torch.tensor(2.0)  # a CPU scalar is allowed
+        rows = torch.tensor([0, 2]).to(d.device)
+        _ = d[rows], d[torch.tensor([1])], d.cpu().numpy(), d.cpu()[torch.tensor([0])]
+        torch.rand(3, generator=torch.Generator()).to(d.device)
+        assert f.problems == []
+        _ = torch.eye(3) - d[:, :, None] * d[:, None, :]
+        _ = torch.zeros(4)[rows]
+        _ = d.numpy()
+        torch.rand(3, generator=torch.Generator(), device="cuda")
+    kinds = [p.splitlines()[0] for p in f.problems]
+    assert len(kinds) == 4, f.problems
+    assert "mixes devices" in kinds[0] and "cuda index into a cpu tensor" in kinds[1]
+    assert "numpy() of a cuda tensor" in kinds[2] and "CPU generator" in kinds[3]
+    assert "tests/nerf/test_cuda_paths.py" in f.problems[0]  # names the line
+
+
+@pytest.mark.parametrize("backbone", ["grid", "frequency"])
+def test_training_evaluation_and_rendering_keep_to_one_device(small_dataset, tmp_path, backbone):
+    frames = load_identity(str(small_dataset), IDENTITY, 64)
+    cfg = preset("debug")
+    m = cfg.model
+    m = replace(m, pose_refine=True, losses=replace(m.losses, latent_smooth=0.1, pose_smooth=0.1, grid_tv=0.01),
+                head=replace(m.head, audio_gate=0.05, backbone=backbone), grid=replace(m.grid, cells_per_update=1000))
+    cfg = replace(cfg, model=m, trainer=replace(cfg.trainer, error_map=8, error_fraction=0.25))
+    lpips = lpips_module()
+    with fake() as f:
+        trainer = Trainer(cfg, frames, device="cuda", lips_loss=lpips)
+        assert next(trainer.model.parameters()).device.type == "cuda"
+        f.track_grads(trainer.model)
+        while (r := trainer.step()) is not None:
+            if r.global_step == 3:
+                trainer.save_checkpoint(tmp_path / "mid.pt")
+        held_out = int(frames.val_ids[0])
+        trainer.render_frame(held_out)
+        trainer.render_frame(1, novel=True, audio_from=2)
+        trainer.render_frame(held_out, head_only=True)
+        evaluate(trainer, frames=frames.val_ids[:1], lpips=lpips, align_poses=True)
+        trainer.save_checkpoint(tmp_path / "end.pt")
+        resumed = Trainer(cfg, frames, device="cuda", lips_loss=lpips)
+        resumed.load_checkpoint(tmp_path / "mid.pt")
+        f.track_grads(resumed.model)
+        for _ in range(3):
+            resumed.step()
+        avatar = Avatar.from_checkpoint(tmp_path / "end.pt", "cuda")
+        out = list(avatar.render(frames.audio[:2], size=48))
+        out += list(avatar.render(frames.audio[:1], poses=frames.poses[:1], eye=frames.eye[:1]))
+    assert f.problems == [], "\n".join(f.problems)
+    assert len(out) == 3 and out[0].shape == (48, 48, 3) and out[0].dtype == np.uint8

@@ -10,8 +10,8 @@ refuse:
 * ``.numpy()`` of a CUDA tensor;
 * a CPU ``torch.Generator`` drawing a CUDA tensor.
 
-It is a heuristic (it sees torch calls, not the autograd engine's own kernels: :func:`FakeCuda.track_grads` tags
-the gradients of parameters), so it can miss a mismatch, but what it reports is one.
+It is a heuristic (it sees torch calls, not the autograd engine's own kernels; a gradient read through ``.grad``
+gets its tensor's device), so it can miss a mismatch, but what it reports is one.
 """
 
 from __future__ import annotations
@@ -80,11 +80,6 @@ class FakeCuda(TorchFunctionMode):
             if ptr:
                 self.tags[ptr] = device
 
-    def track_grads(self, module: torch.nn.Module) -> None:
-        """Tag parameters' gradients with their parameter's device (the autograd engine makes them unseen)."""
-        for p in module.parameters():
-            p.register_post_accumulate_grad_hook(lambda p: self.set_tag(p.grad, self.tag(p) or "cpu"))
-
     def _problem(self, what: str) -> None:
         lines = [f"{f.filename.removeprefix(self.root)}:{f.lineno} {f.line}" for f in traceback.extract_stack()[:-2]
                  if f.filename.startswith(self.root) and "/.venv/" not in f.filename
@@ -125,6 +120,8 @@ class FakeCuda(TorchFunctionMode):
                 return CUDA
             if this is not None and prop == "is_cuda":
                 return self.tag(this) == "cuda"
+            if this is not None and prop == "grad" and isinstance(out, torch.Tensor):
+                self.set_tag(out, self.tag(this) or "cpu")  # made by the autograd engine, unseen: the tensor's
             return out
         if name in ("numpy", "__array__") and this is not None and self.tag(this) == "cuda":
             self._problem(f"{name}() of a cuda tensor (needs .cpu() first)")

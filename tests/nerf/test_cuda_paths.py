@@ -58,7 +58,6 @@ def test_training_evaluation_and_rendering_keep_to_one_device(small_dataset, tmp
     with fake() as f:
         trainer = Trainer(cfg, frames, device="cuda", lips_loss=lpips)
         assert next(trainer.model.parameters()).device.type == "cuda"
-        f.track_grads(trainer.model)
         while (r := trainer.step()) is not None:
             if r.global_step == 3:
                 trainer.save_checkpoint(tmp_path / "mid.pt")
@@ -70,7 +69,6 @@ def test_training_evaluation_and_rendering_keep_to_one_device(small_dataset, tmp
         trainer.save_checkpoint(tmp_path / "end.pt")
         resumed = Trainer(cfg, frames, device="cuda", lips_loss=lpips)
         resumed.load_checkpoint(tmp_path / "mid.pt")
-        f.track_grads(resumed.model)
         for _ in range(3):
             resumed.step()
         avatar = Avatar.from_checkpoint(tmp_path / "end.pt", "cuda")
@@ -78,3 +76,19 @@ def test_training_evaluation_and_rendering_keep_to_one_device(small_dataset, tmp
         out += list(avatar.render(frames.audio[:1], poses=frames.poses[:1], eye=frames.eye[:1]))
     assert f.problems == [], "\n".join(f.problems)
     assert len(out) == 3 and out[0].shape == (48, 48, 3) and out[0].dtype == np.uint8
+
+
+def test_the_train_evaluate_and_render_jobs_keep_to_one_device(small_dataset, tmp_path):
+    """``parley train`` / ``evaluate`` / ``render`` with ``--device cuda``: the jobs around the trainer (logging,
+    LMD landmarks and the side-by-side video of evaluation, audio features and the mp4 of rendering)."""
+    from jobs.train import TrainJob, evaluate_checkpoint, render_audio, train_identity
+    from tests.conftest import SHARED
+
+    with fake() as f:
+        res = train_identity(TrainJob(dataset=str(small_dataset), identity=IDENTITY, output=tmp_path / "run",
+                                      preset="debug", device="cuda"))
+        evaluate_checkpoint(res["checkpoint"], str(small_dataset), tmp_path / "eval", device="cuda")
+        video = render_audio(res["checkpoint"], SHARED / "data" / "audio" / "RD_Radio31_000.wav",
+                             tmp_path / "out.mp4", size=32, device="cuda")
+    assert f.problems == [], "\n".join(f.problems)
+    assert np.isfinite(res["metrics"]["psnr"]) and video["frames"] == 200

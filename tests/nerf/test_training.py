@@ -9,12 +9,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from jobs.train import load_identity, lpips_module
 from nerf.data import DataError, ErrorMap, FrameStore, IdentityFrames
 from nerf.metrics import psnr
 from nerf.presets import PRESETS, preset
-from nerf.rendering import OccupancyGrid, OccupancyGridConfig, SamplerConfig, sample_rays
+from nerf.rendering import OccupancyGrid, OccupancyGridConfig, SamplerConfig, box_intersection, sample_rays
 from nerf.trainer import CheckpointError, ExperimentConfig, Trainer, config_from_json, config_to_json
 from tests.conftest import ROOT, SHARED
 from tests.conftest import SMALL_IDENTITY as IDENTITY
@@ -249,6 +250,33 @@ def test_occupancy_grid_prunes_empty_space_and_keeps_the_head(frames64):
     on_head = grid.occupied(s.points.reshape(-1, 3))
     # samples sit in occupied cells (a few spill into neighbours: candidate steps are ~cell-sized)
     assert on_head.float().mean() > 0.85
+
+
+def test_occupied_along_rays_is_the_pointwise_test():
+    """The stepped test of :func:`sample_rays` (grid units, int32) finds the same cells as :meth:`occupied` on the
+    points themselves, for rays in every direction through a random grid, save points within float rounding of a
+    cell border."""
+    gen = torch.Generator().manual_seed(3)
+    grid = OccupancyGrid(OccupancyGridConfig(resolution=32), bound=0.2)
+    grid.mask.copy_(torch.rand(grid.mask.shape, generator=gen) < 0.3)
+    o = torch.randn(2000, 3, generator=gen)
+    o = o / o.norm(dim=-1, keepdim=True) * 0.6  # outside the box
+    d = F.normalize(torch.randn(2000, 3, generator=gen) * 0.1 - o, dim=-1)  # towards it, some past it
+    t_in, t_out = box_intersection(o, d, grid.bound)
+    hit = t_out > t_in
+    o, d, t_in, t_out = o[hit], d[hit], t_in[hit], t_out[hit]
+    assert o.shape[0] > 1000
+    m = 64
+    step = (t_out - t_in) / m
+    along = grid.occupied_along(o, d, t_in + 0.5 * step, step, m)
+    t = t_in[:, None] + (torch.arange(m) + 0.5) * step[:, None]
+    x = (o[:, None] + d[:, None] * t[..., None]).reshape(-1, 3)
+    pointwise = grid.occupied(x).view(-1, m)
+    u = (x / grid.bound + 1) * 0.5 * grid.config.resolution
+    clear = ((u - u.round()).abs() > 1e-4).all(-1).view(-1, m)  # not on a cell border
+    assert clear.float().mean() > 0.99
+    assert torch.equal(along[clear], pointwise[clear])
+    assert 0.2 < along.float().mean() < 0.4  # both occupied and free cells were crossed
 
 
 def test_bad_dataset_inputs(small_dataset, tmp_path):

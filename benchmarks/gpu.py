@@ -17,7 +17,8 @@ still run, and ``<out>/gpu.json`` is rewritten after each part:
 * ``render``: frames/s of :meth:`nerf.avatar.Avatar.render` at each ``--sizes`` from the bundled checkpoint and
   audio features, as :mod:`benchmarks.render` counts them (median of ``--runs`` runs of ``--frames`` frames, the
   first frame warm-up, each frame copied back to host memory as uint8), first with the checkpoint's sampler
-  settings, then for every ``march_group`` of ``--groups`` (early ray termination at 1e-4), evaluating every
+  settings and the device's rays per chunk (:func:`nerf.trainer.default_chunk`: the whole frame on CUDA), then
+  for every ``march_group`` of ``--groups`` (early ray termination at 1e-4), evaluating every
   sample (``stop_transmittance=0``), and rays per chunk 32768 or the whole frame. Also the largest difference of
   a GPU frame from the CPU's, and a profile of the default 512 px render (``render_profile.txt``).
 * ``train``: seconds per head and torso step and head samples/s of the ``cpu`` preset (256 px) and the ``paper``
@@ -155,8 +156,9 @@ def kernels_part(bundle: Path, device: torch.device) -> dict[str, Any]:
     return res
 
 
-def fps(avatar: Any, feats: np.ndarray, size: int, runs: int, chunk: int = 1 << 15) -> tuple[float, list[float]]:
-    """Median frames/s over ``runs`` renders of ``feats`` (the first frame of each is warm-up)."""
+def fps(avatar: Any, feats: np.ndarray, size: int, runs: int, chunk: int | None = None) -> tuple[float, list[float]]:
+    """Median frames/s over ``runs`` renders of ``feats`` (the first frame of each is warm-up; ``chunk`` rays per
+    forward pass, default: the device's)."""
     from benchmarks.render import frames_per_s
 
     r = [frames_per_s(avatar, feats, size, chunk) for _ in range(runs)]
@@ -166,6 +168,7 @@ def fps(avatar: Any, feats: np.ndarray, size: int, runs: int, chunk: int = 1 << 
 def render_part(bundle: Path, device: torch.device, sizes: list[int], frames: int, runs: int,
                 groups: list[int], out: Path) -> dict[str, Any]:
     from nerf.avatar import Avatar
+    from nerf.trainer import default_chunk as nerf_default_chunk
 
     feats = np.load(bundle / FEATURES)[:frames]
     ckpt = bundle / "checkpoint.pt"
@@ -182,20 +185,29 @@ def render_part(bundle: Path, device: torch.device, sizes: list[int], frames: in
                          "mean_abs_diff": float(np.abs(ref - got).mean())}
         print(f"{size} px frame on {device.type} vs cpu: max |diff| {res['vs_cpu']['max_abs_diff']}/255, "
               f"mean {res['vs_cpu']['mean_abs_diff']:.3f}", flush=True)
+    default_chunk = nerf_default_chunk(device)
+    res["default_chunk"] = default_chunk
     for size in sizes:
         med, r = fps(avatar, feats, size, runs)
         res["default"][str(size)] = med
         print(f"{size} px, the checkpoint's sampler (march_group {base.sampler.march_group}, stop "
-              f"{base.sampler.stop_transmittance:g}): {med:.1f} frames/s (runs {', '.join(f'{x:.1f}' for x in r)})",
-              flush=True)
+              f"{base.sampler.stop_transmittance:g}), {default_chunk} rays per chunk: {med:.1f} frames/s (runs "
+              f"{', '.join(f'{x:.1f}' for x in r)})", flush=True)
     settings = [(g, base.sampler.stop_transmittance or 1e-4) for g in groups] + [(1, 0.0)]
     for size in sizes:
         for g, stop in settings:
             for chunk in sorted({1 << 15, size * size}):
+                row = {"size": size, "march_group": g, "stop_transmittance": stop, "chunk": chunk}
+                same = (g == base.sampler.march_group and stop == base.sampler.stop_transmittance
+                        and min(chunk, size * size) == min(default_chunk, size * size))
+                if same:  # the default setting, measured above
+                    row.update(fps=res["default"][str(size)], default=True)
+                    res["sweep"].append(row)
+                    continue
                 avatar.model.config = dataclasses.replace(
                     base, sampler=dataclasses.replace(base.sampler, march_group=g, stop_transmittance=stop))
                 med, r = fps(avatar, feats, size, runs, chunk)
-                row = {"size": size, "march_group": g, "stop_transmittance": stop, "chunk": chunk, "fps": med}
+                row["fps"] = med
                 res["sweep"].append(row)
                 print(f"  {size} px group {g:2d} stop {stop:g} chunk {chunk:6d}: {med:.1f} frames/s", flush=True)
     avatar.model.config = base

@@ -71,9 +71,9 @@ def features(audio: Path, n: int, fps: float = 25.0) -> np.ndarray:
     return frame_features(samples, n, fps, acfg).mel
 
 
-def frames_per_s(avatar: Avatar, feats: np.ndarray, size: int, chunk: int = 1 << 15) -> float:
-    """Frames per second of one render of ``feats`` at ``size`` (``chunk`` rays per forward pass), after the first
-    (warm-up) frame."""
+def frames_per_s(avatar: Avatar, feats: np.ndarray, size: int, chunk: int | None = None) -> float:
+    """Frames per second of one render of ``feats`` at ``size`` (``chunk`` rays per forward pass, default: the
+    device's, :func:`nerf.trainer.default_chunk`), after the first (warm-up) frame."""
     cuda = avatar.device.type == "cuda"
     start = None
     k = 0

@@ -157,7 +157,7 @@ class Avatar:
 
     @torch.no_grad()
     def render(self, audio: np.ndarray, size: int | None = None, poses: np.ndarray | None = None,
-               eye: np.ndarray | None = None, chunk: int = 1 << 15) -> Iterator[np.ndarray]:
+               eye: np.ndarray | None = None, chunk: int | None = None) -> Iterator[np.ndarray]:
         """Render one frame per audio window.
 
         Args:
@@ -166,7 +166,7 @@ class Avatar:
             poses: [T, 4, 4] camera-to-world per frame (default: :meth:`driving_track`, each frame then with the
                 appearance latent of the training frame its pose comes from; given poses: the mean latent).
             eye: [T] eye openness per frame (default: :meth:`driving_track`).
-            chunk: rays per forward pass.
+            chunk: rays per forward pass (default: :func:`nerf.trainer.default_chunk` of the device).
 
         Yields:
             uint8 [size, size, 3] RGB frames.

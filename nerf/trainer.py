@@ -364,14 +364,14 @@ class Trainer:
 
     # evaluation ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def render_frame(self, frame: int, chunk: int = 1 << 15, use_ema: bool = True,
+    def render_frame(self, frame: int, chunk: int | None = None, use_ema: bool = True,
                      novel: bool | None = None, head_only: bool = False, audio_from: int | None = None,
                      pose_delta: Tensor | None = None, nearest: int = NEAREST_LATENTS) -> Tensor:
         """Render one dataset frame under its own pose, audio and eye.
 
         Args:
             frame: frame id.
-            chunk: rays per forward pass.
+            chunk: rays per forward pass (default: :func:`default_chunk` of the device).
             use_ema: render with the averaged weights.
             novel: render without the frame's own latent (default: for held-out frames, which have none). A
                 held-out frame takes the latents of the training frames nearest it in time
@@ -545,11 +545,33 @@ def render_kit(d: IdentityFrames) -> dict[str, Any]:
     }
 
 
+CPU_CHUNK = 1 << 15
+"""Rays per forward pass when rendering on the CPU: on 2 cores, 512 px frames of a 30-min RD_Radio2_000 checkpoint
+took 4.2 s with 4096 rays per chunk, 3.5 s with 16384, 2.9 s with 32768 and 3.3 s with 65536 (scratch timing,
+one run each)."""
+CUDA_CHUNK = 1 << 18
+"""Rays per forward pass when rendering on a GPU: a whole 512 px frame. A frame is rendered as chunks x marching
+rounds x the field's kernels (8 x 8 x ~40 launches at 512 px with :data:`CPU_CHUNK`), so small chunks make a GPU
+frame launch-bound. The working set is about 2.6 KB per ray: a 512 px frame in one chunk raised the CPU's peak
+memory by 678 MB, in chunks of 32768 by 143 MB. Not measured on a GPU yet: ``benchmarks/gpu.py``'s render sweep
+compares 32768 rays with the whole frame."""
+
+
+def default_chunk(device: torch.device | str) -> int:
+    """Rays per forward pass for rendering on ``device``: :data:`CUDA_CHUNK` on CUDA, :data:`CPU_CHUNK` elsewhere."""
+    return CUDA_CHUNK if torch.device(device).type == "cuda" else CPU_CHUNK
+
+
 @torch.no_grad()
 def render_image(model: RadNerf, origins: Tensor, directions: Tensor, pixels: Tensor, cond: FrameConditions,
-                 background: Tensor, with_torso: bool, size: int, chunk: int = 1 << 15) -> Tensor:
-    """Render every ray of one frame (``cond`` has one row) in chunks: [S, S, 3] in [0, 1], with the model's
-    current weights (a caller wanting the EMA weights applies them around it, see :meth:`Ema.applied`)."""
+                 background: Tensor, with_torso: bool, size: int, chunk: int | None = None) -> Tensor:
+    """Render every ray of one frame (``cond`` has one row) in chunks of ``chunk`` rays (default:
+    :func:`default_chunk` of the rays' device): [S, S, 3] in [0, 1], with the model's current weights (a caller
+    wanting the EMA weights applies them around it, see :meth:`Ema.applied`)."""
+    if chunk is None:
+        chunk = default_chunk(origins.device)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 rays, got {chunk}")
     with evaluating(model):
         parts = []
         for i in range(0, origins.shape[0], chunk):

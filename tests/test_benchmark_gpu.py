@@ -45,7 +45,7 @@ def bundle(small_dataset, tmp_path_factory):
 def test_every_part_runs_and_reports(bundle, tmp_path):
     out = tmp_path / "out"
     p = gpu_py("run", "--bundle", str(bundle), "--out", str(out), "--device", "cpu", "--sizes", "32,48",
-               "--frames", "3", "--runs", "1", "--groups", "1,4", "--pace-steps", "7", "--presets", "debug",
+               "--frames", "3", "--runs", "1", "--groups", "1,2,4", "--pace-steps", "7", "--presets", "debug",
                "--preset", "debug", "--train-budget", "2")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads((out / "gpu.json").read_text())
@@ -54,8 +54,14 @@ def test_every_part_runs_and_reports(bundle, tmp_path):
     # the sweep: each march group with early termination and the full pass, at each chunk size
     rows = res["render"]["sweep"]
     assert {(r["size"], r["march_group"], r["stop_transmittance"], r["chunk"]) for r in rows} == {
-        (s, g, stop, c) for s in (32, 48) for g, stop in ((1, 1e-4), (4, 1e-4), (1, 0.0)) for c in (s * s, 1 << 15)}
+        (s, g, stop, c) for s in (32, 48) for g, stop in ((1, 1e-4), (2, 1e-4), (4, 1e-4), (1, 0.0))
+        for c in (s * s, 1 << 15)}
     assert all(r["fps"] > 0 for r in rows) and res["render"]["default"]["48"] > 0
+    # the checkpoint's own setting (group 2; both chunks hold these whole frames) is not measured twice
+    same = [r for r in rows if r.get("default")]
+    assert {(r["size"], r["march_group"]) for r in same} == {(32, 2), (48, 2)} and len(same) == 4
+    assert all(r["fps"] == res["render"]["default"][str(r["size"])] for r in same)
+    assert res["render"]["default_chunk"] == 1 << 15
     assert res["render"]["best_48"]["fps"] == max(r["fps"] for r in rows if r["size"] == 48)
     assert res["render"]["sampler"]["march_group"] == 2  # the checkpoint's own settings, restored after the sweep
     assert (out / "render_profile.txt").read_text().startswith("cpu, 48 px")

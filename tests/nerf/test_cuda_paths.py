@@ -13,11 +13,13 @@ import torch
 
 from jobs.train import load_identity, lpips_module
 from nerf.avatar import Avatar, evaluate
+from nerf.models import RadNerf
 from nerf.presets import preset
-from nerf.trainer import Trainer
+from nerf.trainer import Trainer, default_chunk
 from tests.conftest import ROOT
 from tests.conftest import SMALL_IDENTITY as IDENTITY
 from tests.nerf.fake_cuda import FakeCuda
+from tests.nerf.helpers import with_steps
 
 
 def fake() -> FakeCuda:
@@ -92,3 +94,32 @@ def test_the_train_evaluate_and_render_jobs_keep_to_one_device(small_dataset, tm
                              tmp_path / "out.mp4", size=32, device="cuda")
     assert f.problems == [], "\n".join(f.problems)
     assert np.isfinite(res["metrics"]["psnr"]) and video["frames"] == 200
+
+
+def test_rendering_takes_the_device_s_rays_per_chunk(small_dataset, tmp_path, monkeypatch):
+    """A frame is rendered in chunks of 32768 rays on the CPU and, by default, in one forward pass of up to 2^18
+    rays on a GPU (the mock device here); an explicit chunk wins, and a chunk under one ray is an error."""
+    frames = load_identity(str(small_dataset), IDENTITY, 64)
+    Trainer(with_steps(preset("debug"), 1, 0, 1), frames).save_checkpoint(tmp_path / "ckpt.pt")
+    rays: list[int] = []
+    get_outputs = RadNerf.get_outputs
+
+    def spy(self, origins, *args, **kwargs):
+        rays.append(int(origins.shape[0]))
+        return get_outputs(self, origins, *args, **kwargs)
+
+    monkeypatch.setattr(RadNerf, "get_outputs", spy)
+    avatar = Avatar.from_checkpoint(tmp_path / "ckpt.pt")
+    next(avatar.render(frames.audio[:1], size=200))
+    assert rays == [32768, 200 * 200 - 32768]
+    rays.clear()
+    next(avatar.render(frames.audio[:1], size=200, chunk=15000))
+    assert rays == [15000, 15000, 10000]
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        next(avatar.render(frames.audio[:1], size=32, chunk=0))
+    rays.clear()
+    with fake() as f:
+        next(Avatar.from_checkpoint(tmp_path / "ckpt.pt", "cuda").render(frames.audio[:1], size=200))
+    assert f.problems == [], "\n".join(f.problems)
+    assert rays == [200 * 200]
+    assert default_chunk("cuda") == 1 << 18 and default_chunk(torch.device("cpu")) == 1 << 15

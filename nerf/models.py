@@ -227,25 +227,31 @@ class RadNerf(nn.Module):
         frame = ray_frame[rows]
         dirs_all = F.normalize(directions[rows], dim=-1) if self.head.config.view_degree else None
         live = torch.arange(n_rays, device=dev)
+        one_frame = audio_feat.shape[0] == 1  # a rendered frame: its conditions broadcast, no per-sample gather
         for k in range(0, s, g):
             if not live.numel():
                 break
             pts = samples.points[live, k : k + g]  # [L, G, 3]
             n_live, gk = pts.shape[:2]
-            fr = frame[live].repeat_interleave(gk)
+            n_pts = n_live * gk
+            if one_frame:
+                feat, eye = audio_feat.expand(n_pts, -1), cond.eye.expand(n_pts)
+                lat = cond.head_latent.expand(n_pts, -1)
+            else:
+                feat, eye, lat = gather((audio_feat, cond.eye, cond.head_latent), frame[live].repeat_interleave(gk))
             dirs = None if dirs_all is None else dirs_all[live].repeat_interleave(gk, 0)
-            feat, eye, lat = gather((audio_feat, cond.eye, cond.head_latent), fr)
             out = self.head.get_outputs(pts.reshape(-1, 3), feat, eye, lat, dirs=dirs)
             alpha = 1.0 - torch.exp(-out["sigma"].view(n_live, gk) * delta[live, k : k + g])
             through = torch.cumprod(1.0 - alpha + 1e-10, -1)  # light left after each sample of the group
-            before = trans[live, None] * torch.cat([torch.ones_like(alpha[:, :1]), through[:, :-1]], -1)
-            w = alpha * before
-            rgb[live] += (w[..., None] * out["rgb"].view(n_live, gk, 3)).sum(1)
-            acc[live] += w.sum(1)
+            t_live = trans[live]
+            w = alpha * t_live[:, None] * torch.cat([torch.ones_like(alpha[:, :1]), through[:, :-1]], -1)
+            rgb.index_add_(0, live, (w[..., None] * out["rgb"].view(n_live, gk, 3)).sum(1))
+            acc.index_add_(0, live, w.sum(1))
             if "audio_coord" in out:
-                ambient[live] += (w * out["audio_coord"].abs().sum(-1).view(n_live, gk)).sum(-1)
-            trans[live] = trans[live] * through[:, -1]
-            live = live[trans[live] >= stop]
+                ambient.index_add_(0, live, (w * out["audio_coord"].abs().sum(-1).view(n_live, gk)).sum(-1))
+            t_live = t_live * through[:, -1]
+            trans[live] = t_live
+            live = live[t_live >= stop]
         return rgb, acc, ambient
 
     def render_torso(self, pixels: Tensor, ray_frame: Tensor, cond: FrameConditions) -> dict[str, Tensor]:

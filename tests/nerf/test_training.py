@@ -921,6 +921,19 @@ def test_early_ray_termination_renders_what_every_sample_renders(frames64):
     for group in (1, 3, 4):
         marched, _ = render(1e-30, group)
         torch.testing.assert_close(marched, full, atol=1e-5, rtol=0)
+    # rays of two frames in one call (the march gathers each ray's conditions; a single frame broadcasts its own)
+    store, fids = tr.store, torch.tensor([f, 1])
+    cond = model.train_conditions(fids, store.audio[fids], store.eye[fids], store.poses[fids])
+    r0, r1 = store.frame_rays(f, head_only=True), store.frame_rays(1, head_only=True)
+    o, d = torch.cat([r0.origins, r1.origins]), torch.cat([r0.directions, r1.directions])
+    ray_frame = torch.arange(2).repeat_interleave(r0.origins.shape[0])
+    pair = {}
+    for stop in (0.0, 1e-30):
+        model.config = replace(model.config, sampler=replace(model.config.sampler, stop_transmittance=stop))
+        with torch.no_grad():
+            pair[stop] = model.render_head(o, d, ray_frame, cond)["rgb"]
+    torch.testing.assert_close(pair[1e-30], pair[0.0], atol=1e-5, rtol=0)
+    assert (pair[0.0][: r0.origins.shape[0]] - pair[0.0][r0.origins.shape[0]:]).abs().max() > 1e-3  # two frames
     with torch.no_grad():  # an opaque head: rays saturate within their first samples
         model.head.sigma_net[-1].bias[0] += 10.0
     full, n_full = render(0.0)

@@ -230,6 +230,9 @@ class RayBatch:
     """[R, 2] pixel coordinates (x, y) of the ray, centres at +0.5."""
     label: Tensor
     """uint8 [R] parsing label of the ray's pixel (:data:`pipelines.schema.HEAD` etc.)."""
+    frame_host: Tensor | None = None
+    """int64 [R] ``frame`` in host memory, where the sampler drew the frames there (None otherwise): grouping the rays
+    by frame then needs no wait for the device on a GPU."""
 
 
 def mouth_rect(lips: Tensor) -> Tensor:
@@ -278,6 +281,7 @@ class FrameStore:
         self.face_rect = torch.from_numpy(data.face_rect).to(dev)
         self._face_rect_host = torch.from_numpy(data.face_rect)  # ray sampling runs on the host (its generator)
         self.lips_rect = torch.from_numpy(data.lips_rect).to(dev)
+        self._lips_rect_host = torch.from_numpy(data.lips_rect)  # the lips patch is placed on the host
         self.background = torch.from_numpy(data.background).to(dev).float() / 255.0  # [S, S, 3]
         self.n_train = data.n_train
 
@@ -294,7 +298,7 @@ class FrameStore:
         b = torch.einsum("nij,nj->i", proj, o)
         return torch.linalg.solve(a, b).float()
 
-    def rays(self, frames: Tensor, pixels: Tensor, head_only: bool) -> RayBatch:
+    def rays(self, frames: Tensor, pixels: Tensor, head_only: bool, frames_host: Tensor | None = None) -> RayBatch:
         """A batch for given frames and integer pixel positions.
 
         Args:
@@ -302,6 +306,7 @@ class FrameStore:
             pixels: int64 [R, 2] (x, y).
             head_only: the target behind the head is the ground truth's torso and neck (head stage) instead of
                 the background.
+            frames_host: ``frames`` in host memory, if the caller has them (:attr:`RayBatch.frame_host`).
         """
         x, y = pixels[:, 0], pixels[:, 1]
         rgb = self.images[frames, y, x].float() / 255.0
@@ -318,7 +323,7 @@ class FrameStore:
         mouth = (centres[:, 0] >= mr[:, 0]) & (centres[:, 0] < mr[:, 2]) & (centres[:, 1] >= mr[:, 1]) & \
             (centres[:, 1] < mr[:, 3])
         return RayBatch(frame=frames, origins=o, directions=d, rgb=rgb, background=bg, face=face, mouth=mouth,
-                        pixels=centres, label=lab)
+                        pixels=centres, label=lab, frame_host=frames_host)
 
     def sample(self, n_rays: int, n_frames: int, generator: torch.Generator, head_only: bool,
                face_fraction: float = 0.5, error_map: ErrorMap | None = None, error_fraction: float = 0.0
@@ -341,7 +346,7 @@ class FrameStore:
         n_err = int(round(per * error_fraction)) if error_map is not None else 0
         if error_map is not None and n_err > 0:
             pix[j >= per - n_err] = error_map.sample(frames, n_err, g)  # the last n_err rays of each block
-        return self.rays(fid.to(self.device), pix.to(self.device), head_only)
+        return self.rays(fid.to(self.device), pix.to(self.device), head_only, frames_host=fid)
 
     def frame_rays(self, frame: int, head_only: bool = False) -> RayBatch:
         """Every pixel of one frame, row by row."""
@@ -361,7 +366,7 @@ class FrameStore:
         """
         g = generator
         f = int(torch.randint(0, self.n_train, (1,), generator=g))
-        x0, y0, x1, y1 = (float(v) for v in self.lips_rect[f].tolist())
+        x0, y0, x1, y1 = (float(v) for v in self._lips_rect_host[f].tolist())
         side = max(x1 - x0, y1 - y0, 8.0) * (1.0 + 0.2 * float(torch.rand(1, generator=g)))
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         t = (torch.arange(patch, dtype=torch.float32) + 0.5) / patch - 0.5
@@ -377,7 +382,7 @@ class FrameStore:
         label = torch.full((pix.shape[0],), HEAD, dtype=torch.uint8, device=self.device)
         rays = RayBatch(frame=fid, origins=o, directions=d, rgb=target.reshape(-1, 3),
                         background=bg_grid[0].permute(1, 2, 0).reshape(-1, 3), face=face, mouth=face, pixels=pix,
-                        label=label)
+                        label=label, frame_host=torch.full((pix.shape[0],), f, dtype=torch.long))
         return rays, target
 
 

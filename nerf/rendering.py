@@ -138,7 +138,7 @@ class OccupancyGrid(nn.Module):
             sig = density_fn(x[s : s + chunk]).float()
             idx = cells[s : s + chunk]
             flat[idx] = torch.maximum(flat[idx], sig)
-        thr = min(self.sigma_threshold(), float(flat.mean()))
+        thr = flat.mean().clamp(max=self.sigma_threshold())  # a tensor: on a GPU the update never waits for it
         self.mask.copy_(self.density > thr)
         self.updates += 1
 
@@ -190,13 +190,13 @@ def sample_rays(origins: Tensor, directions: Tensor, near: float, far: float, gr
     t_in, t_out = box_intersection(origins, directions, grid.bound)
     t_in = t_in.clamp(min=near)
     t_out = t_out.clamp(max=far)
-    hit = torch.nonzero(t_out > t_in).squeeze(-1)
-    o, d, t_in, t_out = origins[hit], directions[hit], t_in[hit], t_out[hit]
     m, s = config.candidates, config.samples_per_ray
-    step = (t_out - t_in) / m  # [R']
-    occ = grid.occupied_along(o, d, t_in + 0.5 * step, step, m)  # [R', M] at the steps' midpoints
-    keep = torch.nonzero(occ.any(-1)).squeeze(-1)
-    hit, o, d, t_in, step, occ = hit[keep], o[keep], d[keep], t_in[keep], step[keep], occ[keep]
+    step = (t_out - t_in).clamp(min=0.0) / m  # [R]
+    # every ray is tested and those that miss the box are masked out, so that the rays are compacted once (one wait
+    # for the device on a GPU, not two): rays at these crops nearly all cross the box
+    occ = grid.occupied_along(origins, directions, t_in + 0.5 * step, step, m) & (t_out > t_in)[:, None]  # [R, M]
+    hit = torch.nonzero(occ.any(-1)).squeeze(-1)
+    o, d, t_in, step, occ = origins[hit], directions[hit], t_in[hit], step[hit], occ[hit]
     cum = occ.float().cumsum(-1)  # [R', M]
     total = cum[:, -1:]  # occupied steps
     if generator is None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nerf.data import NEAREST_LATENTS, ErrorMap, FrameStore, IdentityFrames
+from nerf.data import NEAREST_LATENTS, ErrorMap, FrameStore, IdentityFrames, RayBatch
 from nerf.models import STAGES, FrameConditions, RadNerf, RadNerfConfig, Stage
 from pipelines.schema import HEAD
 
@@ -267,9 +267,12 @@ class Trainer:
         return sum(self.stage_config(s).steps for s in STAGES)
 
     # one step --------------------------------------------------------------------------------------------
-    def _conditions(self, frames: Tensor) -> tuple[FrameConditions, Tensor]:
-        """Conditions of the unique frames of a batch and each ray's row in them."""
+    def _conditions(self, batch: RayBatch) -> tuple[FrameConditions, Tensor]:
+        """Conditions of the unique frames of a batch and each ray's row in them (grouped on the host when the batch
+        has its frames there: a ``unique`` on the GPU waits for the device)."""
+        frames = batch.frame if batch.frame_host is None else batch.frame_host
         uniq, inverse = torch.unique(frames, return_inverse=True)
+        uniq, inverse = uniq.to(self.device), inverse.to(self.device)
         s = self.store
         cond = self.model.train_conditions(uniq, s.audio[uniq], s.eye[uniq], s.poses[uniq])
         return cond, inverse
@@ -294,7 +297,7 @@ class Trainer:
         batch = self.store.sample(self.tc.rays_per_batch, self.tc.frames_per_batch, g, head_only=stage != "torso",
                                   face_fraction=self.tc.face_fraction, error_map=self.error_map,
                                   error_fraction=self.tc.error_fraction)
-        cond, ray_frame = self._conditions(batch.frame)
+        cond, ray_frame = self._conditions(batch)
         out = self.model.get_outputs(batch.origins, batch.directions, batch.pixels, ray_frame, cond,
                                      batch.background, with_torso=stage == "torso", generator=g,
                                      head_grad=stage != "torso")
@@ -313,7 +316,7 @@ class Trainer:
             w = self.config.model.losses
             p = self.tc.lips_patch
             rays, target = self.store.lips_patch(g, p)
-            pcond, pframe = self._conditions(rays.frame)
+            pcond, pframe = self._conditions(rays)
             pout = self.model.get_outputs(rays.origins, rays.directions, rays.pixels, pframe, pcond, rays.background,
                                           with_torso=False, generator=g)
             pred = pout["rgb"].view(p, p, 3).permute(2, 0, 1)[None]

@@ -10,6 +10,10 @@ refuse:
 * ``.numpy()`` of a CUDA tensor;
 * a CPU ``torch.Generator`` drawing a CUDA tensor.
 
+It also lists, in ``syncs``, the calls that would make the host wait for the device: a CUDA tensor's value read
+on the host (``item``, ``tolist``, ``bool()``, ``.cpu()``...), and the ops whose output size depends on the data
+(``nonzero``, ``unique``, ``masked_select``, indexing with a boolean mask, ``repeat_interleave`` by a tensor).
+
 It is a heuristic (it sees torch calls, not the autograd engine's own kernels; a gradient read through ``.grad``
 gets its tensor's device), so it can miss a mismatch, but what it reports is one.
 """
@@ -29,6 +33,7 @@ IN_PLACE_RANDOM = {"multinomial", "uniform_", "normal_", "random_", "exponential
 NO_CHECK = {"copy_", "__set__", "set_", "swap_tensors", "_has_compatible_shallow_copy_type"}
 INDEXING = {"__getitem__", "__setitem__", "index_put", "index_put_"}
 TO_HOST = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"}
+DATA_SIZED = {"nonzero", "argwhere", "unique", "unique_consecutive", "masked_select"}
 
 
 def _tensors(x: Any, out: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -61,6 +66,8 @@ class FakeCuda(TorchFunctionMode):
         self.root = repo_root
         self.tags: dict[int, str] = {}
         self.problems: list[str] = []
+        self.syncs: list[str] = []
+        """``"<op> at <file>:<line>"`` of each call that would wait for the device, innermost repository line."""
         self._patched: dict[str, Any] = {}
 
     # tags ----------------------------------------------------------------------------------------------------
@@ -80,13 +87,32 @@ class FakeCuda(TorchFunctionMode):
             if ptr:
                 self.tags[ptr] = device
 
+    def _repo_frames(self) -> list[traceback.FrameSummary]:
+        return [f for f in traceback.extract_stack()[:-3] if f.filename.startswith(self.root)
+                and "/.venv/" not in f.filename and not f.filename.endswith("fake_cuda.py")]
+
     def _problem(self, what: str) -> None:
-        lines = [f"{f.filename.removeprefix(self.root)}:{f.lineno} {f.line}" for f in traceback.extract_stack()[:-2]
-                 if f.filename.startswith(self.root) and "/.venv/" not in f.filename
-                 and not f.filename.endswith("fake_cuda.py")]
+        lines = [f"{f.filename.removeprefix(self.root)}:{f.lineno} {f.line}" for f in self._repo_frames()]
         entry = f"{what}\n    " + "\n    ".join(lines[-4:])
         if entry not in self.problems:
             self.problems.append(entry)
+
+    def _sync(self, name: str, this: torch.Tensor, args: tuple, kwargs: dict) -> None:
+        """Record ``name`` if, on a GPU, it would make the host wait for the device."""
+        if self.tag(this) != "cuda":
+            return
+        waits = name in TO_HOST or name in DATA_SIZED or name == "cpu"
+        if name == "to":
+            waits = any(_wants_cuda(a) is False for a in (*args[1:], kwargs.get("device")))
+        elif name == "repeat_interleave":
+            waits = isinstance(args[1] if len(args) > 1 else kwargs.get("repeats"), torch.Tensor)
+        elif name in INDEXING:
+            index = args[1] if len(args) > 1 else None
+            waits = any(t.dtype == torch.bool and t.dim() > 0 for t in _tensors(index, []))
+        if waits:
+            frames = self._repo_frames()
+            where = f"{frames[-1].filename.removeprefix(self.root)}:{frames[-1].lineno}" if frames else "?"
+            self.syncs.append(f"{name} at {where}")
 
     # torch outside the mode: arrays and files come in on the CPU ----------------------------------------------
     def __enter__(self) -> FakeCuda:
@@ -123,6 +149,8 @@ class FakeCuda(TorchFunctionMode):
             if this is not None and prop == "grad" and isinstance(out, torch.Tensor):
                 self.set_tag(out, self.tag(this) or "cpu")  # made by the autograd engine, unseen: the tensor's
             return out
+        if this is not None:
+            self._sync(name, this, args, kwargs)
         if name in ("numpy", "__array__") and this is not None and self.tag(this) == "cuda":
             self._problem(f"{name}() of a cuda tensor (needs .cpu() first)")
         target = None

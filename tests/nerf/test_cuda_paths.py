@@ -48,6 +48,47 @@ def test_the_mock_catches_what_a_gpu_refuses():
     assert "tests/nerf/test_cuda_paths.py" in f.problems[0]  # names the line
 
 
+def test_the_mock_lists_what_would_wait_for_the_gpu():
+    """A control for ``syncs``: reading a CUDA tensor on the host and data-sized ops are listed, with their line;
+    the same on CPU tensors, and ops of a known output size, are not."""
+    with fake() as f:
+        d = torch.arange(6.0, device="cuda")
+        c = torch.arange(6.0)
+        _ = c.item() if c.numel() == 1 else c.tolist(), c[c > 2], torch.nonzero(c), c.to("cpu")
+        _ = d * 2, d[torch.tensor([0, 3]).cuda()], torch.where(d > 2, d, 0.0), d.repeat_interleave(2), d.to("cuda")
+        assert f.syncs == []
+        _ = d.sum().item(), d.tolist(), bool(d.any()), d.cpu(), d.to("cpu"), float(d[0])
+        _ = torch.nonzero(d), d[d > 2], torch.unique(d), d.repeat_interleave(torch.ones(6, dtype=torch.long).cuda())
+        d[d > 4] = 0.0
+    ops = [s.split(" at ")[0] for s in f.syncs]
+    assert ops == ["item", "tolist", "__bool__", "cpu", "to", "__float__", "nonzero", "__getitem__", "unique",
+                   "repeat_interleave", "__setitem__"], f.syncs
+    assert all(s.split(" at ")[1].startswith("tests/nerf/test_cuda_paths.py:") for s in f.syncs)
+
+
+def test_a_training_step_waits_for_the_gpu_only_to_compact_its_rays_and_read_its_losses(small_dataset):
+    """On a GPU every wait for the device stalls the queue of kernels, so a step has only the two that it needs:
+    sample_rays keeping the rays that cross occupied space (once per rendered batch; the lips stage renders two),
+    and the one copy of the step's losses to the host. Grid updates, loss masks, grouping rays by frame and
+    placing the lips patch wait for nothing."""
+    frames = load_identity(str(small_dataset), IDENTITY, 64)
+    cfg = with_steps(preset("debug"), 4, 2, 2)
+    cfg = replace(cfg, model=replace(cfg.model, grid=replace(cfg.model.grid, update_every=2, cells_per_update=1000)))
+    per_step = []
+    with fake() as f:
+        trainer = Trainer(cfg, frames, device="cuda", lips_loss=lpips_module())
+        while True:
+            f.syncs.clear()
+            if (r := trainer.step()) is None:
+                break
+            per_step.append((r.stage, sorted(s.split(":")[0] for s in f.syncs)))
+    assert f.problems == [], "\n".join(f.problems)
+    assert [stage for stage, _ in per_step] == ["head"] * 4 + ["lips"] * 2 + ["torso"] * 2
+    for stage, syncs in per_step:
+        renders = 2 if stage == "lips" else 1
+        assert syncs == ["nonzero at nerf/rendering.py"] * renders + ["tolist at nerf/trainer.py"], (stage, syncs)
+
+
 @pytest.mark.parametrize("backbone", ["grid", "frequency"])
 def test_training_evaluation_and_rendering_keep_to_one_device(small_dataset, tmp_path, backbone):
     frames = load_identity(str(small_dataset), IDENTITY, 64)

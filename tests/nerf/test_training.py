@@ -410,7 +410,8 @@ def test_render_frame_with_another_frames_audio(frames64):
 
 
 def test_torso_mask_loss_values():
-    """Binary cross-entropy of torso alpha against the body mask, over valid (non-head) rays only."""
+    """Binary cross-entropy of torso alpha against the body mask, over valid (non-head) rays only; the ambient loss
+    over rays outside the audio region only."""
     from nerf.losses import mask_bce
 
     alpha = torch.tensor([0.9, 0.1, 0.5, 0.2])
@@ -418,6 +419,15 @@ def test_torso_mask_loss_values():
     valid = torch.tensor([True, True, False, False])
     assert float(mask_bce(alpha, inside, valid)) == pytest.approx(-np.log(0.9), rel=1e-5)
     assert float(mask_bce(alpha, inside, torch.zeros(4, dtype=torch.bool))) == 0.0
+    # masked by weights, not by indexing (no wait for a GPU): rays outside the mask get no gradient
+    from nerf.losses import ambient_l1
+
+    a = alpha.clone().requires_grad_(True)
+    mask_bce(a, inside, valid).backward()
+    assert a.grad is not None and torch.all(a.grad[2:] == 0) and torch.all(a.grad[:2] != 0)
+    amb = torch.tensor([0.3, 0.5, 0.7, 0.9])
+    assert float(ambient_l1(amb, torch.tensor([True, False, True, False]))) == pytest.approx(0.7)
+    assert float(ambient_l1(amb, torch.ones(4, dtype=torch.bool))) == 0.0
 
 
 def test_held_out_frames_borrow_the_latents_of_their_nearest_training_frames(frames64, lpips):

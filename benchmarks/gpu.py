@@ -159,10 +159,9 @@ def kernels_part(bundle: Path, device: torch.device) -> dict[str, Any]:
 def fps(avatar: Any, feats: np.ndarray, size: int, runs: int, chunk: int | None = None) -> tuple[float, list[float]]:
     """Median frames/s over ``runs`` renders of ``feats`` (the first frame of each is warm-up; ``chunk`` rays per
     forward pass, default: the device's)."""
-    from benchmarks.render import frames_per_s
+    from benchmarks.render import median_frames_per_s
 
-    r = [frames_per_s(avatar, feats, size, chunk) for _ in range(runs)]
-    return statistics.median(r), r
+    return median_frames_per_s(avatar, feats, size, runs, chunk)
 
 
 def render_part(bundle: Path, device: torch.device, sizes: list[int], frames: int, runs: int,
@@ -240,8 +239,7 @@ def pace_part(dataset: Path, identity: str, device: torch.device, steps: int, pr
         trainer = Trainer(cfg, data, device)
         times: dict[str, list[float]] = {"head": [], "torso": []}
         samples = 0
-        while (r := trainer.step()) is not None:
-            sync(device)
+        while (r := trainer.step()) is not None:  # r.seconds ends with the step's copy of its losses to the host
             if r.step > WARMUP_STEPS:
                 times[r.stage].append(r.seconds)
                 samples += r.samples if r.stage == "head" else 0

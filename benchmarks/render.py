@@ -88,6 +88,13 @@ def frames_per_s(avatar: Avatar, feats: np.ndarray, size: int, chunk: int | None
     return (k - 1) / (time.perf_counter() - start)
 
 
+def median_frames_per_s(avatar: Avatar, feats: np.ndarray, size: int, runs: int,
+                        chunk: int | None = None) -> tuple[float, list[float]]:
+    """The median of :func:`frames_per_s` over ``runs`` renders, and each run's figure."""
+    r = [frames_per_s(avatar, feats, size, chunk) for _ in range(runs)]
+    return statistics.median(r), r
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=None,
@@ -135,8 +142,7 @@ def main() -> int:
         occ = float(avatar.model.grid.occupancy())
         name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
         for size in SIZES:
-            runs = [frames_per_s(avatar, feats, size) for _ in range(args.runs)]
-            fps = statistics.median(runs)
+            fps, runs = median_frames_per_s(avatar, feats, size, args.runs)
             key = f"fps_{size}" if device == "cpu" else f"cuda_fps_{size}"
             figures[key] = fps
             print(f"{name} {size} px: {fps:.3f} frames/s ({1 / fps:.3f} s/frame; runs "

@@ -26,6 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (fractions allowed)")
     g.add_argument("--memory-per-worker-gb", type=float, default=2.0, help="memory reserved per worker")
     g.add_argument("--batch-size", type=int, default=1, help="clips per worker call")
+    g.add_argument("--stall-timeout", type=float, default=120.0, metavar="S",
+                   help="a clip whose next frame takes longer than S seconds fails as stalled (default 120)")
+    g.add_argument("--clip-timeout", type=float, default=600.0, metavar="S",
+                   help="a clip's deadline: S seconds plus --clip-timeout-per-frame per frame (default 600)")
+    g.add_argument("--clip-timeout-per-frame", type=float, default=0.5, metavar="S",
+                   help="seconds a clip's deadline grows per frame (default 0.5)")
+    g.add_argument("--max-attempts", type=int, default=2,
+                   help="worker deaths (out of memory, a crash) one clip may cause before it fails (default 2)")
     g.add_argument("--ray-address", default=None, help="Ray cluster (default: RAY_ADDRESS, else local)")
     e = p.add_argument_group("extraction")
     e.add_argument("--backend", choices=["mediapipe", "fan"], default="mediapipe", help="landmark backend")
@@ -50,7 +58,9 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     clip = ClipConfig(backend=args.backend, max_people=args.max_people, crop_size=args.crop_size,
                       max_frames=args.max_frames)
     resources = Resources(num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker,
-                          memory_per_worker_gb=args.memory_per_worker_gb, batch_size=args.batch_size)
+                          memory_per_worker_gb=args.memory_per_worker_gb, batch_size=args.batch_size,
+                          stall_timeout_s=args.stall_timeout, clip_timeout_s=args.clip_timeout,
+                          clip_timeout_per_frame_s=args.clip_timeout_per_frame, max_attempts=args.max_attempts)
     return BuildConfig(inputs=args.input, output=args.output, clip=clip, resources=resources,
                        s3=S3Options(endpoint_url=args.s3_endpoint), retry_failed=args.retry_failed,
                        force=args.force, qc=not args.no_qc, ray_address=args.ray_address)
@@ -71,7 +81,9 @@ def summary_lines(report: BuildReport) -> list[str]:
         f"listed clips in the dataset: {report.ok_total} ok, {report.failed_total} failed",
         f"dataset: {report.output} ({len(report.identities)} identities; clips/ frames/ identities/ qc/)",
     ]
-    lines += [f"  FAILED {r['source_uri']}: {r['error']}" for r in report.failed]
+    lines += [f"  FAILED {r['source_uri']}: {r['error']}"
+              + (" (the rows of its last good build are kept)" if r.get("kept_previous") else "")
+              for r in report.failed]
     return lines
 
 

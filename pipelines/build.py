@@ -14,10 +14,18 @@ row. Every resource knob lives in :class:`Resources`; nothing else in the code b
 Resuming: a clip whose ``clips/`` row was written by the same builder version with the same
 settings is skipped. A clip that failed because its input is bad is skipped too (``--retry-failed``
 retries it); one that failed for another reason (a crash, a storage hiccup) is retried.
+
+Nothing loops or hangs for ever: every clip runs under a watchdog (:mod:`workers.watchdog`: a stall limit per
+frame and a deadline from its length), and a clip whose worker process dies (out of memory, a native crash) is
+tried at most :attr:`Resources.max_attempts` times in one build, counted in attempt markers under
+``_build/<build id>/`` (Ray restarts the actor and retries the clip without end by itself), then gets a failed
+row. A clip whose rebuild fails keeps the rows of its last good build.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import resource
@@ -25,6 +33,7 @@ import socket
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -45,6 +54,7 @@ STATUS_SCHEMA = pa.schema([
     ("clip_id", pa.string()), ("source_uri", pa.string()), ("identity", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("error_kind", pa.string()), ("n_frames", pa.int64()), ("n_people", pa.int64()),
     ("total_s", pa.float64()), ("worker", pa.string()), ("worker_peak_rss_mb", pa.float64()),
+    ("kept_previous", pa.bool_()),
 ])
 """What a worker returns per clip (the rest of the clip's row is in ``clips/``)."""
 STATUS_COLUMNS = STATUS_SCHEMA.names
@@ -68,6 +78,14 @@ class Resources:
     """Memory reserved per worker for scheduling (a worker peaks near 1.3 GB on 512 px crops)."""
     batch_size: int = 1
     """Clips per worker call."""
+    stall_timeout_s: float = 120.0
+    """A clip whose next frame takes longer than this (decode and per-frame work) fails as stalled."""
+    clip_timeout_s: float = 600.0
+    """A clip's deadline before its length is added (:attr:`clip_timeout_per_frame_s`)."""
+    clip_timeout_per_frame_s: float = 0.5
+    """Seconds the deadline grows per frame of the clip (a worker extracts ~15-80 frames/s per core)."""
+    max_attempts: int = 2
+    """Times a clip may kill its worker process (out of memory, a native crash) before it gets a failed row."""
 
     def threads(self) -> int:
         """torch / OpenCV threads of one worker."""
@@ -150,6 +168,16 @@ def rebuild_reason(spec: ClipSpec, row: dict[str, Any] | None, config_json: str,
     return None
 
 
+ATTEMPTS_DIR = "_build"
+"""Per-build scratch at the dataset root (attempt markers); readers skip names starting with ``_``."""
+FAULT_ENV = "PARLEY_FAULT_INJECT"
+"""Testing hook for the failure paths, comma-separated ``<action>:<text>``: ``exit`` ends the worker process,
+``hang`` blocks it where no watchdog check runs, when a clip's source URI contains ``<text>``. Never set it outside
+tests."""
+STUCK_EXIT_CODE = 70
+"""Exit status of a worker that ends itself because a clip's work would not stop."""
+
+
 class ClipBuildWorker:
     """A Ray Data actor: builds clips into the dataset by path and returns one status row each.
 
@@ -158,9 +186,12 @@ class ClipBuildWorker:
         clip: extraction settings.
         s3: how to reach S3 for inputs.
         threads: torch / OpenCV threads.
+        resources: limits per clip (watchdog, attempts); default :class:`Resources`'.
+        build_id: the build this worker belongs to (its attempt markers); default: a new one.
     """
 
-    def __init__(self, output: Storage, clip: ClipConfig, s3: S3Options, threads: int = 1):
+    def __init__(self, output: Storage, clip: ClipConfig, s3: S3Options, threads: int = 1,
+                 resources: Resources | None = None, build_id: str | None = None):
         import cv2
         import torch
 
@@ -170,6 +201,8 @@ class ClipBuildWorker:
         cv2.setNumThreads(threads)
         self.output = output
         self.s3 = s3
+        self.limits = resources or Resources()
+        self.build_id = build_id or new_build_id()
         self.config_json = clip_config_json(clip)
         self.processor = ClipProcessor(clip)
         # Ray Data has no teardown hook. MediaPipe's finalisers need its dispatcher thread pool, which
@@ -185,12 +218,39 @@ class ClipBuildWorker:
 
     def build_one(self, spec: ClipSpec) -> dict[str, Any]:
         """Build one clip; any failure becomes a ``failed`` row (the build goes on)."""
+        from workers.watchdog import ClipTimeout, Watchdog
+
         start = time.perf_counter()
         previous = self._previous_row(spec.clip_id)
         extra: dict[str, Any] = {"worker": self.worker, "config_json": self.config_json}
+        marker = self._attempt_path(spec.clip_id)
+        earlier = self._read_marker(marker)
+        deaths = int(earlier.get("attempts", 0))
+        if earlier.get("final") or deaths >= self.limits.max_attempts:
+            reason = earlier.get("final") or (
+                f"the build worker died {deaths} time(s) while building this clip (out of memory or a native "
+                "crash; the worker's Ray log says which); not retried in this build")
+            row = self._failure(spec, reason, "internal", previous, extra)
+            row["total_s"] = time.perf_counter() - start
+            return row
+        self.output.write_bytes(marker, json.dumps({"attempts": deaths + 1, "worker": self.worker}).encode())
+        limits = self.limits
+
+        def stuck(reason: str) -> None:  # the watchdog's last resort, from its thread: record, then end
+            with contextlib.suppress(Exception):
+                self._failure(spec, reason, "internal", previous, extra)
+                self.output.write_bytes(marker, json.dumps({"attempts": deaths + 1, "final": reason}).encode())
+            log.error("%s: %s; ending worker %s", spec.source_uri, reason, self.worker)
+            os._exit(STUCK_EXIT_CODE)
+
         try:
             source, name = storage_for_file(spec.source_uri, self.s3)
             with ExitStack() as stack:
+                dog = stack.enter_context(Watchdog(
+                    spec.source_uri, stall_s=limits.stall_timeout_s, base_s=limits.clip_timeout_s,
+                    per_frame_s=limits.clip_timeout_per_frame_s, grace_s=max(limits.stall_timeout_s, 10.0),
+                    on_stuck=stuck))
+                _inject_fault(spec)
                 t = time.perf_counter()
                 try:
                     local = stack.enter_context(source.local_copy(name))
@@ -198,19 +258,33 @@ class ClipBuildWorker:
                     raise ClipError(spec.source_uri, "no such file") from exc
                 extra["download_s"] = time.perf_counter() - t
                 result = self.processor(local, identity=spec.identity, clip_id=spec.clip_id,
-                                        source_uri=spec.source_uri)
-            t = time.perf_counter()
-            extra.update(_stamp())
-            row = D.write_clip(self.output, result, identity=spec.identity, role=spec.role, previous=previous,
-                               extra=extra)
-            row["write_s"] = time.perf_counter() - t
+                                        source_uri=spec.source_uri, watchdog=dog)
+                t = time.perf_counter()
+                extra.update(_stamp())
+                row = D.write_clip(self.output, result, identity=spec.identity, role=spec.role, previous=previous,
+                                   extra=extra)
+                row["write_s"] = time.perf_counter() - t
+        except ClipTimeout as exc:
+            row = self._failure(spec, exc.reason, "internal", previous, extra)
         except ClipError as exc:
             row = self._failure(spec, exc.reason, "input", previous, extra)
         except Exception as exc:  # noqa: BLE001 (any other failure is recorded, and retried next run)
             log.error("%s: %s", spec.source_uri, traceback.format_exc())
             row = self._failure(spec, f"{type(exc).__name__}: {exc}", "internal", previous, extra)
+        self.output.delete(marker)
         row["total_s"] = time.perf_counter() - start
         return row
+
+    def _attempt_path(self, clip_id: str) -> str:
+        return f"{ATTEMPTS_DIR}/{self.build_id}/{clip_id}.json"
+
+    def _read_marker(self, rel: str) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.output.read_bytes(rel)))
+        except FileNotFoundError:
+            return {}
+        except (ValueError, TypeError):  # a marker cut short by the death it records: that attempt counts
+            return {"attempts": 1}
 
     def _previous_row(self, clip_id: str) -> dict[str, Any] | None:
         """The clip's earlier ``clips/`` row (its frame files may need cleaning up), if any."""
@@ -227,6 +301,24 @@ class ClipBuildWorker:
         return D.write_failure(self.output, clip_id=spec.clip_id, source_uri=spec.source_uri, identity=spec.identity,
                                role=spec.role, error=error, error_kind=kind, previous=previous,
                                extra={**extra, **_stamp()})
+
+
+def new_build_id() -> str:
+    """A fresh build id: UTC time and a random suffix (sortable, unique)."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def _inject_fault(spec: ClipSpec) -> None:
+    """The :data:`FAULT_ENV` testing hook."""
+    for item in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        action, _, text = item.partition(":")
+        if not text or text not in spec.source_uri:
+            continue
+        if action == "exit":
+            os._exit(137)  # what the kernel's OOM killer leaves: the process gone, no exception, no cleanup
+        if action == "hang":
+            while True:  # no watchdog check ever runs here, as in a native call that never returns
+                time.sleep(3600)
 
 
 def _stamp() -> dict[str, Any]:
@@ -248,7 +340,8 @@ def _ray_init(address: str | None) -> None:
             ray.init(address=address)
 
 
-def _run_workers(config: BuildConfig, todo: list[ClipSpec], on_row: Callable[[dict[str, Any]], None]) -> None:
+def _run_workers(config: BuildConfig, todo: list[ClipSpec], on_row: Callable[[dict[str, Any]], None],
+                 build_id: str) -> None:
     import ray
     import ray.data
 
@@ -258,20 +351,49 @@ def _run_workers(config: BuildConfig, todo: list[ClipSpec], on_row: Callable[[di
     workers = max(1, min(workers, len(todo)))
     log.info("building %d clip(s) on %d worker(s) x %.2g CPU", len(todo), workers, res.cpus_per_worker)
     items = [asdict(s) for s in todo]
-    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        ClipBuildWorker,
-        fn_constructor_kwargs={"output": Storage(config.output, config.s3), "clip": config.clip, "s3": config.s3,
-                               "threads": res.threads()},
-        batch_size=res.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
-        num_cpus=res.cpus_per_worker,
-        memory=res.memory_per_worker_gb * 1024**3,
-        runtime_env={"env_vars": _worker_env()},
-    )
-    for row in ds.iter_rows():
-        on_row(dict(row))
+    ctx = ray.data.DataContext.get_current()
+    # A clip whose task Ray gave up on must not end the build: its row is written below, the rest go on.
+    errored_before, ctx.max_errored_blocks = ctx.max_errored_blocks, -1
+    seen: set[str] = set()
+    try:
+        ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(
+            ClipBuildWorker,
+            fn_constructor_kwargs={"output": Storage(config.output, config.s3), "clip": config.clip,
+                                   "s3": config.s3, "threads": res.threads(), "resources": res,
+                                   "build_id": build_id},
+            batch_size=res.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+            num_cpus=res.cpus_per_worker,
+            memory=res.memory_per_worker_gb * 1024**3,
+            # Ray restarts a dead actor and retries its clip for ever (its pool's default); the workers' attempt
+            # markers turn the clip into a failed row after max_attempts deaths. (Ray 2.60 has no named parameter
+            # for max_task_retries, and the ray_remote_args that would pass one are deprecated.)
+            runtime_env={"env_vars": _worker_env()},
+        )
+        for row in ds.iter_rows():
+            seen.add(row["clip_id"])
+            on_row(dict(row))
+    finally:
+        ctx.max_errored_blocks = errored_before
+    out = Storage(config.output, config.s3)
+    for spec in todo:  # clips Ray gave up on (the worker died past every retry, or its task failed)
+        if spec.clip_id in seen:
+            continue
+        previous = _read_row(out, spec.clip_id)
+        reason = ("its build task failed past every retry without reporting (the worker died; the Ray logs of "
+                  "the build say why)")
+        on_row({**D.write_failure(out, clip_id=spec.clip_id, source_uri=spec.source_uri, identity=spec.identity,
+                                  role=spec.role, error=reason, error_kind="internal", previous=previous,
+                                  extra=_stamp()), "total_s": 0.0})
+
+
+def _read_row(out: Storage, clip_id: str) -> dict[str, Any] | None:
+    try:
+        return out.read_table(D.clip_path(clip_id)).to_pylist()[0]
+    except (FileNotFoundError, pa.ArrowInvalid, IndexError):
+        return None
 
 
 def _qc(dataset_uri: str, s3: S3Options, identity: str) -> dict[str, Any]:
@@ -332,7 +454,11 @@ def build(config: BuildConfig, on_row: Callable[[dict[str, Any]], None] | None =
             if on_row:
                 on_row(row)
 
-        _run_workers(config, todo, collect)
+        build_id = new_build_id()
+        try:
+            _run_workers(config, todo, collect, build_id)
+        finally:
+            out.delete_dir(f"{ATTEMPTS_DIR}/{build_id}")
 
     after = dataset.clip_rows(LIGHT) if todo else existing
     status = [after[s.clip_id]["status"] for s in specs if s.clip_id in after]

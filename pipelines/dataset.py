@@ -103,21 +103,47 @@ def write_clip(storage: Storage, result: ClipResult, *, identity: str, role: str
     return row
 
 
+REBUILD_FAILED = "last rebuild failed"
+"""How the ``warning`` of a clip row kept after a failed rebuild begins (:func:`write_failure`)."""
+
+
 def write_failure(storage: Storage, *, clip_id: str, source_uri: str, identity: str, role: str | None,
                   error: str, error_kind: str, previous: dict[str, Any] | None = None,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Record a clip that failed: a ``clips/`` row with ``status=failed`` and the reason.
 
-    Frame files of an earlier successful build of the same clip are deleted, so ``frames/`` only
-    ever holds rows of clips whose ``clips/`` row says ``ok``.
+    A clip whose earlier build is good (an ``ok`` row whose frame files are all there) keeps that row and those
+    files: a rebuild that fails (a source missing for a moment, a crash, a new builder version that cannot read
+    it) never loses data. The kept row's ``warning`` says the rebuild failed and why, and the next build tries
+    again (its row still names the old builder version or settings). Otherwise frame files of an earlier build
+    are deleted, so ``frames/`` only holds rows of clips whose ``clips/`` row says ``ok``.
+
+    Returns:
+        The failure (``status=failed``), with ``kept_previous`` True when the last good rows were kept.
     """
     row = {"clip_id": clip_id, "source_uri": source_uri, "identity": identity, "role": role, "status": "failed",
            "error": error, "error_kind": error_kind, "builder_version": BUILDER_VERSION, "n_frames": 0,
            "n_people": 0, **(extra or {})}
+    if previous and previous.get("status") == "ok" and all(storage.exists(f) for f in _frame_files(previous)):
+        kept = dict(previous)
+        note = (f"{REBUILD_FAILED} ({_now():%Y-%m-%d %H:%M} UTC, builder {BUILDER_VERSION}; {error_kind} error: "
+                f"{error}); these rows are from the last good build")
+        earlier = kept.get("warning") or ""
+        if earlier.startswith(REBUILD_FAILED):  # replace the note of an earlier failed rebuild, keep the rest
+            earlier = earlier.split(" || ", 1)[1] if " || " in earlier else ""
+        kept["warning"] = f"{note} || {earlier}" if earlier else note
+        storage.write_table(clip_path(clip_id), schema.clips_table([kept]))
+        return {**row, "kept_previous": True}
     storage.write_table(clip_path(clip_id), schema.clips_table([row]))
     for stale in _frame_files(previous):
         storage.delete(stale)
-    return row
+    return {**row, "kept_previous": False}
+
+
+def _now():  # noqa: ANN202
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
 
 
 class Dataset:

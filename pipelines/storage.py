@@ -223,6 +223,16 @@ class Storage:
             with suppress(OSError):
                 os.rmdir(os.path.dirname(self.path(rel)))
 
+    def delete_dir(self, rel: str) -> None:
+        """Delete a directory and everything under it, if it exists (``rel`` must not be the root)."""
+        if not rel.strip("/"):
+            raise ValueError("delete_dir needs a directory below the root")
+        if self.is_s3:
+            with suppress(FileNotFoundError, OSError):
+                self.fs.delete_dir(self.path(rel))
+        else:
+            shutil.rmtree(self.path(rel), ignore_errors=True)
+
     @contextmanager
     def local_copy(self, rel: str) -> Iterator[str]:
         """A local path holding the file at ``rel`` (the file itself when local; a temp copy from S3)."""

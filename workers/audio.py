@@ -132,5 +132,7 @@ def speaking_mask(rms: np.ndarray, valid: np.ndarray, fps: float = 25.0) -> np.n
     peak = np.percentile(db[valid], 95)
     thr = max(floor + 0.35 * (peak - floor), -50.0)
     k = max(int(round(0.2 * fps)), 1)
-    smooth = np.convolve((db > thr).astype(np.float32), np.ones(k) / k, mode="same")
+    # "full" then cut to the input's centred span: "same" returns max(len, k) values, too many for a short clip
+    full = np.convolve((db > thr).astype(np.float32), np.ones(k) / k, mode="full")
+    smooth = full[(k - 1) // 2: (k - 1) // 2 + db.size]
     return (smooth >= 0.5) & valid

@@ -26,6 +26,11 @@ from workers.config import BUILDER_VERSION, ClipConfig, clip_config_json, clip_i
 from workers.errors import ClipError
 from workers.landmarks import Face, FaceTracker, LandmarkBackend, make_backend
 from workers.morphable import FaceModel, FitResult, fit_clip
+from workers.watchdog import Watchdog
+
+MIN_FRAMES = 5
+"""Fewest frames a clip must decode to (at the build's frame rate) to be built: 0.2 s at 25 fps, the smoothing
+window of the speaking flag and the shortest span a 3DMM fit with a smoothness term is meaningful over."""
 
 
 @dataclass
@@ -89,7 +94,7 @@ class ClipProcessor:
 
     def __call__(
         self, path: str | Path, identity: str | None = None, clip_id: str | None = None,
-        source_uri: str | None = None,
+        source_uri: str | None = None, watchdog: Watchdog | None = None,
     ) -> ClipResult:
         """Extract one clip.
 
@@ -98,12 +103,15 @@ class ClipProcessor:
             identity: identity name (default: the file stem); with several people, ``<identity>_p<k>``.
             clip_id: stable id (default: :func:`clip_id_for` of ``source_uri``).
             source_uri: where the clip came from (default: ``path``).
+            watchdog: limits on this clip's work (a deadline from its length, a stall limit per frame); None:
+                none.
 
         Returns:
             The :class:`ClipResult`.
 
         Raises:
-            ClipError: the clip cannot be read, has no video, or no face in any frame.
+            ClipError: the clip cannot be read, has no video, is too short, or has no face in any frame.
+            ClipTimeout: the watchdog fired.
         """
         cfg = self.config
         path = str(path)
@@ -115,6 +123,15 @@ class ClipProcessor:
         t = time.perf_counter()
         info = media.probe(path)
         timings["probe_s"] = time.perf_counter() - t
+        expected = int(info.video_duration_s * cfg.fps)
+        if round(info.video_duration_s * cfg.fps) < MIN_FRAMES:  # ffmpeg's fps filter may give none at all
+            raise ClipError(path, f"too short: {round(info.video_duration_s * cfg.fps)} frame(s) at {cfg.fps:g} fps "
+                                  f"({info.video_duration_s:.2f} s of video); a clip needs at least {MIN_FRAMES}")
+        if cfg.max_frames is not None:
+            expected = min(expected, cfg.max_frames)
+        if watchdog is not None:
+            watchdog.expect(expected)
+            watchdog.beat("audio decode")
 
         t = time.perf_counter()
         samples = np.zeros(0, np.float32)
@@ -129,18 +146,20 @@ class ClipProcessor:
         timings["audio_decode_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        content = media.content_box(path, info, cfg.fps) if cfg.remove_borders else None
+        content = media.content_box(path, info, cfg.fps, watchdog=watchdog) if cfg.remove_borders else None
         area = content or (0, 0, info.width, info.height)
-        det = self._detect(path, info, content)
+        det = self._detect(path, info, content, watchdog)
         timings["landmarks_s"] = time.perf_counter() - t
         n = det.frames
+        if n < MIN_FRAMES:
+            raise ClipError(path, f"too short: {n} frame(s) at {cfg.fps:g} fps ({info.video_duration_s:.2f} s of "
+                                  f"video); a clip needs at least {MIN_FRAMES}")
 
         t = time.perf_counter()
         fa = audio_mod.frame_features(samples, n, cfg.fps, cfg.audio)
         speaking = audio_mod.speaking_mask(fa.rms, fa.valid, cfg.fps)
         timings["audio_features_s"] = time.perf_counter() - t
 
-        expected = int(info.video_duration_s * cfg.fps)
         if cfg.max_frames is None and n < 0.9 * expected - 1:
             warnings.append(f"decoded only {n} of ~{expected} frames (truncated or damaged file?)")
 
@@ -150,7 +169,9 @@ class ClipProcessor:
 
         t = time.perf_counter()
         fits: list[tuple[np.ndarray, np.ndarray, FitResult, np.ndarray]] = []
-        for tid in people:
+        for k, tid in enumerate(people):
+            if watchdog is not None:
+                watchdog.beat(f"3DMM fit of person {k}")
             frames = np.array([i for i in range(n) if any(k == tid for k, _ in det.per_frame[i])])
             faces = [next(f for k, f in det.per_frame[i] if k == tid) for i in frames]
             boxes = np.stack([f.bbox for f in faces])
@@ -167,7 +188,7 @@ class ClipProcessor:
 
         t = time.perf_counter()
         rows, summaries = self._render_rows(
-            path, info, content, det, people, fits, fa, speaking, identity, clip_id, n
+            path, info, content, det, people, fits, fa, speaking, identity, clip_id, n, watchdog
         )
         timings["parse_encode_s"] = time.perf_counter() - t
 
@@ -194,12 +215,13 @@ class ClipProcessor:
         return ClipResult(summary, rows, summaries)
 
     # pass 1 -----------------------------------------------------------------------------------
-    def _detect(self, path: str, info: media.ClipInfo, content) -> _Detections:
+    def _detect(self, path: str, info: media.ClipInfo, content, watchdog: Watchdog | None = None) -> _Detections:
         self.landmarker.reset()
         tracker = FaceTracker()
         det = _Detections()
         step_ms = 1000.0 / self.config.fps
-        for i, frame in enumerate(media.iter_frames(path, info, self.config.fps, self.config.max_frames, content)):
+        frames = media.iter_frames(path, info, self.config.fps, self.config.max_frames, content, watchdog)
+        for i, frame in enumerate(frames):
             faces = self.landmarker.detect(frame, int(round(i * step_ms)))
             ids = tracker.update(i, faces)
             det.per_frame.append(list(zip(ids, faces, strict=True)))
@@ -220,7 +242,8 @@ class ClipProcessor:
         return sorted(keep, key=lambda t: float(np.median(xs[t])))
 
     # pass 2 -----------------------------------------------------------------------------------
-    def _render_rows(self, path, info, content, det, people, fits, fa, speaking, identity, clip_id, n):
+    def _render_rows(self, path, info, content, det, people, fits, fa, speaking, identity, clip_id, n,
+                     watchdog=None):
         cfg = self.config
         size = cfg.crop_size
         multi = len(people) > 1
@@ -234,7 +257,7 @@ class ClipProcessor:
         encode = [int(cv2.IMWRITE_JPEG_QUALITY), cfg.jpeg_quality]
         ox, oy = (content[0], content[1]) if content else (0, 0)
         source_boxes = [[int(c[0]) + ox, int(c[1]) + oy, int(c[2]) + ox, int(c[3]) + oy] for _, c, _, _ in fits]
-        for i, frame in enumerate(media.iter_frames(path, info, cfg.fps, n, content)):
+        for i, frame in enumerate(media.iter_frames(path, info, cfg.fps, n, content, watchdog)):
             for k, tid in enumerate(people):
                 frames, crop, fit, boxes = fits[k]
                 x0, y0, x1, y1 = (int(v) for v in crop)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from workers.errors import ClipError
+from workers.watchdog import Watchdog
 
 TARGET_FPS = 25.0
 AUDIO_SAMPLE_RATE = 16000
@@ -155,10 +156,13 @@ def iter_frames(
     fps: float = TARGET_FPS,
     max_frames: int | None = None,
     crop: tuple[int, int, int, int] | None = None,
+    watchdog: Watchdog | None = None,
 ) -> Iterator[np.ndarray]:
     """Decode a clip at a constant frame rate, one RGB frame at a time.
 
-    Frames are read from an ffmpeg pipe, so memory stays at a few frames whatever the clip length.
+    Frames are read from an ffmpeg pipe, so memory stays at a few frames whatever the clip length. ffmpeg's
+    messages go to a temporary file, never to a pipe nobody reads (a damaged clip writes decode errors by the
+    hundred kilobytes; a full pipe would block ffmpeg, and this reader with it).
 
     Args:
         path: local clip path.
@@ -166,12 +170,14 @@ def iter_frames(
         fps: output frame rate; frames are dropped or repeated by ffmpeg's ``fps`` filter.
         max_frames: stop after this many frames.
         crop: (x0, y0, x1, y1) area of the source frame to keep (e.g. from :func:`content_box`).
+        watchdog: limits on the clip's work: ffmpeg is killed when it fires, and every frame is a beat.
 
     Yields:
         uint8 arrays ``[H, W, 3]`` (RGB), the crop's size when ``crop`` is given.
 
     Raises:
         ClipError: ffmpeg fails before producing any frame.
+        ClipTimeout: the watchdog fired (a stalled decoder, or the clip's deadline passed).
     """
     width, height = info.width, info.height
     vf = f"fps={fps}"
@@ -184,27 +190,40 @@ def iter_frames(
         "-map", "0:v:0", "-vf", vf, "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
     ]
     frame_bytes = width * height * 3
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes)
-    n = 0
-    try:
-        assert proc.stdout is not None
-        while max_frames is None or n < max_frames:
-            buf = proc.stdout.read(frame_bytes)
-            if len(buf) < frame_bytes:
-                break
-            n += 1
-            yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _, err = proc.communicate()
+    with tempfile.TemporaryFile() as err, contextlib.ExitStack() as stack:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, bufsize=frame_bytes)
+        if watchdog is not None:
+            watchdog.attach(proc)
+            stack.callback(watchdog.detach, proc)
+            stack.enter_context(watchdog.streaming())
+        n = 0
+        try:
+            assert proc.stdout is not None
+            while max_frames is None or n < max_frames:
+                buf = proc.stdout.read(frame_bytes)
+                if watchdog is not None:
+                    watchdog.check()  # a read cut short by the watchdog's kill is not the clip's end
+                if len(buf) < frame_bytes:
+                    break
+                n += 1
+                yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+                if watchdog is not None:
+                    watchdog.beat(f"frame {n}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
         if n == 0 and max_frames != 0:
-            msg = (err.decode(errors="replace").strip().splitlines() or ["no frames decoded"])[-1]
-            raise ClipError(str(path), f"no video frame could be decoded ({msg})")
+            err.seek(0)
+            lines = err.read().decode(errors="replace").strip().splitlines()
+            raise ClipError(str(path), f"no video frame could be decoded ({(lines or ['no frames decoded'])[-1]})")
 
 
 def content_box(
-    path: str | Path, info: ClipInfo, fps: float = TARGET_FPS, threshold: int = 24, min_border: float = 0.03
+    path: str | Path, info: ClipInfo, fps: float = TARGET_FPS, threshold: int = 24, min_border: float = 0.03,
+    watchdog: Watchdog | None = None,
 ) -> tuple[int, int, int, int] | None:
     """The area of a frame that holds picture, when a clip has black borders (letter/pillar-boxing).
 
@@ -218,13 +237,14 @@ def content_box(
         fps: sampling rate of the decode.
         threshold: a pixel whose brightest channel exceeds this is picture.
         min_border: borders thinner than this fraction of the frame are kept.
+        watchdog: limits on the clip's work (see :func:`iter_frames`).
 
     Returns:
         (x0, y0, x1, y1) with even coordinates, or None when there is no border worth removing.
     """
     seen = np.zeros((info.height, info.width), bool)
     # one frame in ten: ffmpeg's fps filter drops the rest before colour conversion and the pipe
-    for frame in iter_frames(path, info, fps / 10, max_frames=int(0.4 * fps)):
+    for frame in iter_frames(path, info, fps / 10, max_frames=int(0.4 * fps), watchdog=watchdog):
         seen |= frame.max(-1) > threshold
     if not seen.any():
         return None

@@ -1,7 +1,11 @@
 """The clips a build reads: a local directory or glob, an S3 prefix, or a manifest CSV.
 
 A manifest has a header with ``source_uri`` and ``identity`` (and optionally ``role``); relative
-paths are relative to the manifest. Without a manifest, a clip's identity is its file stem.
+paths are relative to the manifest, and every path is resolved (``..``, symbolic links) before clips
+are compared. Without a manifest, a clip's identity is its file name's stem (of the name as listed: a
+symbolic link's own name), made safe for a partition name; two different clips whose stems give the same
+identity (``josé`` / ``josè``, ``a/bob.mp4`` / ``b/bob.mp4``) are an error naming both: only a manifest
+may put two clips under one identity.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
 """File name endings listed from a directory or S3 prefix (a manifest may name any file)."""
 ROLES = ("speaker", "listener", "solo")
+EXTRA_FIELDS = "\0extra"
+"""Where the CSV reader puts the values of a row longer than the header."""
 
 
 class InputError(ParleyError):
@@ -56,18 +62,19 @@ def _is_video(name: str) -> bool:
     return name.lower().endswith(VIDEO_SUFFIXES) and not os.path.basename(name).startswith((".", "_"))
 
 
-def list_local(pattern: str) -> list[str]:
-    """Video files under a directory (recursively) or matching a glob, as absolute paths."""
+def list_local(pattern: str) -> list[tuple[str, str]]:
+    """Video files under a directory (recursively) or matching a glob: (resolved absolute path, the name as
+    listed), sorted. A symbolic link keeps its own name (its identity) and is built from its target."""
     p = Path(pattern).expanduser()
     if p.is_dir():
-        files = [str(f.resolve()) for f in p.rglob("*") if f.is_file() and _is_video(f.name)]
+        found = [f for f in p.rglob("*") if f.is_file() and _is_video(f.name)]
     elif p.is_file():
-        files = [str(p.resolve())]
+        found = [p]
     else:
-        files = [str(Path(f).resolve()) for f in glob.glob(str(p), recursive=True) if os.path.isfile(f)]
-        if not files and not any(c in pattern for c in "*?["):
+        found = [Path(f) for f in glob.glob(str(p), recursive=True) if os.path.isfile(f)]
+        if not found and not any(c in pattern for c in "*?["):
             raise InputError(f"{pattern}: no such file or directory")
-    return sorted(set(files))
+    return sorted({(str(f.resolve()), f.name) for f in found})
 
 
 def list_s3(uri: str, s3: S3Options | None = None) -> list[tuple[str, int]]:
@@ -92,13 +99,18 @@ def read_manifest(uri: str, s3: S3Options | None = None) -> list[ClipSpec]:
         text = storage.read_bytes(name).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{uri}: cannot read manifest ({exc})") from exc
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text), restkey=EXTRA_FIELDS)
     fields = [f.strip() for f in reader.fieldnames or []]
-    if "source_uri" not in fields:
-        raise InputError(f"{uri}: manifest needs a header with 'source_uri' (and 'identity', optional 'role'); "
-                         f"got {fields}")
+    missing = [c for c in ("source_uri", "identity") if c not in fields]
+    if missing:
+        raise InputError(f"{uri}: manifest needs a header with 'source_uri' and 'identity' (optional 'role'); "
+                         f"{', '.join(map(repr, missing))} missing from {fields}")
     specs = []
     for line, raw in enumerate(reader, start=2):
+        if EXTRA_FIELDS in raw:
+            n = len(fields) + len(raw[EXTRA_FIELDS])
+            raise InputError(f"{uri}:{line}: {n} fields but the header has {len(fields)} (a comma inside a value "
+                             "must be quoted)")
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
         src = row.get("source_uri", "")
         if not src:
@@ -108,9 +120,15 @@ def read_manifest(uri: str, s3: S3Options | None = None) -> list[ClipSpec]:
             if not os.path.isabs(src) and storage.is_s3:  # normalised, so one clip has one URI (and clip_id)
                 bucket, key = split_s3(storage.uri)
                 src = f"s3://{bucket}/{posixpath.normpath(posixpath.join(key, src))}"
-            elif not os.path.isabs(src):
+            else:  # relative to the manifest; absolute or not, resolved, so one file is one clip
                 src = str(Path(storage.root, src).resolve())
-        identity = row.get("identity") or safe_identity(_stem(src))
+        else:
+            bucket, key = split_s3(src)
+            src = f"s3://{bucket}/{posixpath.normpath(key)}"
+        identity = row.get("identity", "")
+        if not identity:
+            raise InputError(f"{uri}:{line}: empty identity (name the person; a clip listed outside a manifest "
+                             "takes its file's stem)")
         if not IDENTITY_RE.match(identity):
             raise InputError(f"{uri}:{line}: identity {identity!r} must match {IDENTITY_RE.pattern}")
         role = row.get("role") or None
@@ -129,13 +147,18 @@ def list_inputs(inputs: str | list[str], s3: S3Options | None = None) -> list[Cl
         InputError: an input cannot be listed, or a manifest is malformed.
     """
     specs: list[ClipSpec] = []
+    derived: dict[str, str] = {}  # clip_id -> the name its identity was derived from (no manifest)
     for item in [inputs] if isinstance(inputs, str) else inputs:
         if item.lower().endswith(".csv"):
             specs += read_manifest(item, s3)
         elif is_s3(item):
-            specs += [ClipSpec(u, safe_identity(_stem(u)), size=n) for u, n in list_s3(item, s3)]
+            for u, n in list_s3(item, s3):
+                specs.append(ClipSpec(u, safe_identity(_stem(u)), size=n))
+                derived[specs[-1].clip_id] = u
         else:
-            specs += [ClipSpec(u, safe_identity(_stem(u))) for u in list_local(item)]
+            for path, name in list_local(item):
+                specs.append(ClipSpec(path, safe_identity(_stem(name))))
+                derived[specs[-1].clip_id] = path if name == os.path.basename(path) else f"{path} (as {name})"
     seen: dict[str, ClipSpec] = {}
     for s in specs:
         prev = seen.get(s.clip_id)
@@ -145,4 +168,14 @@ def list_inputs(inputs: str | list[str], s3: S3Options | None = None) -> list[Cl
             raise InputError(f"{s.source_uri}: listed twice, as {prev.identity!r} and as {s.identity!r}")
         else:
             log.warning("%s: listed twice; built once", s.source_uri)
+    by_identity: dict[str, list[ClipSpec]] = {}
+    for s in seen.values():
+        by_identity.setdefault(s.identity, []).append(s)
+    for ident, group in by_identity.items():
+        guessed = [s for s in group if s.clip_id in derived]
+        if guessed and len(group) > 1:  # a file-name identity never merges clips silently
+            a = derived.get(group[0].clip_id, f"{group[0].source_uri} (manifest)")
+            b = next(derived.get(s.clip_id, f"{s.source_uri} (manifest)") for s in group[1:])
+            raise InputError(f"{a} and {b} both become identity {ident!r}: give each clip its identity in a "
+                             "manifest (source_uri,identity), which may also name one person in several clips")
     return list(seen.values())

@@ -42,10 +42,10 @@ def test_manifest_relative_paths_roles_and_duplicates(tmp_path):
     a = touch(tmp_path / "clips" / "a.mp4")
     m = tmp_path / "m.csv"
     m.write_text("source_uri,identity,role\nclips/a.mp4,alice,speaker\n" f"{a},alice,speaker\n"
-                 "s3://bucket/k/b.mp4,,listener\n")
+                 "s3://bucket/k/../k/b.mp4,bob,listener\n")
     specs = read_manifest(str(m))
     assert specs[0] == ClipSpec(str(a), "alice", "speaker")
-    assert specs[2] == ClipSpec("s3://bucket/k/b.mp4", "b", "listener")
+    assert specs[2] == ClipSpec("s3://bucket/k/b.mp4", "bob", "listener")
     assert len(list_inputs(str(m))) == 2  # the same clip twice is built once
 
 
@@ -56,6 +56,9 @@ def test_manifest_relative_paths_roles_and_duplicates(tmp_path):
         ("source_uri,identity\n,x\n", ":2: empty source_uri"),
         ("source_uri,identity,role\na.mp4,x,narrator\n", "role 'narrator'"),
         ("source_uri,identity\na.mp4,../etc\n", "identity '../etc'"),
+        ("source_uri,identiy\na.mp4,alice\n", "'identity' missing"),
+        ("source_uri,identity\na.mp4,\n", ":2: empty identity"),
+        ("source_uri,identity\na.mp4,alice\nb.mp4,bob,extra\n", ":3: 3 fields but the header has 2"),
     ],
 )
 def test_bad_manifest_names_file_line_and_reason(tmp_path, text, match):
@@ -122,3 +125,47 @@ def test_sweep_deletes_only_old_temporaries(tmp_path):
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     assert st.sweep_temporaries("frames") == 1
     assert not old.exists() and young.exists() and keep.exists()
+
+
+def test_names_that_become_one_identity_are_an_error_naming_both(tmp_path):
+    """josé / josè (accents), and one stem in two folders, would merge two people: an error naming both files."""
+    a = touch(tmp_path / "in" / "josé.mp4")
+    b = touch(tmp_path / "in" / "josè.mp4")
+    with pytest.raises(InputError, match="both become identity 'jose'") as err:
+        list_inputs(str(tmp_path / "in"))
+    assert str(a) in str(err.value) and str(b) in str(err.value)
+    c = touch(tmp_path / "two" / "a" / "bob.mp4")
+    d = touch(tmp_path / "two" / "b" / "bob.mp4")
+    with pytest.raises(InputError, match="both become identity 'bob'") as err:
+        list_inputs(str(tmp_path / "two"))
+    assert str(c) in str(err.value) and str(d) in str(err.value)
+    e = touch(tmp_path / "one" / "jos .mp4")  # outer spaces are stripped, not turned into _
+    assert [s.identity for s in list_inputs(str(e))] == ["jos"]
+
+
+def test_a_manifest_may_name_one_person_in_several_clips_but_not_merge_a_file_name(tmp_path):
+    """The manifest's own identity spans clips; a directory clip whose stem matches it is an error."""
+    a = touch(tmp_path / "m" / "one.mp4")
+    b = touch(tmp_path / "m" / "two.mp4")
+    m = tmp_path / "m.csv"
+    m.write_text(f"source_uri,identity\n{a},alice\n{b},alice\n")
+    assert {s.identity for s in list_inputs(str(m))} == {"alice"}
+    touch(tmp_path / "d" / "alice.mp4")
+    with pytest.raises(InputError, match="both become identity 'alice'"):
+        list_inputs([str(m), str(tmp_path / "d")])
+
+
+def test_symlink_keeps_its_own_name_and_paths_resolve_before_comparison(tmp_path):
+    """A link named bob.mp4 to x123.mp4 is identity bob (built from the target); a relative and an absolute
+    path with '..' to one file are one clip."""
+    target = touch(tmp_path / "store" / "x123.mp4")
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "bob.mp4").symlink_to(target)
+    specs = list_inputs(str(tmp_path / "links"))
+    assert [(s.identity, s.source_uri) for s in specs] == [("bob", str(target))]
+    m = tmp_path / "m.csv"
+    m.write_text(f"source_uri,identity\nstore/x123.mp4,alice\n{tmp_path}/links/../store/x123.mp4,alice\n")
+    assert [s.source_uri for s in list_inputs(str(m))] == [str(target)]
+    m.write_text(f"source_uri,identity\nstore/x123.mp4,alice\n{tmp_path}/links/../store/x123.mp4,carol\n")
+    with pytest.raises(InputError, match="listed twice"):
+        list_inputs(str(m))

@@ -7,6 +7,7 @@ The trainer never touches storage: the caller reads the identity's ``frames/`` r
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,9 @@ the first eight, none on the last four)."""
 LATENT_PAIR_GAP = 2
 """Training frames at most this many frames apart in their clip are neighbours for the latents' smoothness loss
 (:attr:`nerf.losses.LossWeights.latent_smooth`)."""
+
+DECODE_CHUNK = 128
+"""Rows turned into Python objects at a time while an identity is decoded."""
 
 COLUMNS = ["clip_id", "frame_index", "face_found", "image_jpeg", "image_size", "pose_c2w", "focal", "cx", "cy",
            "eye_ratio", "lips_rect", "face_rect", "landmarks_2d", "parsing_png", "audio_features", "audio_valid"]
@@ -79,6 +83,9 @@ class IdentityFrames:
     """Frames [0, n_train) train; [n_train, N) are held out."""
     open_eye: float
     """Eye aspect ratio that maps to 1.0 in :attr:`eye`."""
+    version: str = ""
+    """Which build of the dataset the frames came from (a fingerprint of the identity's clips, set by the reader;
+    empty when unknown): a checkpoint records it, and resuming on other frames is refused."""
 
     @property
     def n_frames(self) -> int:
@@ -126,10 +133,32 @@ class IdentityFrames:
     @classmethod
     def from_rows(cls, frames: pa.Table, identity: dict[str, Any], size: int,
                   holdout: float = HOLDOUT_FRACTION, max_frames: int | None = None) -> IdentityFrames:
-        """Decode an identity's rows at a training size.
+        """Decode an identity's rows at a training size (see :meth:`from_batches`).
 
         Args:
             frames: the identity's ``frames/`` rows (at least :data:`COLUMNS`) in (clip_id, frame_index) order.
+            identity, size, holdout, max_frames: see :meth:`from_batches`.
+
+        Raises:
+            DataError: no usable frame, no background, or an image that does not decode.
+        """
+
+        def batches(columns: list[str]):  # noqa: ANN202
+            return frames.select([c for c in columns if c in frames.column_names]).to_batches(DECODE_CHUNK)
+
+        return cls.from_batches(batches, identity, size, holdout, max_frames)
+
+    @classmethod
+    def from_batches(cls, batches: Callable[[list[str]], Iterable[pa.RecordBatch]], identity: dict[str, Any],
+                     size: int, holdout: float = HOLDOUT_FRACTION, max_frames: int | None = None) -> IdentityFrames:
+        """Decode an identity's rows at a training size, streaming: the rows are read twice, once with two small
+        columns to find the usable frames and once to decode them a batch at a time, so memory holds the decoded
+        arrays and one batch (a whole identity's table would cost several times its images).
+
+        Args:
+            batches: ``columns -> record batches`` of the identity's ``frames/`` rows (at least :data:`COLUMNS`)
+                in (clip_id, frame_index) order, the same rows on every call
+                (:meth:`pipelines.dataset.Dataset.iter_frames`).
             identity: the identity's ``identities/`` row (``background_png``, ``near``, ``far``).
             size: training image side in pixels.
             holdout: fraction of frames (the last ones) held out.
@@ -139,16 +168,17 @@ class IdentityFrames:
             DataError: no usable frame, no background, or an image that does not decode.
         """
         name = str(identity.get("identity"))
-        if frames.num_rows == 0:
+        masks = [np.asarray(pc.and_(pc.fill_null(b.column("face_found"), False), pc.is_valid(b.column("pose_c2w")))
+                            .to_numpy(zero_copy_only=False), bool) for b in batches(["face_found", "pose_c2w"])]
+        usable = np.concatenate(masks) if masks else np.zeros(0, bool)
+        if usable.size == 0:
             raise DataError(f"identity {name!r} has no frame rows; build the dataset first")
-        usable = pc.and_(pc.fill_null(frames["face_found"], False), pc.is_valid(frames["pose_c2w"]))
-        ok = np.flatnonzero(np.asarray(usable.to_numpy(zero_copy_only=False), bool))
+        ok = np.flatnonzero(usable)
         if ok.size == 0:
-            raise DataError(f"identity {name!r}: {frames.num_rows} frame rows but none with a face and a pose")
+            raise DataError(f"identity {name!r}: {usable.size} frame rows but none with a face and a pose")
         if max_frames is not None:
             ok = ok[:max_frames]
-        rows = frames.take(pa.array(ok)).to_pylist()
-        n = len(rows)
+        n = int(ok.size)
 
         bg_png = identity.get("background_png") or b""
         bg = cv2.imdecode(np.frombuffer(bg_png, np.uint8), cv2.IMREAD_COLOR) if bg_png else None
@@ -164,7 +194,15 @@ class IdentityFrames:
         lms = np.full((n, 68, 2), np.nan, np.float32)
         audio = np.zeros((n, AUDIO_WINDOW, AUDIO_MELS), np.float32)
         eye_raw = np.full(n, np.nan, np.float32)
-        for k, r in enumerate(rows):
+        poses = np.empty((n, 4, 4), np.float32)
+        clip_ids: list[str] = []
+        frame_index = np.empty(n, np.int32)
+        # Decoded DECODE_CHUNK rows at a time: Python objects of a whole identity's rows (JPEG bytes, mel windows
+        # as float lists) would cost several times the decoded arrays.
+        for k, r in _usable_rows(batches(COLUMNS), ok):
+            clip_ids.append(str(r["clip_id"]))
+            frame_index[k] = r["frame_index"]
+            poses[k] = np.asarray(r["pose_c2w"], np.float32).reshape(4, 4)
             where = f"identity {name!r} clip {r['clip_id']} frame {r['frame_index']}"
             img = cv2.imdecode(np.frombuffer(r["image_jpeg"] or b"", np.uint8), cv2.IMREAD_COLOR)
             if img is None:
@@ -189,13 +227,11 @@ class IdentityFrames:
         finite = eye_raw[np.isfinite(eye_raw)]
         open_eye = float(np.percentile(finite, 90)) if finite.size else 0.3
         eye = np.nan_to_num(eye_raw / max(open_eye, 1e-3), nan=1.0).astype(np.float32)
-        poses = np.stack([np.asarray(r["pose_c2w"], np.float32).reshape(4, 4) for r in rows])
         return cls(
             identity=name, size=size, images=images, labels=labels, poses=poses, intrinsics=intr, audio=audio,
             eye=eye, lips_rect=lips, face_rect=face, landmarks=lms, background=background,
             near=float(identity.get("near") or 0.3), far=float(identity.get("far") or 1.0),
-            clip_ids=[str(r["clip_id"]) for r in rows],
-            frame_index=np.asarray([r["frame_index"] for r in rows], np.int32),
+            clip_ids=clip_ids, frame_index=frame_index,
             n_train=train_count(n, holdout), open_eye=open_eye,
         )
 
@@ -437,3 +473,19 @@ class ErrorMap:
             self.values.device)
         v = self.values.view(-1)
         v[flat] = self.keep * v[flat] + (1.0 - self.keep) * error.detach().to(v.device, v.dtype)
+
+
+def _usable_rows(batches: Iterable[pa.RecordBatch], picks: np.ndarray) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(k, row) for the rows at the sorted positions ``picks`` of the batches' concatenation, one batch of Python
+    objects at a time; stops after the last pick."""
+    start, k = 0, 0
+    for batch in batches:
+        if k >= picks.size:
+            return
+        end = start + batch.num_rows
+        take = picks[k:][picks[k:] < end] - start
+        if take.size:
+            for r in batch.take(pa.array(take)).to_pylist():
+                yield k, r
+                k += 1
+        start = end

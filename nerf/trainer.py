@@ -12,8 +12,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import time
 import typing
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -480,25 +482,42 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "render_kit": render_kit(d),
+            "data_version": d.version,
             **({"error_map": self.error_map.values.clone()} if self.error_map is not None else {}),
         }
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Write a checkpoint atomically (temporary file, then rename)."""
+        """Write a checkpoint atomically (temporary file, then rename); the one it replaces stays beside it as
+        :func:`previous_path` (a damaged file then costs the steps since it, not the run)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         torch.save(self.state_dict(), tmp)
+        if path.exists():  # a hard link, then a rename: `path` itself never goes missing in between
+            keep = path.with_name(f".{path.name}.prev-{os.getpid()}")
+            try:
+                os.link(path, keep)
+            except OSError:
+                shutil.copy2(path, keep)
+            os.replace(keep, previous_path(path))
         os.replace(tmp, path)
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Resume from a checkpoint of the same recipe and identity.
+        """Resume from a checkpoint of the same recipe, identity and frames (falling back to the previous
+        checkpoint when this one does not read).
 
         Raises:
-            CheckpointError: unreadable file, another format, another recipe or identity.
+            CheckpointError: unreadable file, another format, another recipe or identity, or frames of another
+                build of the dataset.
         """
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, fallback=True)
+        theirs_data = str(ckpt.get("data_version") or "")
+        if theirs_data and self.data.version and theirs_data != self.data.version:
+            raise CheckpointError(
+                f"{path}: trained on another build of {self.data.identity!r}'s frames (data version {theirs_data}, "
+                f"now {self.data.version}: the dataset was rebuilt or clips were added); resuming would mix the "
+                "two. Train into a new output directory, or delete this one to start over")
         # Compared through a round trip: a checkpoint written before a config field existed holds no value for it,
         # and the old behaviour (the class's ABSENT_IN_OLD_CONFIGS, else the field's default) stands in.
         try:
@@ -586,8 +605,18 @@ def render_image(model: RadNerf, origins: Tensor, directions: Tensor, pixels: Te
     return torch.cat(parts).clamp(0, 1).view(size, size, 3)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def previous_path(path: str | Path) -> Path:
+    """Where :meth:`Trainer.save_checkpoint` keeps the checkpoint a new one replaced (``checkpoint.prev.pt``)."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.prev{p.suffix}")
+
+
+def load_checkpoint(path: str | Path, fallback: bool = False) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``.
+
+    Args:
+        path: the checkpoint.
+        fallback: when it does not read (cut short, damaged), read :func:`previous_path` instead, with a warning.
 
     Raises:
         CheckpointError: missing, unreadable or not a parley RAD-NeRF checkpoint.
@@ -598,6 +627,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (torch raises many kinds for a corrupt file)
+        prev = previous_path(p)
+        if fallback and prev.is_file():
+            warnings.warn(f"{p} does not read ({type(e).__name__}); resuming from the previous checkpoint {prev}",
+                          stacklevel=2)
+            return load_checkpoint(prev)
         raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p}: not a parley RAD-NeRF checkpoint (format {CHECKPOINT_FORMAT!r} expected)")

@@ -41,9 +41,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from pipelines import dataset as D
-from pipelines.inputs import ClipSpec, list_inputs
+from pipelines.check import quarantine, sweep_orphans
+from pipelines.inputs import ClipSpec, InputError, list_inputs
+from pipelines.lease import Lease
 from pipelines.storage import S3Options, Storage, is_s3, storage_for_file
 from workers.config import BUILDER_VERSION, ClipConfig, clip_config_json
 from workers.errors import ClipError
@@ -257,12 +260,14 @@ class ClipBuildWorker:
                 except FileNotFoundError as exc:
                     raise ClipError(spec.source_uri, "no such file") from exc
                 extra["download_s"] = time.perf_counter() - t
+                frames = D.FrameFiles(self.output, spec.clip_id, spec.role)
+                stack.callback(frames.discard)  # a failed clip leaves no temporary file behind
                 result = self.processor(local, identity=spec.identity, clip_id=spec.clip_id,
-                                        source_uri=spec.source_uri, watchdog=dog)
+                                        source_uri=spec.source_uri, watchdog=dog, sink=frames)
                 t = time.perf_counter()
                 extra.update(_stamp())
                 row = D.write_clip(self.output, result, identity=spec.identity, role=spec.role, previous=previous,
-                                   extra=extra)
+                                   extra=extra, frames=frames)
                 row["write_s"] = time.perf_counter() - t
         except ClipTimeout as exc:
             row = self._failure(spec, exc.reason, "internal", previous, extra)
@@ -418,6 +423,9 @@ def _write_qc(config: BuildConfig, identities: list[str]) -> list[dict[str, Any]
 def build(config: BuildConfig, on_row: Callable[[dict[str, Any]], None] | None = None) -> BuildReport:
     """Build (or bring up to date) a dataset from clips.
 
+    The build holds the output's lease (:class:`pipelines.lease.Lease`) from its first write to its last: a
+    second build into the same output is refused while this one runs.
+
     Args:
         config: inputs, output, settings and resources.
         on_row: called on the driver with each clip's status row as it finishes (progress).
@@ -426,17 +434,31 @@ def build(config: BuildConfig, on_row: Callable[[dict[str, Any]], None] | None =
         What was listed, skipped and built.
 
     Raises:
-        InputError: the inputs cannot be listed.
+        InputError: the inputs cannot be listed, or the output is not a directory.
+        LeaseError: another build is writing the output.
     """
     start = time.perf_counter()
-    specs = list_inputs(config.inputs, config.s3)
     out = Storage(config.output, config.s3)
+    if out.fs.get_file_info(out.root).type == pafs.FileType.File:
+        raise InputError(f"{out.uri}: the output is a file; give a directory (new or a dataset) or s3:// prefix")
+    specs = list_inputs(config.inputs, config.s3)
+    build_id = new_build_id()
+    with Lease(out, build_id):
+        return _build_locked(config, specs, out, build_id, start, on_row)
+
+
+def _build_locked(config: BuildConfig, specs: list[ClipSpec], out: Storage, build_id: str, start: float,
+                  on_row: Callable[[dict[str, Any]], None] | None) -> BuildReport:
     dataset = D.Dataset(out)
     report = BuildReport(output=out.uri, listed=len(specs))
     for table in ("clips", "frames"):
         if swept := out.sweep_temporaries(table):
             log.info("%s: deleted %d temporary file(s) left by an interrupted build", out.child_uri(table), swept)
     existing = dataset.clip_rows(LIGHT)
+    if dataset.unreadable:  # their clips count as unbuilt and are built again below
+        moved = quarantine(out, dataset.unreadable)
+        log.warning("%s: %d unreadable clip row(s) moved aside (%s); their clips are built again",
+                    out.uri, len(moved), ", ".join(moved))
     config_json = clip_config_json(config.clip)
     todo = []
     for s in specs:
@@ -454,11 +476,12 @@ def build(config: BuildConfig, on_row: Callable[[dict[str, Any]], None] | None =
             if on_row:
                 on_row(row)
 
-        build_id = new_build_id()
         try:
             _run_workers(config, todo, collect, build_id)
         finally:
             out.delete_dir(f"{ATTEMPTS_DIR}/{build_id}")
+    if orphans := sweep_orphans(out):  # left by a build killed between a clip's frames and its row
+        log.info("%s: deleted %d frame file(s) of no committed clip: %s", out.uri, len(orphans), ", ".join(orphans))
 
     after = dataset.clip_rows(LIGHT) if todo else existing
     status = [after[s.clip_id]["status"] for s in specs if s.clip_id in after]

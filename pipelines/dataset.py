@@ -14,9 +14,13 @@ so rows are never duplicated.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import re
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from pipelines import schema
 from pipelines.storage import S3Options, Storage
@@ -40,8 +46,11 @@ IDENTITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def safe_identity(name: str) -> str:
-    """``name`` made into a valid identity: other characters become ``_``."""
-    out = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("._-")[:128]
+    """``name`` made into a valid identity: accents dropped (``José`` -> ``Jose``), outer spaces stripped, other
+    characters ``_``. Different names can give the same identity; :func:`pipelines.inputs.list_inputs` refuses
+    such a collision between two clips."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", name.strip()) if not unicodedata.combining(c))
+    out = re.sub(r"[^A-Za-z0-9._-]", "_", plain).lstrip("._-")[:128]
     return out or "unnamed"
 
 
@@ -64,8 +73,58 @@ def _frame_files(row: dict[str, Any] | None) -> set[str]:
     return {frames_path(p["identity"], row["clip_id"]) for p in row.get("people") or []}
 
 
+class FrameFiles:
+    """A sink for a clip's frame rows (:class:`workers.clip.ClipProcessor`'s ``sink``): each batch becomes a
+    Parquet row group of its identity's file, written to a local temporary file as it comes, so a worker holds
+    one batch, not the clip. :func:`write_clip` publishes the files; :meth:`discard` drops them.
+
+    Args:
+        storage: the dataset root.
+        clip_id: the clip.
+        role: the role listed for the clip (set on a single-person clip's rows, whose role is ``solo``).
+    """
+
+    def __init__(self, storage: Storage, clip_id: str, role: str | None = None):
+        self.storage = storage
+        self.clip_id = clip_id
+        self.role = role
+        self._writers: dict[str, tuple[str, pq.ParquetWriter]] = {}
+
+    def __call__(self, rows: list[dict[str, Any]]) -> None:
+        by_identity: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            if self.role and row.get("role") == "solo":
+                row["role"] = self.role
+            by_identity.setdefault(row["identity"], []).append(row)
+        for ident, batch in by_identity.items():
+            if ident not in self._writers:
+                tmp = self.storage.temp_path(frames_path(ident, self.clip_id))
+                self._writers[ident] = (tmp, pq.ParquetWriter(tmp, schema.FRAME_SCHEMA, compression="zstd"))
+            self._writers[ident][1].write_table(schema.frames_table(batch))
+
+    def publish(self) -> set[str]:
+        """Close the files and move them into the dataset; returns their paths (relative to the root)."""
+        written = set()
+        for ident, (tmp, writer) in list(self._writers.items()):
+            writer.close()
+            self.storage.put_file(tmp, frames_path(ident, self.clip_id))
+            written.add(frames_path(ident, self.clip_id))
+            del self._writers[ident]
+        return written
+
+    def discard(self) -> None:
+        """Drop files not published (a failed clip)."""
+        for tmp, writer in self._writers.values():
+            with contextlib.suppress(Exception):
+                writer.close()
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        self._writers.clear()
+
+
 def write_clip(storage: Storage, result: ClipResult, *, identity: str, role: str | None = None,
-               previous: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               previous: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+               frames: FrameFiles | None = None) -> dict[str, Any]:
     """Write one extracted clip: its frame files, then its ``clips/`` row (the commit).
 
     Args:
@@ -76,24 +135,25 @@ def write_clip(storage: Storage, result: ClipResult, *, identity: str, role: str
         previous: the clip's earlier row, if any; frame files it names that this build does not
             write again are deleted (e.g. the identity changed).
         extra: more ``clips/`` columns (timings, worker).
+        frames: the sink the rows were streamed to (its files are published), instead of ``result.rows``.
 
     Returns:
         The ``clips/`` row written.
     """
     cid = result.summary["clip_id"]
-    by_identity: dict[str, list[dict[str, Any]]] = {}
-    for row in result.rows:
-        if role and result.summary["n_people"] == 1:
-            row["role"] = role
-        by_identity.setdefault(row["identity"], []).append(row)
-    written = set()
-    for ident, rows in by_identity.items():
-        storage.write_table(frames_path(ident, cid), schema.frames_table(rows))
-        written.add(frames_path(ident, cid))
+    counts = dict(result.n_rows)
+    if frames is None:
+        frames = FrameFiles(storage, cid, role if result.summary["n_people"] == 1 else None)
+        counts = {}
+        for r in result.rows:
+            counts[r["identity"]] = counts.get(r["identity"], 0) + 1
+        for k in range(0, len(result.rows), 64):
+            frames(result.rows[k:k + 64])
+    written = frames.publish()
     people = []
     for p in result.people:
         d = asdict(p)
-        d["n_rows"] = len(by_identity.get(p.identity, []))
+        d["n_rows"] = int(counts.get(p.identity, 0))
         people.append(d)
     row = {**result.summary, **(extra or {}), "identity": identity, "role": role, "status": "ok", "error": None,
            "error_kind": None, "people": people}
@@ -167,37 +227,115 @@ class Dataset:
         return dataset.to_table(columns=columns)
 
     def clips_table(self, columns: list[str] | None = None) -> pa.Table:
-        """The ``clips/`` table (empty when there is none), sorted by ``clip_id``."""
+        """The ``clips/`` table (empty when there is none), sorted by ``clip_id``.
+
+        A file that does not read (cut short, overwritten by something else) is skipped with a warning and listed
+        in :attr:`unreadable`: its clip counts as unbuilt, so the next build builds it again
+        (:func:`quarantine_unreadable` moves such files aside).
+        """
         if columns is not None and "clip_id" not in columns:
             columns = ["clip_id", *columns]
-        return self._table("clips", schema.CLIP_SCHEMA, columns).sort_by("clip_id")
+        try:
+            table = self._table("clips", schema.CLIP_SCHEMA, columns)
+            self.unreadable: list[str] = []
+        except (pa.ArrowInvalid, OSError):  # one bad file fails the whole scan: read the files one by one
+            parts, self.unreadable = [], []
+            for rel in self.storage.list_files("clips", ".parquet"):
+                try:
+                    parts.append(self.storage.read_table(rel).cast(schema.CLIP_SCHEMA).select(
+                        columns or schema.CLIP_SCHEMA.names))
+                except (pa.ArrowInvalid, OSError, ValueError, KeyError) as exc:
+                    log.warning("%s: unreadable clip row, ignored (%s)", self.storage.child_uri(rel), exc)
+                    self.unreadable.append(rel)
+            empty = schema.CLIP_SCHEMA.empty_table()
+            table = pa.concat_tables(parts) if parts else (empty.select(columns) if columns else empty)
+        return table.sort_by("clip_id")
 
     def clip_rows(self, columns: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """``clips/`` rows by ``clip_id``."""
         return {r["clip_id"]: r for r in self.clips_table(columns).to_pylist()}
 
+    def committed(self) -> dict[str, list[str]]:
+        """identity -> the clips holding its frames: ``ok`` rows of ``clips/`` that name the identity among their
+        people with rows. Only these frame files are read; any other file under ``frames/`` (left by a build
+        killed between writing a clip's frames and its row, or by a clip that moved) is an orphan."""
+        out: dict[str, list[str]] = {}
+        for cid, row in self.clip_rows(["status", "people"]).items():
+            if row.get("status") != "ok":
+                continue
+            for p in row.get("people") or []:
+                if p.get("n_rows") is None or p["n_rows"] > 0:
+                    out.setdefault(p["identity"], []).append(cid)
+        return {k: sorted(v) for k, v in sorted(out.items())}
+
     def identity_names(self) -> list[str]:
-        """Identities with a ``frames/`` partition."""
-        return sorted(d[len("identity="):] for d in self.storage.list_dirs("frames") if d.startswith("identity="))
+        """Identities with committed frames (see :meth:`committed`)."""
+        return list(self.committed())
 
     def frames(self, identity: str, columns: list[str] | None = None,
                clip_ids: Iterable[str] | None = None) -> pa.Table:
-        """Frames of one identity, in (clip_id, frame_index) order.
+        """Frames of one identity from its committed clips (:meth:`committed`), in (clip_id, frame_index) order.
 
         Raises:
-            KeyError: the identity has no frames in this dataset.
+            KeyError: the identity has no committed frames in this dataset.
         """
-        rel = f"frames/identity={identity}"
-        if not self.storage.exists(rel):
-            known = ", ".join(self.identity_names()) or "none"
+        committed = self.committed()
+        if identity not in committed:
+            known = ", ".join(committed) or "none"
             raise KeyError(f"{self.storage.uri}: no identity {identity!r} (identities: {known})")
+        wanted = set(committed[identity]) if clip_ids is None else set(committed[identity]) & set(clip_ids)
         if columns is not None:
             columns = list(dict.fromkeys([*columns, "clip_id", "frame_index"]))
-        dataset = pads.dataset(self.storage.path(rel), schema=schema.FRAME_SCHEMA, format="parquet",
-                               filesystem=self.storage.fs)
-        filt = pc.field("clip_id").isin(sorted(clip_ids)) if clip_ids is not None else None
-        return dataset.to_table(columns=columns, filter=filt).sort_by([("clip_id", "ascending"),
-                                                                       ("frame_index", "ascending")])
+        files = []
+        for c in sorted(wanted):
+            f = self.storage.path(frames_path(identity, c))
+            if self.storage.fs.get_file_info(f).type == pafs.FileType.File:
+                files.append(f)
+            else:
+                log.warning("%s: clip %s is committed but its frame file is missing (`parley dataset check`)",
+                            self.storage.uri, c)
+        if not files:
+            return schema.FRAME_SCHEMA.empty_table().select(columns) if columns else schema.FRAME_SCHEMA.empty_table()
+        dataset = pads.dataset(files, schema=schema.FRAME_SCHEMA, format="parquet", filesystem=self.storage.fs)
+        return dataset.to_table(columns=columns).sort_by([("clip_id", "ascending"), ("frame_index", "ascending")])
+
+    def identity_version(self, identity: str) -> str:
+        """A fingerprint of one identity's committed frames: its clips, their builder version and settings and
+        row counts (12 hex digits). A rebuild or an added clip of this identity changes it; other identities'
+        clips do not."""
+        import hashlib
+
+        rows = self.clip_rows(["status", "builder_version", "config_json", "people"])
+        key = sorted((cid, r.get("builder_version"), r.get("config_json"),
+                      [p.get("n_rows") for p in r.get("people") or [] if p["identity"] == identity])
+                     for cid, r in rows.items() if cid in set(self.committed().get(identity, [])))
+        return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:12]
+
+    def iter_frames(self, identity: str, columns: list[str] | None = None,
+                    batch_rows: int = 128) -> Iterator[pa.RecordBatch]:
+        """Frames of one identity's committed clips as record batches of up to ``batch_rows`` rows, in (clip_id,
+        frame_index) order, read one row group at a time (memory: a batch, not the identity).
+
+        Raises:
+            KeyError: the identity has no committed frames in this dataset.
+        """
+        committed = self.committed()
+        if identity not in committed:
+            known = ", ".join(committed) or "none"
+            raise KeyError(f"{self.storage.uri}: no identity {identity!r} (identities: {known})")
+        for cid in committed[identity]:
+            rel = frames_path(identity, cid)
+            if not self.storage.exists(rel):
+                log.warning("%s: clip %s is committed but its frame file is missing (`parley dataset check`)",
+                            self.storage.uri, cid)
+                continue
+            with self.storage.fs.open_input_file(self.storage.path(rel)) as f:
+                pf = pq.ParquetFile(f)
+                order = pf.read(columns=["frame_index"]).column("frame_index").to_numpy()
+                if order.size and not (np.diff(order) > 0).all():  # written out of order: sort this file
+                    yield from pf.read(columns=columns).sort_by("frame_index").to_batches(batch_rows)
+                    continue
+                yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
 
     def identities(self) -> pa.Table:
         """The ``identities/`` table (empty when there is none)."""

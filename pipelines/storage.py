@@ -107,9 +107,10 @@ class Storage:
             self.root = str(Path(uri).expanduser().resolve())
             self.uri = self.root
         self._fs: pafs.FileSystem | None = None
+        self._client = None
 
     def __getstate__(self):
-        return {"uri": self.uri, "root": self.root, "s3": self.s3, "_fs": None}
+        return {"uri": self.uri, "root": self.root, "s3": self.s3, "_fs": None, "_client": None}
 
     def __repr__(self) -> str:
         return f"Storage({self.uri!r})"
@@ -205,6 +206,29 @@ class Storage:
         with self.fs.open_input_stream(self.path(rel)) as f:
             return f.read()
 
+    def temp_path(self, rel: str) -> str:
+        """A local path to build the file ``rel`` in before :meth:`put_file` publishes it: a hidden sibling of
+        ``rel`` on a local root (published by a rename), a file in the temporary directory for S3."""
+        if self.is_s3:
+            fd, tmp = tempfile.mkstemp(prefix="parley-", suffix=os.path.splitext(rel)[1])
+            os.close(fd)
+            return tmp
+        self._mkdir(rel)
+        head, _, name = self.path(rel).rpartition("/")
+        return f"{head}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+
+    def put_file(self, local: str, rel: str) -> None:
+        """Publish a finished local file (from :meth:`temp_path`) as ``rel`` in one step and remove ``local``
+        (a rename on a local root; an upload streamed from disk, visible only when complete, on S3)."""
+        if not self.is_s3:
+            os.replace(local, self.path(rel))
+            return
+        try:
+            with open(local, "rb") as src, self.fs.open_output_stream(self.path(rel)) as dst:
+                shutil.copyfileobj(src, dst, 8 << 20)
+        finally:
+            os.remove(local)
+
     def write_table(self, rel: str, table: pa.Table) -> None:
         """Write a Parquet file atomically."""
         buf = io.BytesIO()
@@ -215,21 +239,33 @@ class Storage:
         """Read one Parquet file."""
         return pq.read_table(self.path(rel), columns=columns, filesystem=self.fs)
 
+    def _s3_client(self):  # noqa: ANN202
+        if getattr(self, "_client", None) is None:
+            self._client = self.s3.boto3_client()
+        return self._client
+
     def delete(self, rel: str) -> None:
         """Delete a file if it exists."""
+        if self.is_s3:  # boto3: pyarrow's delete leaves an empty "directory" object behind an emptied prefix
+            bucket, key = split_s3(self.child_uri(rel))
+            self._s3_client().delete_object(Bucket=bucket, Key=key)
+            return
         with suppress(FileNotFoundError):
             self.fs.delete_file(self.path(rel))
-        if not self.is_s3:  # S3 has no directories; a local one left empty goes too (e.g. a partition)
-            with suppress(OSError):
-                os.rmdir(os.path.dirname(self.path(rel)))
+        with suppress(OSError):  # a local directory left empty goes too (e.g. a partition)
+            os.rmdir(os.path.dirname(self.path(rel)))
 
     def delete_dir(self, rel: str) -> None:
         """Delete a directory and everything under it, if it exists (``rel`` must not be the root)."""
         if not rel.strip("/"):
             raise ValueError("delete_dir needs a directory below the root")
         if self.is_s3:
-            with suppress(FileNotFoundError, OSError):
-                self.fs.delete_dir(self.path(rel))
+            bucket, prefix = split_s3(self.child_uri(rel))
+            client = self._s3_client()
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
         else:
             shutil.rmtree(self.path(rel), ignore_errors=True)
 

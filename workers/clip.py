@@ -13,6 +13,7 @@ Audio features (mel windows, ZCR, RMS) are computed once from the clip's audio t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from workers.landmarks import Face, FaceTracker, LandmarkBackend, make_backend
 from workers.morphable import FaceModel, FitResult, fit_clip
 from workers.watchdog import Watchdog
 
+SINK_ROWS = 64
+"""Frame rows per batch handed to a sink (a Parquet row group of ~5 MB at 512 px crops)."""
 MIN_FRAMES = 5
 """Fewest frames a clip must decode to (at the build's frame rate) to be built: 0.2 s at 25 fps, the smoothing
 window of the speaking flag and the shortest span a 3DMM fit with a smoothness term is meaningful over."""
@@ -63,8 +66,10 @@ class ClipResult:
     summary: dict[str, Any]
     """One row of the ``clips/`` table (without ``status`` bookkeeping done by the pipeline)."""
     rows: list[dict[str, Any]]
-    """Rows of the ``frames/`` table: one per frame and person."""
+    """Rows of the ``frames/`` table: one per frame and person (empty when they went to a ``sink``)."""
     people: list[PersonSummary]
+    n_rows: dict[str, int] = field(default_factory=dict)
+    """Rows produced per identity (also when they went to a ``sink``)."""
 
 
 @dataclass
@@ -95,6 +100,7 @@ class ClipProcessor:
     def __call__(
         self, path: str | Path, identity: str | None = None, clip_id: str | None = None,
         source_uri: str | None = None, watchdog: Watchdog | None = None,
+        sink: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> ClipResult:
         """Extract one clip.
 
@@ -105,6 +111,9 @@ class ClipProcessor:
             source_uri: where the clip came from (default: ``path``).
             watchdog: limits on this clip's work (a deadline from its length, a stall limit per frame); None:
                 none.
+            sink: called with each batch of up to :data:`SINK_ROWS` frame rows as they are made, in order,
+                instead of collecting them in :attr:`ClipResult.rows` (memory then stays flat in the clip's
+                length; the dataset build streams them to Parquet).
 
         Returns:
             The :class:`ClipResult`.
@@ -187,8 +196,19 @@ class ClipProcessor:
         timings["fit_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        rows, summaries = self._render_rows(
-            path, info, content, det, people, fits, fa, speaking, identity, clip_id, n, watchdog
+        rows: list[dict[str, Any]] = []
+        n_rows: dict[str, int] = {}
+
+        def collect(batch: list[dict[str, Any]]) -> None:
+            for r in batch:
+                n_rows[r["identity"]] = n_rows.get(r["identity"], 0) + 1
+            if sink is not None:
+                sink(batch)
+            else:
+                rows.extend(batch)
+
+        summaries = self._render_rows(
+            path, info, content, det, people, fits, fa, speaking, identity, clip_id, n, collect, watchdog
         )
         timings["parse_encode_s"] = time.perf_counter() - t
 
@@ -212,7 +232,7 @@ class ClipProcessor:
             **timings,
             "total_s": sum(timings.values()),
         }
-        return ClipResult(summary, rows, summaries)
+        return ClipResult(summary, rows, summaries, n_rows)
 
     # pass 1 -----------------------------------------------------------------------------------
     def _detect(self, path: str, info: media.ClipInfo, content, watchdog: Watchdog | None = None) -> _Detections:
@@ -242,7 +262,7 @@ class ClipProcessor:
         return sorted(keep, key=lambda t: float(np.median(xs[t])))
 
     # pass 2 -----------------------------------------------------------------------------------
-    def _render_rows(self, path, info, content, det, people, fits, fa, speaking, identity, clip_id, n,
+    def _render_rows(self, path, info, content, det, people, fits, fa, speaking, identity, clip_id, n, emit,
                      watchdog=None):
         cfg = self.config
         size = cfg.crop_size
@@ -258,6 +278,9 @@ class ClipProcessor:
         ox, oy = (content[0], content[1]) if content else (0, 0)
         source_boxes = [[int(c[0]) + ox, int(c[1]) + oy, int(c[2]) + ox, int(c[3]) + oy] for _, c, _, _ in fits]
         for i, frame in enumerate(media.iter_frames(path, info, cfg.fps, n, content, watchdog)):
+            if len(rows) >= SINK_ROWS:
+                emit(rows)
+                rows = []
             for k, tid in enumerate(people):
                 frames, crop, fit, boxes = fits[k]
                 x0, y0, x1, y1 = (int(v) for v in crop)
@@ -315,6 +338,8 @@ class ClipProcessor:
                     }
                 )
                 rows.append(row)
+        if rows:
+            emit(rows)
         summaries = []
         for k, (frames, crop, fit, _) in enumerate(fits):
             s = size / float(crop[2] - crop[0])
@@ -330,7 +355,7 @@ class ClipProcessor:
                     background_png=png.tobytes(),
                 )
             )
-        return rows, summaries
+        return summaries
 
 
 def _empty_face(reason: str) -> dict[str, Any]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     from jobs.build_dataset import add_arguments
 
     add_arguments(bd)
+
+    dsp = sub.add_parser("dataset", help="look after a dataset: check (and repair) its consistency")
+    ds_sub = dsp.add_subparsers(dest="dataset_command", required=True)
+    from jobs.dataset_check import add_arguments as add_check_arguments
+
+    add_check_arguments(ds_sub.add_parser("check", help="orphans, rows without files, schema, counts (--fix)"))
 
     exp = sub.add_parser("export", help="write one identity in another tool's layout")
     exp_sub = exp.add_subparsers(dest="format", required=True)
@@ -52,9 +61,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """Within the block SIGTERM (``kill``, ``ray job stop``, a scheduler's preemption) unwinds like Ctrl-C instead
+    of ending the process on the spot, so ``with`` blocks clean up: a video being written is deleted, not left as
+    a ``.partial`` file; a dataset's lease is released. The previous handler is restored after."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with _exit_on_sigterm():
+        return _run(parser, args)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command in ("train", "sweep"):
+        local = args.command == "train" and args.output is not None
+        if local and args.resume:
+            parser.error("--resume NAME resumes a Ray fan-out; a local run (--output DIR) resumes from DIR by itself")
+        if not args.resume:
+            missing = [flag for flag, value in (("--dataset", args.dataset), ("--space", getattr(args, "space", 1)))
+                       if not value]
+            if missing:
+                parser.error(f"the following arguments are required: {', '.join(missing)} (unless --resume NAME)")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if args.command == "extract":
         from jobs.extract import run_cli
@@ -78,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         run = {"train": train_job.run_train_cli, "evaluate": train_job.run_evaluate_cli,
                "render": train_job.run_render_cli}[args.command]
         return run(args)
+    if args.command == "dataset":
+        from jobs.dataset_check import run_cli as check_cli
+
+        return check_cli(args)
     if args.command == "export":
         from jobs.export import run_cli as export_cli
 

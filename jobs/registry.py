@@ -4,13 +4,23 @@ A registered version is an MLflow ``pyfunc`` model wrapping one checkpoint (:cla
 audio file path(s), output = mp4 path(s). Each version carries the held-out metrics of its run as tags
 (``psnr``, ``lpips``, ...), which is what ``parley registry list|show`` print and what
 ``parley registry promote`` ranks by.
+
+Trust: an MLflow registry has no authentication of its own, so whoever can write to it can register a version
+whose ``python_model.pkl`` (or models-from-code file) runs code in every process that calls
+``mlflow.pyfunc.load_model`` on it. ``parley`` never does: :func:`fetch_checkpoint` downloads only the
+version's checkpoint file, from inside the artifacts of the run that produced it, and reads it as tensors
+(``torch.load(weights_only=True)``); the installed package's own code renders and evaluates it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import re
+import shutil
 import tempfile
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +34,17 @@ MODEL_PREFIX = "avatar-"
 CHAMPION = "champion"
 ARTIFACT = "avatar"
 """Artifact path of the pyfunc model inside its run."""
+CHECKPOINT_IN_MODEL = "artifacts/checkpoint.pt"
+"""Where :func:`save_model` puts the checkpoint inside the pyfunc model directory (MLflow names the file after its
+source, so :func:`save_model` hands it a file of this name), and the only file of a version parley downloads."""
 METRICS = ("psnr", "ssim", "lpips", "lmd", "render_s_per_frame")
 """Held-out metrics copied onto each version as tags."""
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "lmd": False, "render_s_per_frame": False}
 
 
 class RegistryError(LookupError):
-    """A registered model, version or alias that does not exist (the message lists what does)."""
+    """A registered model, version or alias that does not exist (the message lists what does), or a version whose
+    checkpoint parley will not fetch (:func:`fetch_checkpoint`: no run, a source outside its run's artifacts)."""
 
 
 def model_name(identity: str) -> str:
@@ -44,12 +58,16 @@ except ImportError:  # pragma: no cover
 
 
 class AvatarModel(PythonModel):
-    """A trained avatar as an MLflow pyfunc model.
+    """A trained avatar as an MLflow pyfunc model, for people who call MLflow themselves.
 
     ``predict(model_input, params)``: ``model_input`` is an audio path, a list of them, or a DataFrame with
     an ``audio`` column (and optionally ``out``, the mp4 to write per row); ``params`` may hold ``out_dir``
     (default: a new temporary directory), ``size`` (default: the size it was trained at) and ``device`` (default
     ``cpu``), declared in the model's signature. Returns the list of mp4 paths.
+
+    Trusted registries only: ``mlflow.pyfunc.load_model`` unpickles the version's ``python_model.pkl``, so it runs
+    whatever code the version's author put there. ``parley render --model`` / ``parley evaluate --model`` do not
+    use this class; they load only the checkpoint's tensors (:func:`fetch_checkpoint`).
     """
 
     def load_context(self, context) -> None:  # noqa: ANN001
@@ -85,7 +103,18 @@ class AvatarModel(PythonModel):
 
 
 def save_model(checkpoint: str | Path, path: Path) -> Path:
-    """Write the pyfunc model of a checkpoint to a local directory (no tracking server involved)."""
+    """Write the pyfunc model of a checkpoint to a local directory (no tracking server involved).
+
+    The checkpoint lands at :data:`CHECKPOINT_IN_MODEL` whatever its file is called (where
+    :func:`fetch_checkpoint` reads it).
+
+    Args:
+        checkpoint: the checkpoint file.
+        path: the model directory to create (must not exist).
+
+    Returns:
+        ``path``.
+    """
     import mlflow
     import torch
     from mlflow.models import ModelSignature
@@ -95,10 +124,19 @@ def save_model(checkpoint: str | Path, path: Path) -> Path:
     # signature declares them; no input schema: a path, a list of paths and a DataFrame all pass unchanged.
     params = ParamSchema([ParamSpec("out_dir", "string", ""), ParamSpec("size", "long", 0),
                           ParamSpec("device", "string", "cpu")])
-    with warnings.catch_warnings():
+    name = Path(CHECKPOINT_IN_MODEL).name
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="parley-ckpt-") as stage:
+        src = Path(checkpoint)
+        if src.name != name:  # MLflow keeps the file's own name; the layout must not depend on it
+            staged = Path(stage) / name
+            try:
+                os.link(src, staged)
+            except OSError:  # another filesystem
+                shutil.copyfile(src, staged)
+            src = staged
         warnings.filterwarnings("ignore", message="An input example was not provided")
         mlflow.pyfunc.save_model(
-            path=str(path), python_model=AvatarModel(), artifacts={"checkpoint": str(checkpoint)},
+            path=str(path), python_model=AvatarModel(), artifacts={"checkpoint": str(src)},
             signature=ModelSignature(params=params),
             # the code is the installed `parley` package; listing requirements skips MLflow's inference
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "parley"],
@@ -146,6 +184,8 @@ class VersionInfo:
     metrics: dict[str, float]
     tags: dict[str, str]
     created: int
+    source: str = ""
+    """Where the version's model lies (an artifact URI), as the registry records it."""
 
 
 def _get_model(c, name: str):  # noqa: ANN001, ANN202
@@ -178,7 +218,7 @@ def versions(uri: str, name: str) -> list[VersionInfo]:
             with contextlib.suppress(KeyError, ValueError):
                 metrics[k] = float(mv.tags[k])
         out.append(VersionInfo(name, int(mv.version), mv.run_id or "", sorted(by_version.get(str(mv.version), [])),
-                               metrics, dict(mv.tags), int(mv.creation_timestamp or 0)))
+                               metrics, dict(mv.tags), int(mv.creation_timestamp or 0), mv.source or ""))
     return sorted(out, key=lambda v: -v.version)
 
 
@@ -281,19 +321,106 @@ def resolve(uri: str, model_uri: str) -> VersionInfo:
     return vs[0]
 
 
-def load(uri: str, model_uri: str) -> tuple[AvatarModel, VersionInfo]:
-    """Load a registered avatar (any tracking server): the pyfunc's :class:`AvatarModel` and its version.
+def _relative_source(source: str, run_id: str, artifact_uri: str) -> str | None:
+    """The version's model path relative to its run's artifacts; None when ``source`` lies outside them."""
+    if source.startswith("runs:/"):
+        source_run, _, rel = source[len("runs:/"):].partition("/")
+        return rel.rstrip("/") if source_run == run_id else None
+    root, src = artifact_uri.rstrip("/"), source.rstrip("/")
+    if src == root:
+        return ""
+    if root and src.startswith(root + "/"):
+        return src[len(root) + 1:]
+    return None
+
+
+def _escapes(rel: str) -> bool:
+    """Whether a run-relative path could leave the run's artifacts (``..``, ``.``, empty or odd segments)."""
+    while (unquoted := urllib.parse.unquote(rel)) != rel:  # %2e%2e%2f... is ../ to whoever decodes it
+        rel = unquoted
+    parts = rel.split("/") if rel else []
+    return rel.startswith("/") or any(c in rel for c in ("\\", "\x00")) or any(p in ("", ".", "..") for p in parts)
+
+
+def checkpoint_path(uri: str, info: VersionInfo) -> str:
+    """The run-relative artifact path of a version's checkpoint, once the version's source is checked.
+
+    Args:
+        uri: tracking / registry URI.
+        info: the version (:func:`resolve`).
+
+    Returns:
+        ``<model path in the run>/artifacts/checkpoint.pt``, for ``MlflowClient.download_artifacts(info.run_id, ...)``.
 
     Raises:
-        RegistryError: see :func:`resolve`.
+        RegistryError: the version has no run, its run is gone, its source lies outside its run's artifacts, or
+            its path escapes them (``..``).
     """
-    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    what = f"{info.name} version {info.version} (source {info.source!r})"
+    fix = ("parley loads a registered checkpoint only from the artifacts of the run that produced it; register "
+           "that run's model again (`parley train` does) or render its checkpoint.pt with --checkpoint")
+    if not info.run_id:
+        raise RegistryError(f"{what} names no run; {fix}")
+    try:
+        artifact_uri = client(uri).get_run(info.run_id).info.artifact_uri or ""
+    except MlflowException as exc:
+        reason = " ".join(str(exc.message).split())
+        raise RegistryError(f"{what}: its run {info.run_id} cannot be read ({reason}); {fix}") from None
+    rel = _relative_source(info.source, info.run_id, artifact_uri)
+    if rel is None:
+        raise RegistryError(f"{what} lies outside its run's artifacts {artifact_uri!r} (run {info.run_id}); {fix}")
+    if _escapes(rel):
+        raise RegistryError(f"{what}: the path {rel!r} inside its run's artifacts {artifact_uri!r} (run "
+                            f"{info.run_id}) is not a plain relative path (.., empty or odd segments); {fix}")
+    return f"{rel}/{CHECKPOINT_IN_MODEL}" if rel else CHECKPOINT_IN_MODEL
+
+
+def fetch_checkpoint(uri: str, model_uri: str, dst_dir: str | Path) -> tuple[Path, VersionInfo]:
+    """Download a registered version's checkpoint (tensors only) and check that it reads as one.
+
+    Nothing else of the version is fetched, unpickled or imported: not its ``python_model.pkl``, code or
+    environment. The source checks (:func:`checkpoint_path`) come before any download.
+
+    Args:
+        uri: tracking / registry URI.
+        model_uri: ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or ``models:/<name>`` (the newest).
+        dst_dir: local directory to download into (created if missing; the caller removes it).
+
+    Returns:
+        The local checkpoint path (read it with :func:`nerf.trainer.load_checkpoint`) and the version.
+
+    Raises:
+        RegistryError: see :func:`resolve` and :func:`checkpoint_path`; or the checkpoint cannot be downloaded.
+        ValueError: ``model_uri`` is not a ``models:/`` URI.
+        nerf.trainer.CheckpointError: the file is not a parley checkpoint (e.g. a pickle that is not only tensors).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from nerf.trainer import CheckpointError, load_checkpoint
 
     info = resolve(uri, model_uri)
-    mlflow.set_registry_uri(uri)
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"models:/{info.name}/{info.version}")
-    return model.unwrap_python_model(), info
+    rel = checkpoint_path(uri, info)
+    dst = Path(dst_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    where = f"{info.name} version {info.version} (run {info.run_id})"
+    try:
+        path = Path(client(uri).download_artifacts(info.run_id, rel, str(dst)))
+    except (MlflowException, OSError) as exc:
+        msg = " ".join(str(exc.message if isinstance(exc, MlflowException) else exc).split())
+        raise RegistryError(f"{where}: cannot download its checkpoint {rel!r} ({msg}); parley reads only that file "
+                            "of a registered model: log the checkpoint with jobs.registry.log_model (as `parley "
+                            "train` does) and register that") from None
+    try:
+        load_checkpoint(path)
+    except CheckpointError as exc:
+        # one line without the temporary path, torch's colours, or its advice to load the file with weights_only=False
+        reason = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).removeprefix(f"{path}: ").split()).split(". ")[0]
+        reason += ")" * (reason.count("(") - reason.count(")"))
+        raise CheckpointError(f"{where}: {rel}: {reason}; a registered checkpoint is read as tensors only "
+                              "(torch.load(weights_only=True)), never as code") from exc
+    return path, info
 
 
 # CLI -----------------------------------------------------------------------------------------------------------

@@ -10,15 +10,18 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from jobs.train_args import MAX_RENDER_SECONDS
 from nerf.avatar import AudioError, Avatar, EvalResult, evaluate, side_by_side
-from nerf.data import COLUMNS, DataError, IdentityFrames
+from nerf.data import DataError, IdentityFrames
 from nerf.metrics import LPIPS
 from nerf.presets import preset
 from nerf.trainer import CheckpointError, ExperimentConfig, StepResult, Trainer, config_to_json, load_checkpoint
@@ -83,8 +86,16 @@ def load_identity(dataset: str, identity: str, size: int, s3_endpoint: str | Non
     ds = Dataset(dataset, S3Options(endpoint_url=s3_endpoint))
     if not ds.storage.exists("clips") and not ds.storage.exists("frames"):
         raise FileNotFoundError(f"{dataset}: not a dataset (no clips/ or frames/); run `parley build-dataset` first")
-    frames = ds.frames(identity, columns=COLUMNS)
-    return IdentityFrames.from_rows(frames, ds.identity(identity), size, max_frames=max_frames)
+    if identity not in ds.committed():
+        ds.frames(identity)  # raises KeyError naming the known identities
+    row = ds.identity(identity)
+    data = IdentityFrames.from_batches(lambda columns: ds.iter_frames(identity, columns), row, size,
+                                       max_frames=max_frames)
+    data.version = ds.identity_version(identity)
+    # Arrow's allocator keeps the read buffers for reuse; training allocates through torch, which cannot use them
+    # (~250 MB at 2,000 frames)
+    pa.default_memory_pool().release_unused()
+    return data
 
 
 def lpips_module() -> LPIPS:
@@ -228,28 +239,44 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, output: str | Path
 
 
 def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, size: int | None = None,
-                 fps: float = 25.0, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+                 fps: float = 25.0, device: str = "cpu", progress: bool = False,
+                 max_seconds: float | None = MAX_RENDER_SECONDS) -> dict[str, Any]:
     """Render an avatar speaking an audio file: an mp4 with the audio muxed in.
 
     Audio features are computed exactly as in the dataset build (:func:`workers.audio.frame_features`),
     one video frame per ``1 / fps`` s of audio; head pose and blinks walk the training frames back and forth.
+    The output path and the audio's length are checked before anything is rendered.
+
+    Args:
+        max_seconds: longest audio accepted (None: no limit).
 
     Returns:
         ``video``, ``frames``, ``seconds``, ``fps`` (rendered frames per second).
 
     Raises:
         CheckpointError: see :func:`load_checkpoint`; ClipError: the file has no decodable audio;
-        AudioError: the audio has no samples.
+        AudioError: the audio has no samples, or is longer than ``max_seconds``; ValueError: ``out`` is a
+        directory or its folder cannot be created.
     """
     from workers.audio import frame_features
     from workers.config import AudioFeatureConfig
     from workers.media import VideoWriter, read_audio
 
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a directory; give the mp4 file to write (e.g. {out / 'speech.mp4'})")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot create its folder ({exc.strerror})") from exc
     avatar = Avatar.from_checkpoint(checkpoint, device)
     acfg = AudioFeatureConfig()
     samples = read_audio(audio, acfg.sample_rate)
     if samples.size == 0:
         raise AudioError(f"{audio}: the audio stream has no samples; nothing to render")
+    if max_seconds is not None and samples.size / acfg.sample_rate > max_seconds:
+        raise AudioError(f"{audio}: {samples.size / acfg.sample_rate:.0f} s of audio, more than the "
+                         f"{max_seconds:.0f} s limit (--max-seconds); cut it or raise the limit")
     n = int(math.ceil(samples.size / acfg.sample_rate * fps))
     feats = frame_features(samples, n, fps, acfg).mel
     size = size or int(avatar.kit["size"])
@@ -315,30 +342,42 @@ def run_train_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registered_checkpoint(cmd: str, args: argparse.Namespace, dst: str) -> Path:
+    """``--model models:/...``: the version's checkpoint downloaded into ``dst`` (tensors only, never its code).
+
+    Raises:
+        RegistryError, TrackingError, ValueError, CheckpointError: see :func:`jobs.registry.fetch_checkpoint`.
+    """
+    from jobs import registry, tracking
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.check_tracking(uri)
+    checkpoint, info = registry.fetch_checkpoint(uri, args.model, dst)
+    print(f"{cmd}: {args.model} -> {info.name} version {info.version} (run {info.run_id}; "
+          + ", ".join(f"{k} {v:.3g}" for k, v in info.metrics.items()) + ")", file=sys.stderr)
+    return checkpoint
+
+
 def run_evaluate_cli(args: argparse.Namespace) -> int:
+    """``parley evaluate``: a checkpoint file (``--checkpoint``) or a registered version's (``--model``)."""
     try:
-        res = evaluate_checkpoint(args.checkpoint, args.dataset, args.output, args.s3_endpoint, args.device,
-                                  align_poses=args.align_poses)
-    except (KeyError, DataError, FileNotFoundError, CheckpointError, ValueError) as exc:
+        with tempfile.TemporaryDirectory(prefix="parley-model-") as tmp:
+            checkpoint = _registered_checkpoint("evaluate", args, tmp) if args.model else args.checkpoint
+            res = evaluate_checkpoint(checkpoint, args.dataset, args.output, args.s3_endpoint, args.device,
+                                      align_poses=args.align_poses)
+    except (LookupError, DataError, FileNotFoundError, CheckpointError, ValueError, RuntimeError) as exc:
         return _fail("evaluate", exc)
     print(json.dumps(res.metrics, indent=2))
     return 0
 
 
 def run_render_cli(args: argparse.Namespace) -> int:
+    """``parley render``: a checkpoint file (``--checkpoint``) or a registered version's (``--model``)."""
     try:
-        if args.model:
-            from jobs import registry, tracking
-
-            uri = tracking.resolve_tracking_uri(args.tracking_uri)
-            tracking.check_tracking(uri)
-            avatar, info = registry.load(uri, args.model)
-            print(f"{args.model} -> {info.name} version {info.version} (run {info.run_id}; "
-                  + ", ".join(f"{k} {v:.3g}" for k, v in info.metrics.items()) + ")", file=sys.stderr)
-            r = avatar.render(args.audio, args.out, size=args.size, device=args.device, progress=True)
-        else:
-            r = render_audio(args.checkpoint, args.audio, args.out, size=args.size, device=args.device,
-                             progress=True)
+        with tempfile.TemporaryDirectory(prefix="parley-model-") as tmp:
+            checkpoint = _registered_checkpoint("render", args, tmp) if args.model else args.checkpoint
+            r = render_audio(checkpoint, args.audio, args.out, size=args.size, device=args.device, progress=True,
+                             max_seconds=args.max_seconds if args.max_seconds > 0 else None)
     except (CheckpointError, ClipError, AudioError, ValueError, LookupError, RuntimeError) as exc:
         return _fail("render", exc)
     print(f"rendered {r['frames']} frames in {r['seconds']:.1f} s ({r['fps']:.1f} frames/s) -> {r['video']}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+MAX_RENDER_SECONDS = 600.0
+"""Longest audio ``parley render`` takes by default (``--max-seconds``): 10 minutes is 15,000 frames, hours on a
+CPU, and a mistaken input (a whole podcast) should be a clear error, not a job that runs until it is killed."""
 PRESETS = ("cpu", "debug", "paper")
 """Names of :data:`nerf.presets.PRESETS` (kept here so `parley --help` does not import torch; a test checks)."""
 
@@ -18,7 +21,8 @@ TRAIN_HELP = """Two modes:
 def add_fanout_arguments(p: argparse.ArgumentParser, local: bool) -> None:
     """Arguments of the Ray fan-out (``train`` without --output, and ``sweep``)."""
     if not local:
-        p.add_argument("--dataset", "-d", required=True, help="dataset root (directory or s3://...)")
+        p.add_argument("--dataset", "-d", default=None, help="dataset root (directory or s3://...); required "
+                       "unless --resume")
         p.add_argument("--preset", choices=PRESETS, default=None, help="training recipe (default cpu)")
         p.add_argument("--steps-scale", type=float, default=None, help="multiply every stage's steps")
         p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames of each identity")
@@ -26,20 +30,31 @@ def add_fanout_arguments(p: argparse.ArgumentParser, local: bool) -> None:
     p.add_argument("--identities", default="all", help="comma-separated identities, or all (default)")
     p.add_argument("--gpus-per-trial", type=float, default=1.0, help="GPUs per trial when the cluster has GPUs")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (also its torch threads)")
+    p.add_argument("--memory-per-trial-gb", type=float, default=None,
+                   help="host memory Ray reserves per trial, so a node runs no more trials than fit (default 4; 0: "
+                        "reserve none)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what fits)")
     p.add_argument("--max-failures", type=int, default=2, help="restarts of a trial whose worker dies")
-    p.add_argument("--storage", default=None, help="Tune storage: local path or s3://bucket/prefix")
+    p.add_argument("--storage", default=None,
+                   help="Tune storage: local path or s3://bucket/prefix (default ~/ray_results; on a cluster of "
+                        "several machines: s3://... or a network filesystem)")
     p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here; on a "
+                        "cluster of several machines or under `ray job submit`: http://... of an mlflow server)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default parley/<dataset name>)")
     p.add_argument("--name", default=None, help="Tune experiment name")
+    p.add_argument("--resume", default=None, metavar="NAME",
+                   help="resume the interrupted fan-out NAME from --storage with the settings it started with "
+                        "(dataset, identities, preset, search space): finished trials are kept, the others continue "
+                        "from their last checkpoint in their own MLflow runs")
     p.add_argument("--no-register", action="store_true", help="do not register the models")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
     p.add_argument("--work-root", default=None, help="node-local scratch directory for trials")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", "-d", required=True, help="dataset root (directory or s3://...)")
+    p.add_argument("--dataset", "-d", default=None, help="dataset root (directory or s3://...); required unless "
+                   "--resume")
     p.add_argument("--identity", default=None, help="one identity (local mode; or the same as --identities X)")
     p.add_argument("--output", "-o", default=None,
                    help="local mode: run directory (checkpoint, log, evaluation); resumed")
@@ -54,7 +69,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--space", required=True, help="sweep YAML (search space, scheduler; see jobs/sweeps/)")
+    p.add_argument("--space", default=None, help="sweep YAML (search space, scheduler; see jobs/sweeps/); required "
+                   "unless --resume")
     add_fanout_arguments(p, local=False)
 
 
@@ -75,7 +91,12 @@ def add_registry_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", "-c", required=True, help="checkpoint.pt of a run")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", "-c", help="checkpoint.pt of a run")
+    src.add_argument("--model", "-m", help="a registered avatar: models:/avatar-<identity>@champion (or /<version>); "
+                     "only its checkpoint's tensors are loaded, never code from the registry")
+    p.add_argument("--tracking-uri", default=None,
+                   help="with --model: MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--dataset", "-d", required=True, help="the dataset it was trained on")
     p.add_argument("--output", "-o", required=True, help="directory for eval.json and the side-by-side video")
     p.add_argument("--align-poses", action="store_true",
@@ -88,10 +109,14 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def add_render_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", "-c", help="checkpoint.pt of a trained run")
-    src.add_argument("--model", "-m", help="a registered avatar: models:/avatar-<identity>@champion (or /<version>)")
+    src.add_argument("--model", "-m", help="a registered avatar: models:/avatar-<identity>@champion (or /<version>); "
+                     "only its checkpoint's tensors are loaded, never code from the registry")
     p.add_argument("--tracking-uri", default=None,
                    help="with --model: MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--audio", "-a", required=True, help="driving audio (wav, mp3, mp4, ...)")
     p.add_argument("--out", "-o", required=True, help="output mp4")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the training size)")
+    p.add_argument("--max-seconds", type=float, default=MAX_RENDER_SECONDS,
+                   help=f"longest audio accepted, checked before rendering (default {MAX_RENDER_SECONDS:g}; 0: no "
+                        "limit)")
     p.add_argument("--device", default="cpu")

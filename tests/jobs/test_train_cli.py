@@ -157,3 +157,38 @@ def test_cli_evaluate_with_pose_alignment(small_dataset, trained, tmp_path):
     corrupt.write_bytes(b"\x00" * 100)
     p = _parley("evaluate", "-c", str(corrupt), "-d", str(small_dataset), "-o", str(tmp_path / "e2"))
     assert p.returncode == 2 and "corrupt.pt" in p.stderr
+
+
+def test_render_checks_its_output_and_audio_length_before_rendering(trained, short_wav, tmp_path):
+    """--out a directory and audio over the length limit are one-line errors before any frame is rendered (a
+    directory used to be found only at the end, after rendering everything)."""
+    with pytest.raises(ValueError, match="is a directory"):
+        render_audio(trained / "checkpoint.pt", short_wav, tmp_path)
+    with pytest.raises(AudioError, match="more than the 1 s limit"):
+        render_audio(trained / "checkpoint.pt", short_wav, tmp_path / "o.mp4", max_seconds=1.0)
+    assert not list(tmp_path.iterdir())
+    p = _parley("render", "-c", str(trained / "checkpoint.pt"), "-a", str(short_wav), "-o", str(tmp_path))
+    assert p.returncode == 2 and "is a directory" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_sigterm_during_render_leaves_no_partial_video(trained, tmp_path):
+    """A render stopped with SIGTERM (kill, ray job stop) removes its half-written video."""
+    import signal
+    import time
+
+    long_wav = tmp_path / "long.wav"
+    samples, sr = sf.read(WAV, dtype="float32", always_2d=True)
+    sf.write(long_wav, np.tile(samples[:, 0], 6), sr)  # ~48 s: minutes of rendering at 64 px on a CPU
+    out = tmp_path / "out" / "speech.mp4"
+    env = {**os.environ, "PARLEY_ASSETS": str(SHARED / "assets")}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "render", "-c", str(trained / "checkpoint.pt"), "-a",
+                             str(long_wav), "-o", str(out)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.parent.glob(".*partial*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert list(out.parent.glob(".*partial*")), "the render never started writing"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not list(out.parent.iterdir()), list(out.parent.iterdir())

@@ -8,6 +8,11 @@ restarted by Tune (``FailureConfig``) from its last reported checkpoint, in the 
 
 After the trials, the best trial of each identity (by the held-out ``psnr``) has its model registered as a
 new version of ``avatar-<identity>`` (:mod:`jobs.registry`).
+
+An interrupted fan-out (its driver killed) is resumed with ``--resume NAME``: the Tune experiment is restored from
+its storage with the settings it started with (:data:`RECORD`), finished trials are kept, the others continue from
+their last checkpoint in their own MLflow runs. On a cluster of several machines, node-local stores (a SQLite
+tracking file, a local Tune storage path) are refused before anything starts (:func:`check_cluster`).
 """
 
 from __future__ import annotations
@@ -24,15 +29,29 @@ from pathlib import Path
 from typing import Any
 
 from jobs import registry, tracking
+from pipelines import ray_env
 
 log = logging.getLogger(__name__)
 
-FORWARDED_ENV = ("PARLEY_", "AWS_", "MLFLOW_")
-"""Environment variables (by prefix) the driver hands to its trials (assets, S3 and tracking credentials)."""
+TRACKING_ENV = "MLFLOW_"
+"""Tracking settings and credentials, handed to every trial (an MLflow server has no instance profile; they travel
+as a Tune parameter, not in a runtime_env the dashboard shows)."""
 REPORT_DIR = "report"
 """Trial-local directory handed to Tune at each report (a copy of the checkpoint + the run id)."""
 QUICK_VAL_FRAMES = 2
 """Held-out frames rendered for ``val_psnr`` at each checkpoint."""
+DEFAULT_MEMORY_PER_TRIAL_GB = 4.0
+"""Host memory Ray reserves per trial (``--memory-per-trial-gb``), so a node runs no more trials than fit. A
+``debug`` trial (30 frames at 64 px) peaks at 1.2 GB RSS, nearly all of it torch and the libraries; each frame
+held adds its image and parsing at the training size (~0.26 MB at 256 px, ~1 MB at 512 px), so 4 GB covers about
+2500 frames at 512 px. Raise it for longer identities."""
+RECORD = "parley-fanout.json"
+"""What a fan-out started with (job, kind, identities, tracking store and experiment, parent run), written into
+its Tune experiment directory before the trials start; ``--resume`` reads it back."""
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "glusterfs", "fuse.glusterfs", "ceph", "fuse.ceph",
+                       "beegfs", "gpfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs")
+"""Mount types whose directories every node of a cluster sees (``/proc/mounts``): a Tune storage path on one is
+accepted on a multi-machine cluster."""
 
 
 class FanoutError(ValueError):
@@ -53,13 +72,15 @@ class FanoutJob:
     experiment: str | None = None
     """MLflow experiment name (default ``parley/<dataset name>``)."""
     storage: str | None = None
-    """Tune storage (local path or ``s3://``; default Ray's ``~/ray_results``)."""
+    """Tune storage (local path or ``s3://``; default ``RAY_STORAGE``, else Ray's ``~/ray_results``)."""
     s3_endpoint: str | None = None
     name: str | None = None
     """Tune experiment name (default ``<train|sweep>-<dataset>-<time>``)."""
     gpus_per_trial: float = 1.0
     """GPUs per trial when the cluster has GPUs (0: always CPU)."""
     cpus_per_trial: float = 1.0
+    memory_per_trial_gb: float = DEFAULT_MEMORY_PER_TRIAL_GB
+    """Host memory reserved per trial (Tune's ``memory`` resource; 0 reserves none)."""
     max_concurrent: int | None = None
     max_failures: int = 2
     ray_address: str | None = None
@@ -154,7 +175,8 @@ def trial_main(config: dict[str, Any], job: dict[str, Any], run: dict[str, Any])
 
     uri = run_info["tracking_uri"]
     tags = {tracking.IDENTITY_TAG: identity, "parley.preset": fj.preset,
-            "parley.dataset_version": run_info["dataset_version"]}
+            "parley.dataset_version": run_info["dataset_version"], tracking.TUNE_TAG: run_info["tune_name"],
+            tracking.STORAGE_TAG: run_info["storage"]}
     if run_info.get("parent_run_id"):
         tags[tracking.PARENT_TAG] = run_info["parent_run_id"]
     name = f"{identity}" + (f"-{ctx.get_trial_id()}" if overrides else "")
@@ -320,62 +342,234 @@ def _example(spec: Any) -> Any:
     return spec
 
 
-def _storage(job: FanoutJob) -> tuple[str | None, Any]:
-    if not job.storage:
-        return None, None
+def tune_storage(job: FanoutJob) -> str:
+    """The Tune storage a fan-out uses: ``--storage``, else ``RAY_STORAGE``, else Ray's ``~/ray_results``."""
+    return job.storage or os.environ.get("RAY_STORAGE") or str(Path("~/ray_results").expanduser())
+
+
+def _storage(job: FanoutJob) -> tuple[str, Any]:
+    """Tune's ``storage_path`` and ``storage_filesystem`` (None: the local one)."""
     from pipelines.storage import S3Options, _s3_filesystem, is_s3, split_s3
 
-    if is_s3(job.storage):
-        bucket, key = split_s3(job.storage)
+    where = tune_storage(job)
+    if is_s3(where):
+        bucket, key = split_s3(where)
         return f"{bucket}/{key}".rstrip("/"), _s3_filesystem(S3Options(endpoint_url=job.s3_endpoint))
-    return str(Path(job.storage).resolve()), None
+    if "://" in where:
+        raise FanoutError(f"--storage {where}: expected a local directory or s3://bucket/prefix")
+    return str(Path(where).expanduser().resolve()), None
 
 
-def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
+def _experiment_fs(job: FanoutJob) -> tuple[Any, str]:
+    """A pyarrow filesystem and the storage root in it (where Tune puts the experiment directories)."""
+    import pyarrow.fs as pafs
+
+    root, fs = _storage(job)
+    return fs or pafs.LocalFileSystem(), root
+
+
+def _write_record(job: FanoutJob, record: dict[str, Any]) -> None:
+    fs, root = _experiment_fs(job)
+    folder = f"{root}/{record['tune_name']}"
+    fs.create_dir(folder, recursive=True)
+    with fs.open_output_stream(f"{folder}/{RECORD}") as f:
+        f.write(json.dumps(record, indent=1, default=str).encode())
+
+
+def stored_experiments(job: FanoutJob) -> list[str]:
+    """The fan-outs in a job's Tune storage (directories holding a :data:`RECORD`), sorted."""
+    import pyarrow.fs as pafs
+
+    fs, root = _experiment_fs(job)
+    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    dirs = [i for i in found if i.type == pafs.FileType.Directory]
+    records = fs.get_file_info([f"{d.path}/{RECORD}" for d in dirs]) if dirs else []
+    return sorted(d.base_name for d, r in zip(dirs, records, strict=True) if r.type == pafs.FileType.File)
+
+
+def read_record(job: FanoutJob, name: str) -> dict[str, Any]:
+    """What the fan-out ``name`` in the job's storage started with (see :data:`RECORD`).
+
+    Raises:
+        FanoutError: no such fan-out there (the ones there are named).
+    """
+    import pyarrow.fs as pafs
+
+    fs, root = _experiment_fs(job)
+    path = f"{root}/{name}/{RECORD}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        there = stored_experiments(job)
+        raise FanoutError(f"--resume {name}: no fan-out {name!r} in the Tune storage {tune_storage(job)} "
+                          f"(fan-outs there: {', '.join(there) if there else 'none'}); pass the --storage it ran with")
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+def _resumed_job(job: FanoutJob, record: dict[str, Any]) -> FanoutJob:
+    """The recorded job with this invocation's placement (storage, endpoints, Ray address, scratch, registering).
+
+    Raises:
+        FanoutError: a ``--dataset`` other than the one the fan-out trained on.
+    """
+    from pipelines.storage import S3Options, Storage
+
+    known = {f.name for f in fields(FanoutJob)}
+    old = FanoutJob(**{k: v for k, v in record["job"].items() if k in known})
+    s3 = job.s3_endpoint or old.s3_endpoint
+    name = str(record["tune_name"])
+    if job.dataset and Storage(job.dataset, S3Options(endpoint_url=s3)).uri != old.dataset:
+        raise FanoutError(f"--resume {name}: it trained on {old.dataset}, not {job.dataset} (leave --dataset out)")
+    return replace(old, name=name, storage=job.storage, s3_endpoint=s3, ray_address=job.ray_address,
+                   work_root=job.work_root or old.work_root, register=job.register,
+                   tracking_uri=job.tracking_uri or record["tracking_uri"])
+
+
+def _network_fs(path: str, mounts: str | None = None) -> bool:
+    """Whether ``path`` lies on a network filesystem (:data:`NETWORK_FILESYSTEMS`), by ``/proc/mounts``."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return False
+    best, kind = "", ""
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].rstrip("/") or "/"
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return kind in NETWORK_FILESYSTEMS
+
+
+def check_cluster(nodes: list[dict[str, Any]], job: FanoutJob, tracking_uri: str, mounts: str | None = None) -> None:
+    """Refuse node-local stores on a cluster of several machines, and trials no machine has the memory for.
+
+    Trials run wherever Ray puts them. When that can be another machine than the driver's (the alive nodes have
+    more than one address, or none of them fits a trial, so they start on nodes the autoscaler adds), a SQLite or
+    file tracking store and a local Tune storage directory (Ray's default ``~/ray_results`` included) would be a
+    different file on each machine: runs and checkpoints scatter and go with their nodes. A Tune storage path on a
+    network filesystem every node mounts (:data:`NETWORK_FILESYSTEMS`) is accepted.
+
+    Args:
+        nodes: ``ray.nodes()``.
+        job: the fan-out.
+        tracking_uri: the resolved tracking URI.
+        mounts: ``/proc/mounts`` text (read when None).
+
+    Raises:
+        FanoutError: one message naming each node-local store and what to pass instead; or, on one machine,
+            more memory per trial than it offers.
+    """
+    alive = [n for n in nodes if n.get("Alive", n.get("alive", True))]
+    machines = {n.get("NodeManagerAddress") for n in alive}
+    fits = [n for n in alive if float(n.get("Resources", {}).get("CPU", 0)) >= job.cpus_per_trial]
+    memory = job.memory_per_trial_gb * 2**30
+    if len(machines) <= 1 and fits:
+        offered = max(float(n.get("Resources", {}).get("memory", 0)) for n in fits)
+        if memory > offered:
+            raise FanoutError(f"--memory-per-trial-gb {job.memory_per_trial_gb:g}: this machine offers Ray "
+                              f"{offered / 2**30:.1f} GB, so no trial could start; pass a smaller value")
+        return
+    why = (f"this Ray cluster spans {len(machines)} machines" if len(machines) > 1 else
+           "no node of this Ray cluster fits a trial yet (they will run on nodes the autoscaler adds)")
+    problems, fixes = [], []
+    path = tracking.local_store_path(tracking_uri)
+    if path is not None:
+        problems.append(f"the tracking store {tracking_uri} is a file on one machine")
+        fixes.append("--tracking-uri http://MLFLOW_HOST:5000 (an `mlflow server` every node reaches)")
+    where = tune_storage(job)
+    if "://" not in where and not _network_fs(str(Path(where).expanduser().resolve()), mounts):
+        problems.append(f"the Tune storage {where}{'' if job.storage else ' (the default)'} is a directory on one "
+                        "machine")
+        fixes.append("--storage s3://BUCKET/tune (or a directory on a network filesystem every node mounts)")
+    if problems:
+        raise FanoutError(f"{why}, but {' and '.join(problems)}: trials on other machines would write elsewhere "
+                          f"and their runs and checkpoints go with their nodes; pass {' and '.join(fixes)}")
+
+
+def run_fanout(job: FanoutJob, kind: str = "train", resume: bool = False) -> dict[str, Any]:
     """Train every wanted identity (x search-space point) on Ray Tune, track in MLflow, register the best.
 
-    Inputs and the tracking store are checked before Ray starts or any trial runs.
+    Inputs, the tracking store and the cluster (:func:`check_cluster`) are checked before any trial runs.
+
+    Args:
+        job: the fan-out.
+        kind: ``train`` or ``sweep`` (a sweep's trials nest under a parent run).
+        resume: restore the interrupted fan-out ``job.name`` from ``job``'s Tune storage instead of starting one:
+            its recorded settings (:data:`RECORD`) are used, with this job's storage, endpoints, Ray address,
+            scratch directory, ``register`` and (when given) tracking URI; finished trials are not re-run, the
+            others continue from their last checkpoint in their own MLflow runs.
 
     Returns:
         ``experiment`` (Tune path), ``tracking_uri``, ``mlflow_experiment_id``, ``trials`` (identity, status,
-        metrics, run id per trial), ``registered`` (model name -> version), ``seconds``, ``timings`` (``setup_s``:
-        inputs and tracking checked, Ray started; ``fit_s``: Tune ran the trials; ``register_s``: registry;
-        ``fit_start_time``/``fit_end_time``: the epoch seconds around ``Tuner.fit``, to compare with the trials'
-        ``trial_start_time``/``trial_end_time`` metrics).
+        metrics, run id per trial), ``registered`` (model name -> version), ``unfinished_jobs`` (other Tune
+        experiments with runs still RUNNING in the MLflow experiment, see :func:`tracking.unfinished_jobs`; empty
+        on resume), ``seconds``, ``timings`` (``setup_s``: inputs and tracking checked, Ray started; ``fit_s``: Tune
+        ran the trials; ``register_s``: registry; ``fit_start_time``/``fit_end_time``: the epoch seconds around
+        ``Tuner.fit``, to compare with the trials' ``trial_start_time``/``trial_end_time`` metrics).
 
     Raises:
-        FanoutError, FileNotFoundError: bad input; tracking.TrackingError: the tracking store is unreachable.
+        FanoutError, FileNotFoundError: bad input, node-local stores on a multi-machine cluster, nothing to
+            resume; tracking.TrackingError: the tracking store is unreachable or would be lost with a Ray job's
+            temporary directory.
     """
     t0 = time.perf_counter()
     from pipelines.storage import S3Options, Storage
 
+    record: dict[str, Any] | None = None
+    if resume:
+        if not job.name:
+            raise FanoutError("resume: name the Tune experiment to resume (--resume NAME)")
+        record = read_record(job, job.name)
+        job, kind = _resumed_job(job, record), str(record["kind"])
     # trials run in other directories (and on other nodes): a local dataset path must be absolute
     job = replace(job, dataset=Storage(job.dataset, S3Options(endpoint_url=job.s3_endpoint)).uri)
     identities = _check_inputs(job)
+    if record is not None:
+        identities = [str(i) for i in record["identities"]]  # Tune restores the param space it started with
     uri = tracking.resolve_tracking_uri(job.tracking_uri)
+    tracking.check_store_location(uri, defaulted=tracking.is_default_store(job.tracking_uri))
     tracking.check_tracking(uri)
-    exp_id = tracking.experiment_id(uri, job.dataset, job.experiment)
-    version = tracking.dataset_version(job.dataset, job.s3_endpoint)
-    commit = tracking.git_commit()
-    name = job.name or f"{kind}-{tracking.dataset_name(job.dataset)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    parent = None
-    if kind == "sweep":
-        parent = tracking.start_parent_run(uri, exp_id, name, {"space": job.space, "identities": identities,
-                                                               "preset": job.preset, "scheduler": job.scheduler,
-                                                               "dataset_version": version, "git_commit": commit})
+    storage_path, storage_fs = _storage(job)
 
     import ray
     from ray import tune
 
     if not ray.is_initialized():
         ray.init(address=job.ray_address)
+    check_cluster(ray.nodes(), job, uri)
+    exp_id = tracking.experiment_id(uri, job.dataset, job.experiment)
+    unfinished: dict[str, dict[str, Any]] = {}
+    if record is not None:
+        name, version, commit = str(record["tune_name"]), str(record["dataset_version"]), str(record["git_commit"])
+        parent = record.get("parent_run_id")
+        if parent:
+            tracking.reopen_run(uri, parent)
+    else:
+        version = tracking.dataset_version(job.dataset, job.s3_endpoint)
+        commit = tracking.git_commit()
+        name = job.name or f"{kind}-{tracking.dataset_name(job.dataset)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        unfinished = tracking.unfinished_jobs(uri, exp_id, exclude=name)
+        if unfinished:
+            print(unfinished_note(unfinished, job.experiment or f"parley/{tracking.dataset_name(job.dataset)}"),
+                  file=sys.stderr)
+        parent = None
+        if kind == "sweep":
+            parent = tracking.start_parent_run(uri, exp_id, name, {"space": job.space, "identities": identities,
+                                                                   "preset": job.preset, "scheduler": job.scheduler,
+                                                                   "dataset_version": version, "git_commit": commit},
+                                               tags={tracking.STORAGE_TAG: tune_storage(job)})
+
     gpu = job.gpus_per_trial > 0 and float(ray.cluster_resources().get("GPU", 0)) > 0
-    resources = {"cpu": job.cpus_per_trial, **({"gpu": job.gpus_per_trial} if gpu else {})}
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    resources = {"cpu": job.cpus_per_trial, **({"gpu": job.gpus_per_trial} if gpu else {}),
+                 **({"memory": int(job.memory_per_trial_gb * 2**30)} if job.memory_per_trial_gb > 0 else {})}
+    env = {**ray_env.forwarded_env(("PARLEY_", "AWS_")),  # AWS keys only to trials on this machine
+           **{k: v for k, v in os.environ.items() if k.startswith(TRACKING_ENV)}}
     if env.get("PARLEY_ASSETS"):  # trials run in other directories
         env["PARLEY_ASSETS"] = str(Path(env["PARLEY_ASSETS"]).expanduser().resolve())
     run_info = {"tune_name": name, "tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent,
-                "dataset_version": version,
+                "dataset_version": version, "storage": tune_storage(job),
                 "git_commit": commit, "gpu": gpu, "env": env}
     param_space = {"identity": tune.grid_search(identities), **search_space(job.space)}
     scheduler = None
@@ -387,20 +581,31 @@ def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
                                       reduction_factor=float(sc.get("reduction_factor", 2)))
     elif job.scheduler.get("type", "fifo") != "fifo":
         raise FanoutError(f"scheduler {job.scheduler.get('type')!r}: expected asha or fifo")
-    storage_path, storage_fs = _storage(job)
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trial_main, job=asdict(job), run=run_info), resources),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(metric=job.metric, mode=job.mode, scheduler=scheduler,
-                                    num_samples=job.num_samples, max_concurrent_trials=job.max_concurrent,
-                                    # a finished trial's worker (torch imported, caches warm) runs the next one
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
-                                  failure_config=tune.FailureConfig(max_failures=job.max_failures),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
-    )
-    log.info("%s: %d identit%s on %s per trial -> tracking %s", name, len(identities),
-             "y" if len(identities) == 1 else "ies", resources, uri)
+    trainable = tune.with_resources(tune.with_parameters(trial_main, job=asdict(job), run=run_info), resources)
+    if record is not None:
+        path = f"{storage_path}/{name}"
+        if not tune.Tuner.can_restore(path, storage_filesystem=storage_fs):
+            raise FanoutError(f"--resume {name}: {tune_storage(job)}/{name} holds no Tune state (the driver stopped "
+                              "before any trial started); start it again without --resume")
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=param_space, storage_filesystem=storage_fs)
+    else:
+        _write_record(job, {"kind": kind, "tune_name": name, "job": asdict(job), "identities": identities,
+                            "tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent,
+                            "dataset_version": version, "git_commit": commit})
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(metric=job.metric, mode=job.mode, scheduler=scheduler,
+                                        num_samples=job.num_samples, max_concurrent_trials=job.max_concurrent,
+                                        # a finished trial's worker (torch imported, caches warm) runs the next one
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+                                      failure_config=tune.FailureConfig(max_failures=job.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+        )
+    log.info("%s%s: %d identit%s on %s per trial -> tracking %s", "resuming " if record else "", name,
+             len(identities), "y" if len(identities) == 1 else "ies", resources, uri)
     t_fit, wall_fit = time.perf_counter(), time.time()
     results = tuner.fit()
     t_register, wall_fit_end = time.perf_counter(), time.time()
@@ -429,9 +634,9 @@ def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
             if not done:
                 continue
             best = max(done, key=lambda t: t["metrics"].get("psnr", float("-inf")))
-            v = registry.register(uri, best["run_id"], ident, best["metrics"],
-                                  tags={"dataset_version": version, "git_commit": commit, "preset": job.preset,
-                                        "dataset": job.dataset})
+            v = _registered_version(uri, ident, best["run_id"]) or registry.register(
+                uri, best["run_id"], ident, best["metrics"],
+                tags={"dataset_version": version, "git_commit": commit, "preset": job.preset, "dataset": job.dataset})
             registered[registry.model_name(ident)] = v
     if parent:
         c = tracking.client(uri)
@@ -443,25 +648,53 @@ def run_fanout(job: FanoutJob, kind: str = "train") -> dict[str, Any]:
         tracking.end_run(uri, parent, "FINISHED")
     t_end = time.perf_counter()
     return {"experiment": results.experiment_path, "tracking_uri": uri, "mlflow_experiment_id": exp_id,
-            "parent_run_id": parent, "trials": trials, "registered": registered, "seconds": t_end - t0,
+            "parent_run_id": parent, "trials": trials, "registered": registered, "unfinished_jobs": unfinished,
+            "seconds": t_end - t0,
             "timings": {"setup_s": t_fit - t0, "fit_s": t_register - t_fit, "register_s": t_end - t_register,
                         "fit_start_time": wall_fit, "fit_end_time": wall_fit_end}}
 
 
+def _registered_version(uri: str, identity: str, run_id: str) -> int | None:
+    """The version a run is already registered as (a resumed fan-out whose first driver got that far), else None."""
+    try:
+        return next((v.version for v in registry.versions(uri, registry.model_name(identity)) if v.run_id == run_id),
+                    None)
+    except registry.RegistryError:  # no such model yet
+        return None
+
+
+def unfinished_note(unfinished: dict[str, dict[str, Any]], experiment: str) -> str:
+    """One line naming the Tune experiments with runs still RUNNING and the command that resumes each."""
+    cmds = "; ".join(f"parley {j['kind']} --resume {n}" + (f" --storage {j['storage']}" if j["storage"] else "")
+                     for n, j in sorted(unfinished.items()))
+    what = ", ".join(f"{n} ({j['runs']} run{'s' if j['runs'] != 1 else ''})" for n, j in sorted(unfinished.items()))
+    return (f"note: MLflow experiment {experiment} holds runs still marked RUNNING from {what}; if that driver "
+            f"stopped, resume it (finished trials are kept, the others continue in their runs): {cmds}")
+
+
 # CLI ---------------------------------------------------------------------------------------------------------
 def job_from_args(args, sweep: dict[str, Any] | None = None) -> FanoutJob:  # noqa: ANN001
+    """The :class:`FanoutJob` of ``parley train`` / ``sweep`` arguments (and a sweep file's keys).
+
+    Raises:
+        FanoutError: ``--resume`` with a different ``--name``.
+    """
     doc = dict(sweep or {})
     ids = [s for s in str(args.identities).split(",") if s]
     if getattr(args, "identity", None):
         ids = [args.identity]
-    job = FanoutJob(dataset=args.dataset, identities=None if ids == ["all"] else ids,
+    resume = getattr(args, "resume", None)
+    if resume and args.name and args.name != resume:
+        raise FanoutError(f"--resume {resume} --name {args.name}: the name of a resumed fan-out is its own; "
+                          "leave --name out")
+    job = FanoutJob(dataset=args.dataset or "", identities=None if ids == ["all"] else ids,
                     gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
                     max_concurrent=args.max_concurrent, max_failures=args.max_failures, storage=args.storage,
-                    tracking_uri=args.tracking_uri, experiment=args.experiment, name=args.name,
+                    tracking_uri=args.tracking_uri, experiment=args.experiment, name=resume or args.name,
                     register=not args.no_register, ray_address=args.address, s3_endpoint=args.s3_endpoint,
                     work_root=args.work_root)
     job = replace(job, **{k: v for k, v in doc.items() if k != "identities" or not ids or ids == ["all"]})
-    for attr in ("preset", "steps_scale", "max_frames"):
+    for attr in ("preset", "steps_scale", "max_frames", "memory_per_trial_gb"):
         if getattr(args, attr) is not None:
             job = replace(job, **{attr: getattr(args, attr)})
     return job
@@ -492,7 +725,7 @@ def _fail(cmd: str, exc: BaseException) -> int:
 
 def run_train_cli(args) -> int:  # noqa: ANN001
     try:
-        out = run_fanout(job_from_args(args), "train")
+        out = run_fanout(job_from_args(args), "train", resume=bool(args.resume))
     except (FanoutError, FileNotFoundError, KeyError, tracking.TrackingError) as exc:
         return _fail("train", exc)
     print_summary(out)
@@ -501,8 +734,8 @@ def run_train_cli(args) -> int:  # noqa: ANN001
 
 def run_sweep_cli(args) -> int:  # noqa: ANN001
     try:
-        doc = load_sweep(args.space)
-        out = run_fanout(job_from_args(args, doc), "sweep")
+        doc = load_sweep(args.space) if args.space else {}
+        out = run_fanout(job_from_args(args, doc), "sweep", resume=bool(args.resume))
     except (FanoutError, FileNotFoundError, KeyError, tracking.TrackingError) as exc:
         return _fail("sweep", exc)
     print_summary(out)

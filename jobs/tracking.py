@@ -7,7 +7,10 @@
   (losses, learning rate, samples/s), per stage and the held-out evaluation; artifacts = evaluation JSON,
   side-by-side video, QC images and the model (the pyfunc wrapping the checkpoint, :mod:`jobs.registry`).
 * Resumes: a trial is tagged with a key that survives its restarts (:data:`TRIAL_TAG`); a restarted trial
-  finds its run by that tag and carries on in it, so a worker dying mid-training never makes a second run.
+  finds its run by that tag and carries on in it, so a worker dying mid-training never makes a second run, and
+  neither does ``parley train --resume`` (the Tune experiment restored, its trials keep their ids).
+* Durable stores only: a SQLite store that a ``ray job submit`` driver would write into Ray's temporary
+  directories is refused (:func:`check_store_location`).
 
 Every call goes through an explicit :class:`mlflow.tracking.MlflowClient` (no global active run), so trials
 in threads or actors do not share state.
@@ -19,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -34,6 +38,10 @@ IDENTITY_TAG = "parley.identity"
 KIND_TAG = "parley.kind"
 """``trial`` or ``sweep`` (the parent run)."""
 PARENT_TAG = "mlflow.parentRunId"
+TUNE_TAG = "parley.tune_name"
+"""The Tune experiment (``--name``) a trial run or sweep parent belongs to."""
+STORAGE_TAG = "parley.tune_storage"
+"""Where that Tune experiment lives (``--storage``), for the ``--resume`` hint."""
 DEFAULT_DB = "mlflow.db"
 PARAM_LIMIT = 6000
 """MLflow's longest param value (longer values are cut, the full config is also an artifact)."""
@@ -54,6 +62,80 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     elif "://" not in uri:
         uri = f"sqlite:///{Path(uri).resolve()}" if uri.endswith(".db") else uri
     return uri
+
+
+def is_default_store(uri: str | None) -> bool:
+    """Whether :func:`resolve_tracking_uri` would fall back to the SQLite file in the current directory."""
+    return not uri and not os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The file or directory of a SQLite / file store (absolute), None for a server or a database service."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).resolve()
+    if uri.startswith("file:"):
+        return Path(uri[len("file:"):].removeprefix("//")).resolve()
+    if "://" not in uri:
+        return Path(uri).resolve()
+    return None
+
+
+_SESSION_DIR = re.compile(r"session_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_\d+_\d+$")
+
+
+def in_ray_temp_dir(path: str | Path) -> bool:
+    """Whether ``path`` lies in a Ray session directory (``<temp>/session_<date>_<pid>/...``, where
+    ``ray job submit --working-dir`` unpacks the job's files under ``runtime_resources/``)."""
+    parts = Path(path).parts
+    return "runtime_resources" in parts or any(_SESSION_DIR.match(p) for p in parts)
+
+
+def ray_job_submission(environ: dict[str, str] | None = None) -> str | None:
+    """The submission id when this process is a ``ray job submit`` driver (or runs inside a Ray worker), else None.
+
+    Ray 2.60 hands a submitted driver its job config as JSON in ``RAY_JOB_CONFIG_JSON_ENV_VAR`` (metadata
+    ``job_submission_id``); ``RAY_JOB_SUBMISSION_ID`` and ``RAY_JOB_ID`` are read too (the latter is set in Ray's
+    worker processes).
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if raw:
+        try:
+            meta = json.loads(raw).get("metadata") or {}
+        except (ValueError, AttributeError):
+            meta = {}
+        return str(meta.get("job_submission_id") or "ray job")
+    return env.get("RAY_JOB_SUBMISSION_ID") or env.get("RAY_JOB_ID") or None
+
+
+def check_store_location(uri: str, defaulted: bool, environ: dict[str, str] | None = None) -> None:
+    """Refuse a SQLite / file tracking store that would be lost with a Ray job's temporary directory.
+
+    Under ``ray job submit`` the driver's working directory is the job's unpacked ``--working-dir`` in Ray's
+    session directory, removed once no job uses it: the default ``sqlite:///<cwd>/mlflow.db`` would go with it.
+
+    Args:
+        uri: the resolved tracking URI.
+        defaulted: no ``--tracking-uri`` and no ``MLFLOW_TRACKING_URI`` (see :func:`is_default_store`).
+        environ: the environment to read (default ``os.environ``).
+
+    Raises:
+        TrackingError: the store is a file in Ray's temporary directories, or the default store under
+            ``ray job submit``; the message says what to pass.
+    """
+    path = local_store_path(uri)
+    if path is None:
+        return
+    fix = ("pass --tracking-uri http://MLFLOW_HOST:5000 (an `mlflow server` the cluster reaches; "
+           "`ray job submit ... -- parley train ... --tracking-uri ...`), or, on a one-machine cluster, an absolute "
+           "sqlite:////path/to/mlflow.db outside Ray's directories")
+    if in_ray_temp_dir(path):
+        raise TrackingError(f"tracking store {uri} lies in Ray's temporary session directory, which Ray deletes "
+                            f"when the job's files are cleaned up: {fix}")
+    submission = ray_job_submission(environ)
+    if defaulted and submission:
+        raise TrackingError(f"{submission}: no tracking store given, and the default ({uri}) is a file in the "
+                            f"driver's working directory on the head, which `ray job submit` does not keep: {fix}")
 
 
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
@@ -171,12 +253,13 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def start_parent_run(uri: str, exp_id: str, name: str, params: dict[str, Any]) -> str:
-    """A sweep's parent run (its trials are nested under it); returns the run id."""
+def start_parent_run(uri: str, exp_id: str, name: str, params: dict[str, Any],
+                     tags: dict[str, str] | None = None) -> str:
+    """A sweep's parent run (its trials are nested under it, ``tags`` added to it); returns the run id."""
     from mlflow.entities import Param
 
     c = client(uri)
-    run = c.create_run(exp_id, run_name=name, tags={KIND_TAG: "sweep"})
+    run = c.create_run(exp_id, run_name=name, tags={KIND_TAG: "sweep", TUNE_TAG: name, **(tags or {})})
     items = [Param(k, _param(v)) for k, v in flatten(params).items()]
     for k in range(0, len(items), 100):
         c.log_batch(run.info.run_id, params=items[k:k + 100])
@@ -191,6 +274,43 @@ def _param(v: Any) -> str:
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark a run ended (``FINISHED``, ``FAILED`` or ``KILLED``)."""
     client(uri).set_terminated(run_id, status=status)
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark an ended run RUNNING again (a resumed sweep's parent run)."""
+    client(uri).update_run(run_id, status="RUNNING")
+
+
+def unfinished_jobs(uri: str, exp_id: str, exclude: str | None = None) -> dict[str, dict[str, Any]]:
+    """Tune experiments that hold runs still marked RUNNING in an MLflow experiment (an interrupted driver's).
+
+    Args:
+        uri: tracking URI.
+        exp_id: the MLflow experiment.
+        exclude: a Tune experiment name to leave out (the one starting now).
+
+    Returns:
+        Tune experiment name -> ``kind`` (``train`` or ``sweep``), ``storage`` (its ``--storage``, when its runs
+        recorded it) and ``runs`` (how many are still RUNNING).
+    """
+    runs = client(uri).search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    out: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        tags = r.data.tags
+        if tags.get(KIND_TAG) == "sweep":
+            name, kind = tags.get(TUNE_TAG) or r.info.run_name, "sweep"
+        elif TRIAL_TAG in tags:
+            name = tags.get(TUNE_TAG) or tags[TRIAL_TAG].rsplit("/", 1)[0]
+            kind = "sweep" if PARENT_TAG in tags else "train"
+        else:
+            continue
+        if not name or name == exclude:
+            continue
+        job = out.setdefault(name, {"kind": kind, "storage": None, "runs": 0})
+        job["runs"] += 1
+        job["kind"] = "sweep" if "sweep" in (kind, job["kind"]) else "train"
+        job["storage"] = job["storage"] or tags.get(STORAGE_TAG)
+    return out
 
 
 def find_trial_run(uri: str, exp_id: str, key: str) -> str | None:

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipelines import dataset as D
+from pipelines import ray_env
 from pipelines.check import quarantine, sweep_orphans
 from pipelines.inputs import ClipSpec, InputError, list_inputs
 from pipelines.lease import Lease
@@ -62,11 +63,9 @@ STATUS_SCHEMA = pa.schema([
 """What a worker returns per clip (the rest of the clip's row is in ``clips/``)."""
 STATUS_COLUMNS = STATUS_SCHEMA.names
 
-FORWARDED_ENV = ("PARLEY_", "AWS_")
-"""Environment variables (by prefix) the driver hands to its workers (assets, S3 credentials).
-
-They travel in the tasks' ``runtime_env``, which users of the cluster's dashboard / state API can
-read; on a shared cluster give the nodes an instance role instead of keys in the environment."""
+BUILD_ENV = ("PARLEY_", "AWS_")
+"""Environment variables (by prefix) a build hands to its workers (assets, S3 settings; see
+:mod:`pipelines.ray_env`)."""
 
 
 @dataclass
@@ -191,10 +190,12 @@ class ClipBuildWorker:
         threads: torch / OpenCV threads.
         resources: limits per clip (watchdog, attempts); default :class:`Resources`'.
         build_id: the build this worker belongs to (its attempt markers); default: a new one.
+        env: the driver's environment for workers (:func:`pipelines.ray_env.forwarded_env`).
     """
 
     def __init__(self, output: Storage, clip: ClipConfig, s3: S3Options, threads: int = 1,
-                 resources: Resources | None = None, build_id: str | None = None):
+                 resources: Resources | None = None, build_id: str | None = None, env: dict[str, str] | None = None):
+        ray_env.apply(env)  # the driver's assets / S3 settings, before any model or store is opened
         import cv2
         import torch
 
@@ -331,10 +332,6 @@ def _stamp() -> dict[str, Any]:
     return {"worker_peak_rss_mb": rss_mb, "built_at": datetime.now(UTC).replace(microsecond=0)}
 
 
-def _worker_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-
-
 def _ray_init(address: str | None) -> None:
     import ray
 
@@ -366,7 +363,7 @@ def _run_workers(config: BuildConfig, todo: list[ClipSpec], on_row: Callable[[di
             ClipBuildWorker,
             fn_constructor_kwargs={"output": Storage(config.output, config.s3), "clip": config.clip,
                                    "s3": config.s3, "threads": res.threads(), "resources": res,
-                                   "build_id": build_id},
+                                   "build_id": build_id, "env": ray_env.forwarded_env(BUILD_ENV)},
             batch_size=res.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
@@ -375,7 +372,6 @@ def _run_workers(config: BuildConfig, todo: list[ClipSpec], on_row: Callable[[di
             # Ray restarts a dead actor and retries its clip for ever (its pool's default); the workers' attempt
             # markers turn the clip into a failed row after max_attempts deaths. (Ray 2.60 has no named parameter
             # for max_task_retries, and the ray_remote_args that would pass one are deprecated.)
-            runtime_env={"env_vars": _worker_env()},
         )
         for row in ds.iter_rows():
             seen.add(row["clip_id"])
@@ -401,8 +397,10 @@ def _read_row(out: Storage, clip_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _qc(dataset_uri: str, s3: S3Options, identity: str) -> dict[str, Any]:
+def _qc(dataset_uri: str, s3: S3Options, identity: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     from pipelines.report import write_identity_report
+
+    ray_env.apply(env)
 
     return write_identity_report(D.Dataset(dataset_uri, s3), identity)
 
@@ -414,9 +412,9 @@ def _write_qc(config: BuildConfig, identities: list[str]) -> list[dict[str, Any]
     import ray
 
     if ray.is_initialized():
-        task = ray.remote(num_cpus=min(1.0, config.resources.cpus_per_worker),
-                          runtime_env={"env_vars": _worker_env()})(_qc)
-        return ray.get([task.remote(config.output, config.s3, i) for i in identities])
+        task = ray.remote(num_cpus=min(1.0, config.resources.cpus_per_worker))(_qc)
+        env = ray_env.forwarded_env(BUILD_ENV)
+        return ray.get([task.remote(config.output, config.s3, i, env) for i in identities])
     return [_qc(config.output, config.s3, i) for i in identities]
 
 

@@ -169,3 +169,22 @@ def test_symlink_keeps_its_own_name_and_paths_resolve_before_comparison(tmp_path
     m.write_text(f"source_uri,identity\nstore/x123.mp4,alice\n{tmp_path}/links/../store/x123.mp4,carol\n")
     with pytest.raises(InputError, match="listed twice"):
         list_inputs(str(m))
+
+
+def test_credentials_reach_only_workers_on_this_machine(monkeypatch):
+    """Keys and tokens are handed to workers only when the cluster is this machine (or asked for); settings
+    always are."""
+    from pipelines import ray_env
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("PARLEY_ASSETS", "/assets")
+    monkeypatch.setattr(ray_env, "single_machine", lambda: True)
+    assert {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_REGION"} <= set(ray_env.forwarded_env())
+    monkeypatch.setattr(ray_env, "single_machine", lambda: False)  # a cluster of several machines (simulated)
+    env = ray_env.forwarded_env(("PARLEY_", "AWS_"))
+    assert env["AWS_REGION"] == "eu-west-1" and env["PARLEY_ASSETS"] == "/assets"
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "AWS_ACCESS_KEY_ID" not in env
+    monkeypatch.setenv(ray_env.FORWARD_CREDENTIALS, "1")
+    assert ray_env.forwarded_env()["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import urllib.parse
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -377,6 +378,20 @@ def checkpoint_path(uri: str, info: VersionInfo) -> str:
     return f"{rel}/{CHECKPOINT_IN_MODEL}" if rel else CHECKPOINT_IN_MODEL
 
 
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def fetch_checkpoint(uri: str, model_uri: str, dst_dir: str | Path) -> tuple[Path, VersionInfo]:
     """Download a registered version's checkpoint (tensors only) and check that it reads as one.
 
@@ -406,7 +421,8 @@ def fetch_checkpoint(uri: str, model_uri: str, dst_dir: str | Path) -> tuple[Pat
     dst.mkdir(parents=True, exist_ok=True)
     where = f"{info.name} version {info.version} (run {info.run_id})"
     try:
-        path = Path(client(uri).download_artifacts(info.run_id, rel, str(dst)))
+        with _no_progress_bar():  # one small file: MLflow's bar would only clutter a job's log
+            path = Path(client(uri).download_artifacts(info.run_id, rel, str(dst)))
     except (MlflowException, OSError) as exc:
         msg = " ".join(str(exc.message if isinstance(exc, MlflowException) else exc).split())
         raise RegistryError(f"{where}: cannot download its checkpoint {rel!r} ({msg}); parley reads only that file "

@@ -86,11 +86,9 @@ def load_identity(dataset: str, identity: str, size: int, s3_endpoint: str | Non
     ds = Dataset(dataset, S3Options(endpoint_url=s3_endpoint))
     if not ds.storage.exists("clips") and not ds.storage.exists("frames"):
         raise FileNotFoundError(f"{dataset}: not a dataset (no clips/ or frames/); run `parley build-dataset` first")
-    if identity not in ds.committed():
-        ds.frames(identity)  # raises KeyError naming the known identities
-    row = ds.identity(identity)
-    data = IdentityFrames.from_batches(lambda columns: ds.iter_frames(identity, columns), row, size,
-                                       max_frames=max_frames)
+    ds.identity_clips(identity)  # KeyError naming the known identities, before identities/ is read
+    data = IdentityFrames.from_batches(lambda columns: ds.iter_frames(identity, columns), ds.identity(identity),
+                                       size, max_frames=max_frames)
     data.version = ds.identity_version(identity)
     # Arrow's allocator keeps the read buffers for reuse; training allocates through torch, which cannot use them
     # (~250 MB at 2,000 frames)

@@ -295,11 +295,7 @@ class ClipBuildWorker:
     def _previous_row(self, clip_id: str) -> dict[str, Any] | None:
         """The clip's earlier ``clips/`` row (its frame files may need cleaning up), if any."""
         try:
-            return self.output.read_table(D.clip_path(clip_id)).to_pylist()[0]
-        except FileNotFoundError:
-            return None
-        except (pa.ArrowInvalid, IndexError):  # an unreadable old row is rebuilt; nothing to clean up from it
-            return None
+            return D.read_clip_row(self.output, clip_id)
         except OSError as exc:  # without the output nothing can be recorded: stop the build, say why
             raise OSError(f"{self.output.uri}: cannot reach the output storage ({exc})") from exc
 
@@ -382,19 +378,12 @@ def _run_workers(config: BuildConfig, todo: list[ClipSpec], on_row: Callable[[di
     for spec in todo:  # clips Ray gave up on (the worker died past every retry, or its task failed)
         if spec.clip_id in seen:
             continue
-        previous = _read_row(out, spec.clip_id)
+        previous = D.read_clip_row(out, spec.clip_id)
         reason = ("its build task failed past every retry without reporting (the worker died; the Ray logs of "
                   "the build say why)")
         on_row({**D.write_failure(out, clip_id=spec.clip_id, source_uri=spec.source_uri, identity=spec.identity,
                                   role=spec.role, error=reason, error_kind="internal", previous=previous,
                                   extra=_stamp()), "total_s": 0.0})
-
-
-def _read_row(out: Storage, clip_id: str) -> dict[str, Any] | None:
-    try:
-        return out.read_table(D.clip_path(clip_id)).to_pylist()[0]
-    except (FileNotFoundError, pa.ArrowInvalid, IndexError):
-        return None
 
 
 def _qc(dataset_uri: str, s3: S3Options, identity: str, env: dict[str, str] | None = None) -> dict[str, Any]:

@@ -152,7 +152,7 @@ def check_dataset(out: Storage, fix: bool = False) -> CheckReport:
     if listed != committed:
         report.problems.append(Problem("identities", D.IDENTITIES_PATH,
                                        "does not list the committed clips of each identity"))
-    temporaries = [p for p in _temporaries(out)]
+    temporaries = out.temporaries("clips") + out.temporaries("frames")
     report.problems += [Problem("temporary", rel, "left by a killed write") for rel in temporaries]
     report.counts = {"clips_ok": sum(r.get("status") == "ok" for r in rows.values()),
                      "clips_failed": sum(r.get("status") == "failed" for r in rows.values()),
@@ -170,16 +170,6 @@ def _castable(have: pa.DataType, want: pa.DataType) -> bool:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
     return True
-
-
-def _temporaries(out: Storage) -> list[str]:
-    if out.is_s3:
-        return []
-    from pathlib import Path
-
-    root = Path(out.root)
-    return sorted(str(p.relative_to(root)) for t in ("clips", "frames") if (root / t).is_dir()
-                  for p in (root / t).rglob(".*.tmp"))
 
 
 def _repair(out: Storage, ds: D.Dataset, report: CheckReport, rebuild: set[str], orphaned: list[str],

@@ -22,6 +22,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -29,12 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines import schema
 from pipelines.storage import S3Options, Storage
-from workers.config import BUILDER_VERSION
+from workers.config import BUILDER_VERSION, SINK_ROWS
 
 if TYPE_CHECKING:
     from workers.clip import ClipResult
@@ -89,6 +89,8 @@ class FrameFiles:
         self.clip_id = clip_id
         self.role = role
         self._writers: dict[str, tuple[str, pq.ParquetWriter]] = {}
+        self.n_rows: dict[str, int] = {}
+        """Rows written per identity."""
 
     def __call__(self, rows: list[dict[str, Any]]) -> None:
         by_identity: dict[str, list[dict[str, Any]]] = {}
@@ -101,6 +103,7 @@ class FrameFiles:
                 tmp = self.storage.temp_path(frames_path(ident, self.clip_id))
                 self._writers[ident] = (tmp, pq.ParquetWriter(tmp, schema.FRAME_SCHEMA, compression="zstd"))
             self._writers[ident][1].write_table(schema.frames_table(batch))
+            self.n_rows[ident] = self.n_rows.get(ident, 0) + len(batch)
 
     def publish(self) -> set[str]:
         """Close the files and move them into the dataset; returns their paths (relative to the root)."""
@@ -122,6 +125,18 @@ class FrameFiles:
         self._writers.clear()
 
 
+def read_clip_row(storage: Storage, clip_id: str) -> dict[str, Any] | None:
+    """A clip's ``clips/`` row, or None when it has none or it does not read (it is then built again).
+
+    Raises:
+        OSError: the storage cannot be reached.
+    """
+    try:
+        return storage.read_table(clip_path(clip_id)).to_pylist()[0]
+    except (FileNotFoundError, pa.ArrowInvalid, IndexError):
+        return None
+
+
 def write_clip(storage: Storage, result: ClipResult, *, identity: str, role: str | None = None,
                previous: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
                frames: FrameFiles | None = None) -> dict[str, Any]:
@@ -141,14 +156,11 @@ def write_clip(storage: Storage, result: ClipResult, *, identity: str, role: str
         The ``clips/`` row written.
     """
     cid = result.summary["clip_id"]
-    counts = dict(result.n_rows)
     if frames is None:
         frames = FrameFiles(storage, cid, role if result.summary["n_people"] == 1 else None)
-        counts = {}
-        for r in result.rows:
-            counts[r["identity"]] = counts.get(r["identity"], 0) + 1
-        for k in range(0, len(result.rows), 64):
-            frames(result.rows[k:k + 64])
+        for k in range(0, len(result.rows), SINK_ROWS):  # a row group per batch, as the worker streams them
+            frames(result.rows[k:k + SINK_ROWS])
+    counts = frames.n_rows
     written = frames.publish()
     people = []
     for p in result.people:
@@ -186,8 +198,8 @@ def write_failure(storage: Storage, *, clip_id: str, source_uri: str, identity: 
            "n_people": 0, **(extra or {})}
     if previous and previous.get("status") == "ok" and all(storage.exists(f) for f in _frame_files(previous)):
         kept = dict(previous)
-        note = (f"{REBUILD_FAILED} ({_now():%Y-%m-%d %H:%M} UTC, builder {BUILDER_VERSION}; {error_kind} error: "
-                f"{error}); these rows are from the last good build")
+        note = (f"{REBUILD_FAILED} ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, builder {BUILDER_VERSION}; "
+                f"{error_kind} error: {error}); these rows are from the last good build")
         earlier = kept.get("warning") or ""
         if earlier.startswith(REBUILD_FAILED):  # replace the note of an earlier failed rebuild, keep the rest
             earlier = earlier.split(" || ", 1)[1] if " || " in earlier else ""
@@ -198,12 +210,6 @@ def write_failure(storage: Storage, *, clip_id: str, source_uri: str, identity: 
     for stale in _frame_files(previous):
         storage.delete(stale)
     return {**row, "kept_previous": False}
-
-
-def _now():  # noqa: ANN202
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 class Dataset:
@@ -231,7 +237,7 @@ class Dataset:
 
         A file that does not read (cut short, overwritten by something else) is skipped with a warning and listed
         in :attr:`unreadable`: its clip counts as unbuilt, so the next build builds it again
-        (:func:`quarantine_unreadable` moves such files aside).
+        (:func:`pipelines.check.quarantine` moves such files aside).
         """
         if columns is not None and "clip_id" not in columns:
             columns = ["clip_id", *columns]
@@ -279,25 +285,39 @@ class Dataset:
         Raises:
             KeyError: the identity has no committed frames in this dataset.
         """
-        committed = self.committed()
-        if identity not in committed:
-            known = ", ".join(committed) or "none"
-            raise KeyError(f"{self.storage.uri}: no identity {identity!r} (identities: {known})")
-        wanted = set(committed[identity]) if clip_ids is None else set(committed[identity]) & set(clip_ids)
+        files = [self.storage.path(rel) for rel in self._frame_files(identity, clip_ids)]
         if columns is not None:
             columns = list(dict.fromkeys([*columns, "clip_id", "frame_index"]))
-        files = []
-        for c in sorted(wanted):
-            f = self.storage.path(frames_path(identity, c))
-            if self.storage.fs.get_file_info(f).type == pafs.FileType.File:
-                files.append(f)
-            else:
-                log.warning("%s: clip %s is committed but its frame file is missing (`parley dataset check`)",
-                            self.storage.uri, c)
         if not files:
             return schema.FRAME_SCHEMA.empty_table().select(columns) if columns else schema.FRAME_SCHEMA.empty_table()
         dataset = pads.dataset(files, schema=schema.FRAME_SCHEMA, format="parquet", filesystem=self.storage.fs)
         return dataset.to_table(columns=columns).sort_by([("clip_id", "ascending"), ("frame_index", "ascending")])
+
+    def identity_clips(self, identity: str) -> list[str]:
+        """The committed clips of one identity (:meth:`committed`), sorted.
+
+        Raises:
+            KeyError: the identity has no committed frames in this dataset (the known ones are named).
+        """
+        committed = self.committed()
+        if identity not in committed:
+            known = ", ".join(committed) or "none"
+            raise KeyError(f"{self.storage.uri}: no identity {identity!r} (identities: {known})")
+        return committed[identity]
+
+    def _frame_files(self, identity: str, clip_ids: Iterable[str] | None = None) -> list[str]:
+        """The frame files (relative paths) of an identity's committed clips (of those in ``clip_ids``); a
+        committed clip whose file is missing is left out with a warning."""
+        clips = self.identity_clips(identity)
+        files = []
+        for cid in clips if clip_ids is None else sorted(set(clips) & set(clip_ids)):
+            rel = frames_path(identity, cid)
+            if self.storage.exists(rel):
+                files.append(rel)
+            else:
+                log.warning("%s: clip %s is committed but its frame file is missing (`parley dataset check`)",
+                            self.storage.uri, cid)
+        return files
 
     def identity_version(self, identity: str) -> str:
         """A fingerprint of one identity's committed frames: its clips, their builder version and settings and
@@ -308,7 +328,7 @@ class Dataset:
         rows = self.clip_rows(["status", "builder_version", "config_json", "people"])
         key = sorted((cid, r.get("builder_version"), r.get("config_json"),
                       [p.get("n_rows") for p in r.get("people") or [] if p["identity"] == identity])
-                     for cid, r in rows.items() if cid in set(self.committed().get(identity, [])))
+                     for cid, r in rows.items() if cid in set(self.identity_clips(identity)))
         return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:12]
 
     def iter_frames(self, identity: str, columns: list[str] | None = None,
@@ -317,18 +337,13 @@ class Dataset:
         frame_index) order, read one row group at a time (memory: a batch, not the identity).
 
         Raises:
-            KeyError: the identity has no committed frames in this dataset.
+            KeyError: the identity has no committed frames in this dataset (raised by the call, not the first
+                batch).
         """
-        committed = self.committed()
-        if identity not in committed:
-            known = ", ".join(committed) or "none"
-            raise KeyError(f"{self.storage.uri}: no identity {identity!r} (identities: {known})")
-        for cid in committed[identity]:
-            rel = frames_path(identity, cid)
-            if not self.storage.exists(rel):
-                log.warning("%s: clip %s is committed but its frame file is missing (`parley dataset check`)",
-                            self.storage.uri, cid)
-                continue
+        return self._read_batches(self._frame_files(identity), columns, batch_rows)
+
+    def _read_batches(self, files: list[str], columns: list[str] | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        for rel in files:
             with self.storage.fs.open_input_file(self.storage.path(rel)) as f:
                 pf = pq.ParquetFile(f)
                 order = pf.read(columns=["frame_index"]).column("frame_index").to_numpy()

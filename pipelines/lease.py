@@ -115,7 +115,7 @@ class Lease:
     def _acquire_s3(self) -> None:
         from botocore.exceptions import ClientError
 
-        client = self.storage.s3.boto3_client()
+        client = self.storage.s3_client()
         bucket, key = self._key()
         try:
             self._etag = self._put(client, IfNoneMatch="*")
@@ -161,7 +161,7 @@ class Lease:
             self._stop.set()
             self._thread.join(timeout=10)
             self._thread = None
-            client = self.storage.s3.boto3_client()
+            client = self.storage.s3_client()
             bucket, key = self._key()
             with contextlib.suppress(Exception):  # only our own lease: a taken-over one has another ETag
                 head = client.head_object(Bucket=bucket, Key=key)

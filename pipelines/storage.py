@@ -159,15 +159,24 @@ class Storage:
         Only local roots have them (S3 uploads are atomic). Files younger than ``older_than_s`` are kept,
         in case another process is writing them. Returns how many were deleted.
         """
+        n = 0
+        for rel_tmp in self.temporaries(rel, older_than_s):
+            with suppress(OSError):
+                os.remove(self.path(rel_tmp))
+                n += 1
+        return n
+
+    def temporaries(self, rel: str = "", older_than_s: float = 0.0) -> list[str]:
+        """Temporary files (``.name.xxxx.tmp``, see :meth:`temp_path`) under ``rel`` older than ``older_than_s``,
+        relative to the root (none on S3, whose uploads are atomic)."""
         if self.is_s3 or not os.path.isdir(self.path(rel)):
-            return 0
-        now, n = time.time(), 0
+            return []
+        now, found = time.time(), []
         for p in Path(self.path(rel)).rglob(".*.tmp"):
             with suppress(OSError):
                 if now - p.stat().st_mtime > older_than_s:
-                    p.unlink()
-                    n += 1
-        return n
+                    found.append(str(p)[len(self.root) + 1:])
+        return sorted(found)
 
     def list_dirs(self, rel: str = "") -> list[str]:
         """Names of the directories directly under ``rel``, sorted."""
@@ -183,12 +192,10 @@ class Storage:
     @contextmanager
     def _atomic(self, rel: str) -> Iterator[str]:
         """Yields a path to write; on success it becomes ``rel`` in one step."""
-        self._mkdir(rel)
         if self.is_s3:  # a PUT / multipart upload only appears when complete
             yield self.path(rel)
             return
-        head, _, name = self.path(rel).rpartition("/")
-        tmp = f"{head}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp = self.temp_path(rel)
         try:
             yield tmp
             os.replace(tmp, self.path(rel))
@@ -239,8 +246,9 @@ class Storage:
         """Read one Parquet file."""
         return pq.read_table(self.path(rel), columns=columns, filesystem=self.fs)
 
-    def _s3_client(self):  # noqa: ANN202
-        if getattr(self, "_client", None) is None:
+    def s3_client(self):  # noqa: ANN201
+        """A boto3 client for this root's S3 (opened on first use; for what pyarrow's filesystem lacks)."""
+        if self._client is None:
             self._client = self.s3.boto3_client()
         return self._client
 
@@ -248,7 +256,7 @@ class Storage:
         """Delete a file if it exists."""
         if self.is_s3:  # boto3: pyarrow's delete leaves an empty "directory" object behind an emptied prefix
             bucket, key = split_s3(self.child_uri(rel))
-            self._s3_client().delete_object(Bucket=bucket, Key=key)
+            self.s3_client().delete_object(Bucket=bucket, Key=key)
             return
         with suppress(FileNotFoundError):
             self.fs.delete_file(self.path(rel))
@@ -261,7 +269,7 @@ class Storage:
             raise ValueError("delete_dir needs a directory below the root")
         if self.is_s3:
             bucket, prefix = split_s3(self.child_uri(rel))
-            client = self._s3_client()
+            client = self.s3_client()
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
                 keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if keys:

@@ -23,14 +23,12 @@ import numpy as np
 
 from workers import audio as audio_mod
 from workers import geometry, media, parsing
-from workers.config import BUILDER_VERSION, ClipConfig, clip_config_json, clip_id_for
+from workers.config import BUILDER_VERSION, SINK_ROWS, ClipConfig, clip_config_json, clip_id_for
 from workers.errors import ClipError
 from workers.landmarks import Face, FaceTracker, LandmarkBackend, make_backend
 from workers.morphable import FaceModel, FitResult, fit_clip
 from workers.watchdog import Watchdog
 
-SINK_ROWS = 64
-"""Frame rows per batch handed to a sink (a Parquet row group of ~5 MB at 512 px crops)."""
 MIN_FRAMES = 5
 """Fewest frames a clip must decode to (at the build's frame rate) to be built: 0.2 s at 25 fps, the smoothing
 window of the speaking flag and the shortest span a 3DMM fit with a smoothness term is meaningful over."""
@@ -68,8 +66,6 @@ class ClipResult:
     rows: list[dict[str, Any]]
     """Rows of the ``frames/`` table: one per frame and person (empty when they went to a ``sink``)."""
     people: list[PersonSummary]
-    n_rows: dict[str, int] = field(default_factory=dict)
-    """Rows produced per identity (also when they went to a ``sink``)."""
 
 
 @dataclass
@@ -133,9 +129,7 @@ class ClipProcessor:
         info = media.probe(path)
         timings["probe_s"] = time.perf_counter() - t
         expected = int(info.video_duration_s * cfg.fps)
-        if round(info.video_duration_s * cfg.fps) < MIN_FRAMES:  # ffmpeg's fps filter may give none at all
-            raise ClipError(path, f"too short: {round(info.video_duration_s * cfg.fps)} frame(s) at {cfg.fps:g} fps "
-                                  f"({info.video_duration_s:.2f} s of video); a clip needs at least {MIN_FRAMES}")
+        _check_length(path, round(info.video_duration_s * cfg.fps), info, cfg.fps)  # fps may decode none at all
         if cfg.max_frames is not None:
             expected = min(expected, cfg.max_frames)
         if watchdog is not None:
@@ -160,9 +154,7 @@ class ClipProcessor:
         det = self._detect(path, info, content, watchdog)
         timings["landmarks_s"] = time.perf_counter() - t
         n = det.frames
-        if n < MIN_FRAMES:
-            raise ClipError(path, f"too short: {n} frame(s) at {cfg.fps:g} fps ({info.video_duration_s:.2f} s of "
-                                  f"video); a clip needs at least {MIN_FRAMES}")
+        _check_length(path, n, info, cfg.fps)
 
         t = time.perf_counter()
         fa = audio_mod.frame_features(samples, n, cfg.fps, cfg.audio)
@@ -197,18 +189,8 @@ class ClipProcessor:
 
         t = time.perf_counter()
         rows: list[dict[str, Any]] = []
-        n_rows: dict[str, int] = {}
-
-        def collect(batch: list[dict[str, Any]]) -> None:
-            for r in batch:
-                n_rows[r["identity"]] = n_rows.get(r["identity"], 0) + 1
-            if sink is not None:
-                sink(batch)
-            else:
-                rows.extend(batch)
-
         summaries = self._render_rows(
-            path, info, content, det, people, fits, fa, speaking, identity, clip_id, n, collect, watchdog
+            path, info, content, det, people, fits, fa, speaking, identity, clip_id, n, sink or rows.extend, watchdog
         )
         timings["parse_encode_s"] = time.perf_counter() - t
 
@@ -232,7 +214,7 @@ class ClipProcessor:
             **timings,
             "total_s": sum(timings.values()),
         }
-        return ClipResult(summary, rows, summaries, n_rows)
+        return ClipResult(summary, rows, summaries)
 
     # pass 1 -----------------------------------------------------------------------------------
     def _detect(self, path: str, info: media.ClipInfo, content, watchdog: Watchdog | None = None) -> _Detections:
@@ -356,6 +338,13 @@ class ClipProcessor:
                 )
             )
         return summaries
+
+
+def _check_length(path: str, frames: int, info: media.ClipInfo, fps: float) -> None:
+    """Raise when a clip has fewer than :data:`MIN_FRAMES` frames at ``fps``."""
+    if frames < MIN_FRAMES:
+        raise ClipError(path, f"too short: {frames} frame(s) at {fps:g} fps ({info.video_duration_s:.2f} s of video); "
+                              f"a clip needs at least {MIN_FRAMES}")
 
 
 def _empty_face(reason: str) -> dict[str, Any]:

@@ -62,6 +62,9 @@ class FitConfig:
     """Identity modes fitted."""
 
 
+SINK_ROWS = 64
+"""Frame rows per batch a clip worker hands to its sink: one Parquet row group (~5 MB at 512 px crops)."""
+
 BUILDER_VERSION = "0.2.1"
 """Version of the per-frame features; a dataset row built by another version is rebuilt."""
 

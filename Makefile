@@ -19,15 +19,26 @@ $(STAMP): requirements.lock pyproject.toml overrides.txt Makefile
 	  (echo "ffmpeg is missing and could not be installed: install it with your package manager" >&2; exit 1))
 	@command -v uv >/dev/null || $(PYTHON) -m pip install -q uv
 	@test -x $(VENV)/bin/python || uv venv -q --python $(PYTHON) $(VENV)
-	# torch/torchvision come from PyPI (the CUDA build runs on CPU too); no local index, no find-links.
+	# Every package, torch/torchvision included (their default build is the CUDA one, which runs on CPU too), comes
+	# from uv's default index: --no-config ignores uv.toml files, and uv never reads pip's settings (pip.conf,
+	# PIP_FIND_LINKS), so a machine's local wheel folders or indexes for pip are not used.
 	# Bytecode is compiled at install: with PYTHONDONTWRITEBYTECODE set (as on these machines) every
 	# process, Ray workers included, would otherwise recompile torch/sympy from source (~5 s each).
-	VIRTUAL_ENV=$(VENV) uv pip install -q --no-config --compile-bytecode --index-url https://pypi.org/simple \
-	  -r requirements.lock
+	VIRTUAL_ENV=$(VENV) uv pip install -q --no-config --compile-bytecode -r requirements.lock
 	VIRTUAL_ENV=$(VENV) uv pip install -q --no-config --no-deps -e .
+	@$(RECORD_ASSETS)
 	@touch $(STAMP)
 
+# The venv remembers where the model files are, so `parley` typed in a shell (activated or not) finds the files
+# make uses: workers/assets.py reads $(VENV)/parley-assets after PARLEY_ASSETS, before the user cache.
+RECORD_ASSETS = if [ -d "$(PARLEY_ASSETS)" ]; then echo "$(abspath $(PARLEY_ASSETS))" > $(VENV)/parley-assets; \
+	else rm -f $(VENV)/parley-assets; fi
+
 env: $(STAMP)
+	@$(RECORD_ASSETS)
+	@if [ -f $(VENV)/parley-assets ]; then echo "model files: $$(cat $(VENV)/parley-assets) (recorded in $(VENV)/parley-assets)"; \
+	else echo "model files: $(PARLEY_ASSETS) is missing; parley looks in ~/.cache/parley/assets, then downloads" \
+	  "(set PARLEY_ASSETS and run make env again to record a folder)"; fi
 
 DEMO_PRESET ?= cpu
 DEMO_STEPS_SCALE ?= 0.05
@@ -69,7 +80,7 @@ bench: $(STAMP)
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock:
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 --override overrides.txt \
-	  --no-config --index-url https://pypi.org/simple -o requirements.lock
+	  --no-config -o requirements.lock
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache .mypy_cache

@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.build import BuildConfig, Resources, build  # noqa: E402
+from pipelines.build import build  # noqa: E402
+from pipelines.build_config import BuildConfig, Resources  # noqa: E402
 from pipelines.dataset import Dataset  # noqa: E402
 from workers.config import ClipConfig  # noqa: E402
 

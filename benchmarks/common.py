@@ -16,8 +16,8 @@ if str(ROOT) not in sys.path:
 SHARED = Path(os.environ.get("PARLEY_SHARED", ROOT.parent / "shared"))
 os.environ.setdefault("PARLEY_ASSETS", str(SHARED / "assets"))
 
-from jobs.fanout import FanoutError, apply_overrides  # noqa: E402
-from nerf.trainer import ExperimentConfig  # noqa: E402
+from jobs.fanout_config import FanoutError, apply_overrides  # noqa: E402
+from nerf.config import ExperimentConfig  # noqa: E402
 
 DEFAULT_CLIP = SHARED / "data" / "clips" / "RD_Radio2_000.mp4"
 """The clip the benchmarks train on unless told otherwise."""
@@ -62,6 +62,7 @@ def build_dataset(clip: Path, work: Path) -> Path:
         The dataset root.
     """
     from pipelines import dataset as D
+    from pipelines.commit import write_clip
     from pipelines.storage import Storage
     from workers.clip import ClipConfig, ClipProcessor, clip_id_for
     from workers.config import BUILDER_VERSION
@@ -82,7 +83,7 @@ def build_dataset(clip: Path, work: Path) -> Path:
     finally:
         processor.close()
     st = Storage(root)
-    D.write_clip(st, res, identity=clip.stem)
+    write_clip(st, res, identity=clip.stem)
     D.write_identities(st, D.aggregate_identities(D.Dataset(st).clip_rows().values()))
     done.write_text(marker)
     print(f"dataset: processed {clip.name} ({len(res.rows)} frames) in {time.perf_counter() - t:.0f} s -> {root}",

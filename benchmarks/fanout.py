@@ -44,13 +44,15 @@ os.environ.setdefault("PARLEY_ASSETS", str(SHARED / "assets"))
 
 import numpy as np  # noqa: E402
 
-from jobs.fanout import FanoutJob, run_fanout  # noqa: E402
+from jobs.fanout import run_fanout  # noqa: E402
+from jobs.fanout_config import FanoutJob  # noqa: E402
 
 
 def build_dataset(work: Path, n: int, frames: int) -> Path:
     """``n`` identities, each the first ``frames`` frames of a shared clip (clips reused under new names when
     ``n`` exceeds them), built once with :class:`workers.clip.ClipProcessor` and cached."""
     from pipelines import dataset as D
+    from pipelines.commit import write_clip
     from pipelines.storage import Storage
     from workers.clip import ClipConfig, ClipProcessor, clip_id_for
 
@@ -66,7 +68,7 @@ def build_dataset(work: Path, n: int, frames: int) -> Path:
             clip = clips[k % len(clips)]
             ident = clip.stem if k < len(clips) else f"{clip.stem}_{k}"
             res = p(str(clip), identity=ident, clip_id=clip_id_for(f"{clip.resolve()}#{k}"))
-            D.write_clip(st, res, identity=ident)
+            write_clip(st, res, identity=ident)
     finally:
         p.close()
     D.write_identities(st, D.aggregate_identities(D.Dataset(st).clip_rows().values()))

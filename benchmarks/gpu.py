@@ -17,7 +17,7 @@ still run, and ``<out>/gpu.json`` is rewritten after each part:
 * ``render``: frames/s of :meth:`nerf.avatar.Avatar.render` at each ``--sizes`` from the bundled checkpoint and
   audio features, as :mod:`benchmarks.render` counts them (median of ``--runs`` runs of ``--frames`` frames, the
   first frame warm-up, each frame copied back to host memory as uint8), first with the checkpoint's sampler
-  settings and the device's rays per chunk (:func:`nerf.trainer.default_chunk`: the whole frame on CUDA), then
+  settings and the device's rays per chunk (:func:`nerf.rendering.default_chunk`: the whole frame on CUDA), then
   for every ``march_group`` of ``--groups`` (early ray termination at 1e-4), evaluating every
   sample (``stop_transmittance=0``), and rays per chunk 32768 or the whole frame. Also the largest difference of
   a GPU frame from the CPU's, and a profile of the default 512 px render (``render_profile.txt``).
@@ -76,7 +76,7 @@ def pack(checkpoint: Path | None, clip: Path, work: Path, audio: Path, frames: i
     one-clip dataset the checkpoint was trained on (built and cached in ``work`` if needed)."""
     from benchmarks.common import build_dataset
     from benchmarks.render import RENDER_CHECKPOINT, features
-    from nerf.trainer import load_checkpoint
+    from nerf.checkpoint import load_checkpoint
 
     if checkpoint is None:
         found = [work / n for n in (CHECKPOINT, RENDER_CHECKPOINT) if (work / n).is_file()]
@@ -167,14 +167,15 @@ def fps(avatar: Any, feats: np.ndarray, size: int, runs: int, chunk: int | None 
 def render_part(bundle: Path, device: torch.device, sizes: list[int], frames: int, runs: int,
                 groups: list[int], out: Path) -> dict[str, Any]:
     from nerf.avatar import Avatar
-    from nerf.trainer import default_chunk as nerf_default_chunk
+    from nerf.rendering import default_chunk as nerf_default_chunk
 
     feats = np.load(bundle / FEATURES)[:frames]
     ckpt = bundle / "checkpoint.pt"
     avatar = Avatar.from_checkpoint(ckpt, device)
     base = avatar.model.config
     res: dict[str, Any] = {"frames": int(feats.shape[0]), "runs": runs, "trained_size": int(avatar.kit["size"]),
-                           "occupancy": float(avatar.model.grid.occupancy()), "torso": avatar.has_torso,
+                           "occupancy": float(avatar.model.grid.occupancy()),
+                           "torso": getattr(avatar.model, "with_torso", False),
                            "sampler": dataclasses.asdict(base.sampler), "default": {}, "sweep": []}
     if device.type != "cpu":  # the same frame from the CPU
         size = sizes[0]
@@ -229,7 +230,7 @@ def render_part(bundle: Path, device: torch.device, sizes: list[int], frames: in
 def pace_part(dataset: Path, identity: str, device: torch.device, steps: int, presets: list[str]) -> dict[str, Any]:
     """Seconds per head and torso step and head samples/s of each preset."""
     from jobs.train import load_identity
-    from nerf.presets import preset
+    from nerf.methods import preset
     from nerf.trainer import Trainer
 
     res: dict[str, Any] = {}
@@ -262,7 +263,7 @@ def quality_part(dataset: Path, identity: str, device: torch.device, name: str, 
     """Preset ``name`` (no lips stage) trained within ``budget_s`` on ``device``, evaluated on held-out frames."""
     from jobs.train import load_identity
     from nerf.avatar import evaluate
-    from nerf.presets import preset
+    from nerf.methods import preset
     from nerf.trainer import Trainer
 
     cfg = preset(name)
@@ -391,7 +392,7 @@ def main() -> int:
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown:
         ap.error(f"--parts: unknown {', '.join(unknown)} (parts: {', '.join(PARTS)})")
-    from nerf.presets import PRESETS
+    from nerf.radnerf.presets import PRESETS
 
     bad = sorted(set(args.presets + [args.preset]) - set(PRESETS))
     if bad:

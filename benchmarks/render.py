@@ -3,7 +3,7 @@
     PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/render.py [--checkpoint PATH] [--frames 25] [--runs 3]
 
 What is measured: ``--frames`` frames are rendered with :meth:`nerf.avatar.Avatar.render` from the audio
-features of a shared wav (computed as ``parley render`` does: :func:`workers.media.read_audio` and
+features of a shared wav (computed as ``parley render`` does: :func:`workers.audio_decode.read_audio` and
 :func:`workers.audio.frame_features`), at 256 and 512 px, on the CPU and, when ``torch.cuda.is_available()``,
 on CUDA. Frames per second = (frames - 1) / seconds after the first frame (the first is warm-up), including
 the copy of each frame back to host memory as uint8; the median over ``--runs`` runs is reported.
@@ -44,7 +44,7 @@ SIZES = (256, 512)
 def train_briefly(work: Path, clip: Path, head_steps: int, torso_steps: int) -> Path:
     """Train the ``cpu`` preset for a few head and torso steps (no lips stage) and save its checkpoint."""
     from jobs.train import load_identity
-    from nerf.presets import preset
+    from nerf.methods import preset
     from nerf.trainer import Trainer
 
     cfg = with_steps(preset("cpu"), head_steps, 0, torso_steps)
@@ -63,8 +63,8 @@ def train_briefly(work: Path, clip: Path, head_steps: int, torso_steps: int) -> 
 def features(audio: Path, n: int, fps: float = 25.0) -> np.ndarray:
     """Audio features [n, window, n_mels] of the first ``n`` video frames of an audio file."""
     from workers.audio import frame_features
+    from workers.audio_decode import read_audio
     from workers.config import AudioFeatureConfig
-    from workers.media import read_audio
 
     acfg = AudioFeatureConfig()
     samples = read_audio(audio, acfg.sample_rate)
@@ -73,7 +73,7 @@ def features(audio: Path, n: int, fps: float = 25.0) -> np.ndarray:
 
 def frames_per_s(avatar: Avatar, feats: np.ndarray, size: int, chunk: int | None = None) -> float:
     """Frames per second of one render of ``feats`` at ``size`` (``chunk`` rays per forward pass, default: the
-    device's, :func:`nerf.trainer.default_chunk`), after the first (warm-up) frame."""
+    device's, :func:`nerf.rendering.default_chunk`), after the first (warm-up) frame."""
     cuda = avatar.device.type == "cuda"
     start = None
     k = 0
@@ -145,9 +145,10 @@ def main() -> int:
             fps, runs = median_frames_per_s(avatar, feats, size, args.runs)
             key = f"fps_{size}" if device == "cpu" else f"cuda_fps_{size}"
             figures[key] = fps
+            torso = "yes" if getattr(avatar.model, "with_torso", False) else "no"
             print(f"{name} {size} px: {fps:.3f} frames/s ({1 / fps:.3f} s/frame; runs "
                   f"{', '.join(f'{r:.3f}' for r in runs)}; trained for {avatar.kit['size']} px, "
-                  f"occupied cells {100 * occ:.1f}%, torso {'yes' if avatar.has_torso else 'no'})", flush=True)
+                  f"occupied cells {100 * occ:.1f}%, torso {torso})", flush=True)
     print(" ".join(f"{k}={v:.3g}" if v < 100 else f"{k}={v:.1f}" for k, v in figures.items()))
     return 0
 

@@ -64,10 +64,11 @@ import torch  # noqa: E402
 from benchmarks.common import CHECKPOINT, DEFAULT_CLIP, DEFAULT_WORK, apply_sets, build_dataset, with_steps  # noqa: E402
 from jobs.train import landmark_fn, load_identity, lpips_module  # noqa: E402
 from nerf.avatar import evaluate  # noqa: E402
+from nerf.config import ExperimentConfig, config_to_json  # noqa: E402
 from nerf.data import IdentityFrames  # noqa: E402
+from nerf.methods import preset  # noqa: E402
 from nerf.metrics import LPIPS, psnr  # noqa: E402
-from nerf.presets import preset  # noqa: E402
-from nerf.trainer import ExperimentConfig, StepResult, Trainer, config_to_json  # noqa: E402
+from nerf.trainer import StepResult, Trainer  # noqa: E402
 
 SHARES = {"head": 0.70, "lips": 0.05, "torso": 0.25}
 """Share of the training budget of each stage."""
@@ -94,7 +95,7 @@ def seconds_per_step(cfg: ExperimentConfig, data: IdentityFrames, stage: str, li
     ``warmup`` steps, plus one occupancy-grid update divided by the update interval (head and lips stages)."""
     n = warmup + timed
     tr = Trainer(with_steps(cfg, *(n if s == stage else 0 for s in ("head", "lips", "torso"))), data,
-                 lips_loss=lips if stage == "lips" else None)
+                 lpips=lips if stage == "lips" else None)
     secs = []
     for _ in range(n):
         t = time.perf_counter()
@@ -164,7 +165,7 @@ def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_ev
     time), every ``eval_every`` s of training time, at the end of each stage and at the end.
     ``replan(trainer, run, result)`` is called after every step (a stage's last step comes before the next stage's
     optimiser exists), to resize the stages to a budget."""
-    trainer = Trainer(run.config, data, lips_loss=lips if run.config.trainer.lips.steps else None)
+    trainer = Trainer(run.config, data, lpips=lips if run.config.trainer.lips.steps else None)
     frames = [int(f) for f in data.val_ids[::2]]
 
     def point(stage: str, step: int) -> None:

@@ -34,7 +34,7 @@ def train_once(dataset: str, identity: str, frames: int, steps: int) -> None:
     from dataclasses import replace
 
     from jobs.train import load_identity
-    from nerf.presets import preset
+    from nerf.methods import preset
     from nerf.trainer import Trainer
 
     cfg = preset("cpu")

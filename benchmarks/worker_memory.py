@@ -1,7 +1,7 @@
 """Peak memory of one dataset-build worker per clip length.
 
 Makes clips of the given lengths by looping a shared clip (stream copy, no re-encode), then builds each
-one in a fresh process exactly as a build worker does (:class:`pipelines.build.ClipBuildWorker`: extract,
+one in a fresh process exactly as a build worker does (:class:`pipelines.build_worker.ClipBuildWorker`: extract,
 write the clip's Parquet files and its row into a scratch dataset) and records that process's peak RSS
 (ffmpeg's decoder subprocesses not counted). The worker's models load before the clip, so the figure is
 what a worker reserving ``--memory-per-worker-gb`` has to hold.
@@ -42,7 +42,7 @@ def looped_clip(src: Path, seconds: float, out: Path) -> Path:
 
 def build_once(clip: str, dataset: str) -> None:
     """The child: one worker, one clip; prints a JSON line with its peak RSS and the clip's status."""
-    from pipelines.build import ClipBuildWorker
+    from pipelines.build_worker import ClipBuildWorker
     from pipelines.inputs import ClipSpec
     from pipelines.storage import S3Options, Storage
     from workers.config import ClipConfig

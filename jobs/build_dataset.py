@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the CLI parser imports this module: keep it light (no torch / cv2 at import)
-    from pipelines.build import BuildConfig, BuildReport
+    from pipelines.build_config import BuildConfig, BuildReport
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
     """The build configuration from parsed CLI arguments."""
-    from pipelines.build import BuildConfig, Resources
+    from pipelines.build_config import BuildConfig, Resources
     from pipelines.storage import S3Options
     from workers.config import ClipConfig
 

@@ -113,15 +113,17 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         return fanout.run_train_cli(args) if args.command == "train" else fanout.run_sweep_cli(args)
     if args.command == "registry":
-        from jobs.registry import run_cli as registry_cli
+        from jobs.registry_cli import run_cli as registry_cli
 
         return registry_cli(args)
-    if args.command in ("train", "evaluate", "render"):
+    if args.command == "render":
+        from jobs.render import run_render_cli
+
+        return run_render_cli(args)
+    if args.command in ("train", "evaluate"):
         from jobs import train as train_job
 
-        run = {"train": train_job.run_train_cli, "evaluate": train_job.run_evaluate_cli,
-               "render": train_job.run_render_cli}[args.command]
-        return run(args)
+        return train_job.run_train_cli(args) if args.command == "train" else train_job.run_evaluate_cli(args)
     if args.command == "dataset":
         from jobs.dataset_check import run_cli as check_cli
 

@@ -17,16 +17,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Exit 0 when the dataset is consistent (or was repaired), 1 when problems remain, 2 on bad input."""
+    from jobs.errors import fail
     from pipelines.build import new_build_id
     from pipelines.check import check_dataset
+    from pipelines.dataset import Dataset
     from pipelines.lease import Lease
     from pipelines.storage import S3Options, Storage
     from workers.errors import ParleyError
 
     out = Storage(args.dataset, S3Options(endpoint_url=args.s3_endpoint))
-    if not out.exists("clips") and not out.exists("frames"):
-        print(f"dataset check: {out.uri}: not a dataset (no clips/ or frames/)", file=sys.stderr)
-        return 2
+    try:
+        Dataset(out).require()
+    except FileNotFoundError as exc:
+        return fail("dataset check", exc)
     try:
         if args.fix:
             with Lease(out, f"check-{new_build_id()}"):

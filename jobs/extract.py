@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pipelines import dataset as D
 from pipelines import qc
-from pipelines.dataset import safe_identity
+from pipelines.commit import write_clip, write_failure
+from pipelines.layout import safe_identity
 from pipelines.storage import Storage
 from workers.clip import ClipConfig, ClipProcessor, clip_id_for
 from workers.errors import ParleyError
@@ -80,10 +80,10 @@ def main(config: ExtractConfig) -> ExtractReport:
                 reason = getattr(exc, "reason", str(exc))
                 log.warning("%s: failed: %s", path, reason)
                 report.failed[path] = reason
-                D.write_failure(storage, clip_id=cid, source_uri=path, identity=identity, role=None, error=reason,
+                write_failure(storage, clip_id=cid, source_uri=path, identity=identity, role=None, error=reason,
                                 error_kind="input", extra={"total_s": time.perf_counter() - t})
                 continue
-            D.write_clip(storage, result, identity=identity)
+            write_clip(storage, result, identity=identity)
             by_identity: dict[str, list[dict]] = {}
             for row in result.rows:
                 by_identity.setdefault(row["identity"], []).append(row)

@@ -1,6 +1,6 @@
 """The MLflow model registry of avatars: ``avatar-<identity>`` models, the ``champion`` alias, rendering.
 
-A registered version is an MLflow ``pyfunc`` model wrapping one checkpoint (:class:`AvatarModel`): input =
+A registered version is an MLflow ``pyfunc`` model wrapping one checkpoint (:mod:`jobs.pyfunc`): input =
 audio file path(s), output = mp4 path(s). Each version carries the held-out metrics of its run as tags
 (``psnr``, ``lpips``, ...), which is what ``parley registry list|show`` print and what
 ``parley registry promote`` ranks by.
@@ -18,26 +18,24 @@ import contextlib
 import math
 import os
 import re
-import shutil
-import tempfile
 import urllib.parse
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from jobs.tracking import client
+from nerf import methods
+from nerf.config import DEFAULT_METHOD
 
-MODEL_PREFIX = "avatar-"
+METHOD_TAG = "method"
+"""Tag of registered models and versions: the avatar method that trained them (:mod:`nerf.methods`)."""
 CHAMPION = "champion"
 ARTIFACT = "avatar"
-"""Artifact path of the pyfunc model inside its run."""
+"""Artifact path of the pyfunc model (:mod:`jobs.pyfunc`) inside its run."""
 CHECKPOINT_IN_MODEL = "artifacts/checkpoint.pt"
-"""Where :func:`save_model` puts the checkpoint inside the pyfunc model directory (MLflow names the file after its
-source, so :func:`save_model` hands it a file of this name), and the only file of a version parley downloads."""
+"""Where :func:`jobs.pyfunc.save_model` puts the checkpoint inside the pyfunc model directory (MLflow names the file
+after its source, so it hands MLflow a file of this name), and the only file of a version parley downloads."""
 METRICS = ("psnr", "ssim", "lpips", "lmd", "render_s_per_frame")
 """Held-out metrics copied onto each version as tags."""
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "lmd": False, "render_s_per_frame": False}
@@ -48,131 +46,39 @@ class RegistryError(LookupError):
     checkpoint parley will not fetch (:func:`fetch_checkpoint`: no run, a source outside its run's artifacts)."""
 
 
-def model_name(identity: str) -> str:
-    return f"{MODEL_PREFIX}{identity}"
+def model_name(identity: str, method: str = DEFAULT_METHOD) -> str:
+    """The registered model of an identity's avatars of a method (``avatar-<identity>`` for RAD-NeRF)."""
+    return methods.registered_name(method, identity)
 
 
-try:  # the pyfunc base class; MLflow is a dependency, but keep `import jobs.registry` cheap to fail clearly
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover
-    PythonModel = object  # type: ignore[misc,assignment]
-
-
-class AvatarModel(PythonModel):
-    """A trained avatar as an MLflow pyfunc model, for people who call MLflow themselves.
-
-    ``predict(model_input, params)``: ``model_input`` is an audio path, a list of them, or a DataFrame with
-    an ``audio`` column (and optionally ``out``, the mp4 to write per row); ``params`` may hold ``out_dir``
-    (default: a new temporary directory), ``size`` (default: the size it was trained at) and ``device`` (default
-    ``cpu``), declared in the model's signature. Returns the list of mp4 paths.
-
-    Trusted registries only: ``mlflow.pyfunc.load_model`` unpickles the version's ``python_model.pkl``, so it runs
-    whatever code the version's author put there. ``parley render --model`` / ``parley evaluate --model`` do not
-    use this class; they load only the checkpoint's tensors (:func:`fetch_checkpoint`).
-    """
-
-    def load_context(self, context) -> None:  # noqa: ANN001
-        self.checkpoint = context.artifacts["checkpoint"]
-
-    def render(self, audio: str, out: str, size: int | None = None, device: str = "cpu",
-               progress: bool = False) -> dict[str, Any]:
-        from jobs.train import render_audio
-
-        return render_audio(self.checkpoint, audio, out, size=size, device=device, progress=progress)
-
-    # The hint is DataFrame because it is the one input type MLflow takes without inferring a schema from it (a
-    # union is refused, no hint draws a warning at every save); paths and lists pass through unchanged, the model
-    # has no signature to validate them against.
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:  # noqa: ANN001
-        params = params or {}
-        if isinstance(model_input, str | Path):
-            rows = [{"audio": str(model_input)}]
-        elif isinstance(model_input, list):
-            rows = [{"audio": str(a)} for a in model_input]
-        else:  # a DataFrame
-            rows = model_input.to_dict("records")
-        out_dir = Path(params.get("out_dir") or tempfile.mkdtemp(prefix="parley-render-"))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        size = params.get("size")
-        videos = []
-        for k, row in enumerate(rows):
-            out = row.get("out") or str(out_dir / f"{Path(str(row['audio'])).stem}_{k}.mp4")
-            self.render(str(row["audio"]), str(out), size=int(size) if size else None,
-                        device=str(params.get("device", "cpu")))
-            videos.append(str(out))
-        return videos
-
-
-def save_model(checkpoint: str | Path, path: Path) -> Path:
-    """Write the pyfunc model of a checkpoint to a local directory (no tracking server involved).
-
-    The checkpoint lands at :data:`CHECKPOINT_IN_MODEL` whatever its file is called (where
-    :func:`fetch_checkpoint` reads it).
-
-    Args:
-        checkpoint: the checkpoint file.
-        path: the model directory to create (must not exist).
-
-    Returns:
-        ``path``.
-    """
-    import mlflow
-    import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec
-
-    # MLflow drops every predict() param a signature does not declare (a logged warning, nothing more), so the
-    # signature declares them; no input schema: a path, a list of paths and a DataFrame all pass unchanged.
-    params = ParamSchema([ParamSpec("out_dir", "string", ""), ParamSpec("size", "long", 0),
-                          ParamSpec("device", "string", "cpu")])
-    name = Path(CHECKPOINT_IN_MODEL).name
-    with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="parley-ckpt-") as stage:
-        src = Path(checkpoint)
-        if src.name != name:  # MLflow keeps the file's own name; the layout must not depend on it
-            staged = Path(stage) / name
-            try:
-                os.link(src, staged)
-            except OSError:  # another filesystem
-                shutil.copyfile(src, staged)
-            src = staged
-        warnings.filterwarnings("ignore", message="An input example was not provided")
-        mlflow.pyfunc.save_model(
-            path=str(path), python_model=AvatarModel(), artifacts={"checkpoint": str(src)},
-            signature=ModelSignature(params=params),
-            # the code is the installed `parley` package; listing requirements skips MLflow's inference
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "parley"],
-        )
-    return path
-
-
-def log_model(uri: str, run_id: str, checkpoint: str | Path) -> str:
-    """Log a checkpoint's pyfunc model into a run (artifact path :data:`ARTIFACT`); returns its ``runs:/`` URI."""
-    with tempfile.TemporaryDirectory(prefix="parley-model-") as tmp:
-        path = save_model(checkpoint, Path(tmp) / ARTIFACT)
-        client(uri).log_artifacts(run_id, str(path), ARTIFACT)
-    return f"runs:/{run_id}/{ARTIFACT}"
+def is_avatar_name(name: str) -> bool:
+    """Whether a registered model's name is that of an avatar (of a built-in or registered method)."""
+    return any(name.startswith(f"{methods.registry_prefix(m)}-") for m in methods.names())
 
 
 def register(uri: str, run_id: str, identity: str, metrics: dict[str, float],
-             tags: dict[str, str] | None = None) -> int:
-    """Register a run's logged model as a new version of ``avatar-<identity>``; returns the version.
+             tags: dict[str, str] | None = None, method: str = DEFAULT_METHOD) -> int:
+    """Register a run's logged model as a new version of :func:`model_name` (``avatar-<identity>`` for
+    RAD-NeRF); returns the version.
 
-    The held-out ``metrics`` become version tags (what :func:`promote` ranks by).
+    The held-out ``metrics`` become version tags (what :func:`promote` ranks by); the model and the version are
+    tagged with the ``method``.
     """
     from mlflow.exceptions import MlflowException
 
     c = client(uri)
-    name = model_name(identity)
+    name = model_name(identity, method)
     try:
-        c.create_registered_model(name, tags={"parley.identity": identity},
-                                  description=f"RAD-NeRF avatar of {identity} (parley)")
+        c.create_registered_model(name, tags={"parley.identity": identity, METHOD_TAG: method},
+                                  description=f"{method} avatar of {identity} (parley)")
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
             raise
     source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT}"
     vtags = {k: f"{float(metrics[k]):.6g}" for k in METRICS if k in metrics and metrics[k] is not None}
     vtags.update(tags or {})
-    mv = c.create_model_version(name, source, run_id=run_id, tags={"parley.identity": identity, **vtags})
+    mv = c.create_model_version(name, source, run_id=run_id,
+                                tags={"parley.identity": identity, METHOD_TAG: method, **vtags})
     return int(mv.version)
 
 
@@ -224,10 +130,13 @@ def versions(uri: str, name: str) -> list[VersionInfo]:
 
 
 def list_models(uri: str) -> list[dict[str, Any]]:
-    """Registered avatar models: name, versions, aliases (alias -> version) and the champion's metrics."""
+    """Registered avatar models (of every method): name, versions, aliases (alias -> version) and the champion's
+    metrics."""
     c = client(uri)
     rows = []
-    for m in c.search_registered_models(f"name LIKE '{MODEL_PREFIX}%'"):
+    for m in c.search_registered_models():
+        if not (is_avatar_name(m.name) or METHOD_TAG in (m.tags or {})):
+            continue
         vs = versions(uri, m.name)
         champ = next((v for v in vs if CHAMPION in v.aliases), None)
         rows.append({"name": m.name, "versions": len(vs), "latest": vs[0].version if vs else None,
@@ -245,10 +154,11 @@ def best_version(vs: list[VersionInfo], metric: str = "psnr") -> VersionInfo | N
 
 
 def promote(uri: str, identity: str | None = None, version: int | None = None, metric: str = "psnr",
-            alias: str = CHAMPION) -> dict[str, int]:
+            alias: str = CHAMPION, method: str = DEFAULT_METHOD) -> dict[str, int]:
     """Move the ``champion`` alias.
 
-    With no identity: for every ``avatar-*`` model, to its best version by ``metric``. With an identity and a
+    With no identity: for every avatar model (:func:`list_models`), to its best version by ``metric``. An
+    identity names the model of its ``method``. With an identity and a
     version: to that version. With only an identity: to that model's best version.
 
     Returns:
@@ -260,7 +170,7 @@ def promote(uri: str, identity: str | None = None, version: int | None = None, m
     c = client(uri)
     if version is not None and identity is None:
         raise ValueError("--version needs --identity")
-    names = [model_name(identity)] if identity else [m["name"] for m in list_models(uri)]
+    names = [model_name(identity, method)] if identity else [m["name"] for m in list_models(uri)]
     if not names:
         raise RegistryError("no registered avatar models to promote; train some with `parley train`")
     moved = {}
@@ -404,16 +314,16 @@ def fetch_checkpoint(uri: str, model_uri: str, dst_dir: str | Path) -> tuple[Pat
         dst_dir: local directory to download into (created if missing; the caller removes it).
 
     Returns:
-        The local checkpoint path (read it with :func:`nerf.trainer.load_checkpoint`) and the version.
+        The local checkpoint path (read it with :func:`nerf.checkpoint.load_checkpoint`) and the version.
 
     Raises:
         RegistryError: see :func:`resolve` and :func:`checkpoint_path`; or the checkpoint cannot be downloaded.
         ValueError: ``model_uri`` is not a ``models:/`` URI.
-        nerf.trainer.CheckpointError: the file is not a parley checkpoint (e.g. a pickle that is not only tensors).
+        nerf.checkpoint.CheckpointError: the file is not a parley checkpoint (e.g. a pickle that is not only tensors).
     """
     from mlflow.exceptions import MlflowException
 
-    from nerf.trainer import CheckpointError, load_checkpoint
+    from nerf.checkpoint import CheckpointError, load_checkpoint
 
     info = resolve(uri, model_uri)
     rel = checkpoint_path(uri, info)
@@ -426,7 +336,7 @@ def fetch_checkpoint(uri: str, model_uri: str, dst_dir: str | Path) -> tuple[Pat
     except (MlflowException, OSError) as exc:
         msg = " ".join(str(exc.message if isinstance(exc, MlflowException) else exc).split())
         raise RegistryError(f"{where}: cannot download its checkpoint {rel!r} ({msg}); parley reads only that file "
-                            "of a registered model: log the checkpoint with jobs.registry.log_model (as `parley "
+                            "of a registered model: log the checkpoint with jobs.pyfunc.log_model (as `parley "
                             "train` does) and register that") from None
     try:
         load_checkpoint(path)
@@ -437,41 +347,3 @@ def fetch_checkpoint(uri: str, model_uri: str, dst_dir: str | Path) -> tuple[Pat
         raise CheckpointError(f"{where}: {rel}: {reason}; a registered checkpoint is read as tensors only "
                               "(torch.load(weights_only=True)), never as code") from exc
     return path, info
-
-
-# CLI -----------------------------------------------------------------------------------------------------------
-def _fmt_metrics(m: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.4g}" for k, v in m.items()) or "-"
-
-
-def run_cli(args) -> int:  # noqa: ANN001
-    """``parley registry list | show | promote``."""
-    import sys
-
-    from jobs import tracking
-
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    try:
-        tracking.check_tracking(uri)
-        if args.registry_command == "list":
-            rows = list_models(uri)
-            if not rows:
-                print(f"no registered avatars in {uri}")
-            for r in rows:
-                aliases = ", ".join(f"@{a}=v{v}" for a, v in sorted(r["aliases"].items())) or "no aliases"
-                print(f"{r['name']:<32} {r['versions']} version(s), latest v{r['latest']}, {aliases}; champion: "
-                      f"{_fmt_metrics(r['champion_metrics'])}")
-        elif args.registry_command == "show":
-            name = args.model if args.model.startswith(MODEL_PREFIX) else model_name(args.model)
-            for v in versions(uri, name):
-                aliases = " ".join(f"@{a}" for a in v.aliases)
-                print(f"{name} v{v.version} {aliases:<12} run {v.run_id} {_fmt_metrics(v.metrics)} "
-                      f"dataset_version={v.tags.get('dataset_version', '-')} git={v.tags.get('git_commit', '-')}")
-        else:
-            moved = promote(uri, args.identity, args.version, args.metric)
-            for name, version in moved.items():
-                print(f"{name}@{CHAMPION} -> version {version}")
-    except (RegistryError, ValueError, tracking.TrackingError) as exc:
-        print(f"registry {args.registry_command}: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -20,15 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -260,13 +256,13 @@ def start_parent_run(uri: str, exp_id: str, name: str, params: dict[str, Any],
 
     c = client(uri)
     run = c.create_run(exp_id, run_name=name, tags={KIND_TAG: "sweep", TUNE_TAG: name, **(tags or {})})
-    items = [Param(k, _param(v)) for k, v in flatten(params).items()]
+    items = [Param(k, param_value(v)) for k, v in flatten(params).items()]
     for k in range(0, len(items), 100):
         c.log_batch(run.info.run_id, params=items[k:k + 100])
     return run.info.run_id
 
 
-def _param(v: Any) -> str:
+def param_value(v: Any) -> str:
     s = json.dumps(v) if isinstance(v, list | dict) else str(v)
     return s[:PARAM_LIMIT]
 
@@ -311,106 +307,3 @@ def unfinished_jobs(uri: str, exp_id: str, exclude: str | None = None) -> dict[s
         job["kind"] = "sweep" if "sweep" in (kind, job["kind"]) else "train"
         job["storage"] = job["storage"] or tags.get(STORAGE_TAG)
     return out
-
-
-def find_trial_run(uri: str, exp_id: str, key: str) -> str | None:
-    """The run of a trial key, if one exists (the oldest, should there be several)."""
-    runs = client(uri).search_runs([exp_id], filter_string=f"tags.`{TRIAL_TAG}` = '{key}'",
-                                   order_by=["attributes.start_time ASC"], max_results=5)
-    return runs[0].info.run_id if runs else None
-
-
-@dataclass
-class TrialRun:
-    """The MLflow run of one training trial: params, buffered metrics, artifacts.
-
-    Args:
-        uri: tracking URI.
-        exp_id: experiment id.
-        key: restart-proof trial key (see :data:`TRIAL_TAG`).
-        name: run name.
-        tags: extra tags (identity, parent run id, ...).
-    """
-
-    uri: str
-    exp_id: str
-    key: str
-    name: str
-    tags: dict[str, str]
-    run_id: str = ""
-    resumed: bool = False
-    flush_every_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        self._client = client(self.uri)
-        self._metrics: list[Any] = []
-        self._last_flush = time.monotonic()
-        self._through: dict[str, int] = {}
-
-    def start(self) -> str:
-        """Create the run, or find this trial's earlier run and reopen it; returns the run id."""
-        existing = find_trial_run(self.uri, self.exp_id, self.key)
-        if existing:
-            self.run_id, self.resumed = existing, True
-            self._client.update_run(existing, status="RUNNING")
-        else:
-            run = self._client.create_run(self.exp_id, run_name=self.name,
-                                          tags={TRIAL_TAG: self.key, KIND_TAG: "trial", **self.tags})
-            self.run_id = run.info.run_id
-        return self.run_id
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        """Log params (flattened); a resumed run keeps the values it has (MLflow params are immutable)."""
-        from mlflow.entities import Param
-
-        have = self._client.get_run(self.run_id).data.params if self.resumed else {}
-        items = [Param(k, _param(v)) for k, v in flatten(params).items() if k not in have]
-        for k in range(0, len(items), 100):
-            self._client.log_batch(self.run_id, params=items[k:k + 100])
-
-    def log_metrics(self, metrics: dict[str, float], step: int, flush: bool = False) -> None:
-        """Buffer metrics at a step (non-finite values dropped); sent every few seconds or on ``flush``.
-
-        In a resumed run, a metric at a step the run already holds is not sent again: a trial restored from its
-        checkpoint re-trains the steps after it, and with the checkpoint's random state, to the same values.
-        """
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        self._metrics += [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
-                          if v is not None and math.isfinite(float(v)) and step > self._logged_through(k)]
-        if flush or time.monotonic() - self._last_flush > self.flush_every_s:
-            self.flush()
-
-    def _logged_through(self, key: str) -> int:
-        """The highest step of ``key`` the run held when it was reopened (-1 for a new run); one query per key."""
-        if not self.resumed:
-            return -1
-        if key not in self._through:
-            hist = self._client.get_metric_history(self.run_id, key)
-            self._through[key] = max((int(m.step) for m in hist), default=-1)
-        return self._through[key]
-
-    def flush(self) -> None:
-        """Send buffered metrics."""
-        while self._metrics:
-            batch, self._metrics = self._metrics[:1000], self._metrics[1000:]
-            self._client.log_batch(self.run_id, metrics=batch)
-        self._last_flush = time.monotonic()
-
-    def log_artifacts(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
-        """Upload files (missing ones skipped)."""
-        for p in paths:
-            if Path(p).is_file():
-                self._client.log_artifact(self.run_id, str(p), artifact_path)
-
-    def log_dict(self, obj: dict[str, Any], name: str) -> None:
-        self._client.log_dict(self.run_id, obj, name)
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        for k, v in tags.items():
-            self._client.set_tag(self.run_id, k, str(v))
-
-    def end(self, status: str = "FINISHED") -> None:
-        self.flush()
-        self._client.set_terminated(self.run_id, status=status)

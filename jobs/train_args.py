@@ -8,13 +8,15 @@ import argparse
 MAX_RENDER_SECONDS = 600.0
 """Longest audio ``parley render`` takes by default (``--max-seconds``): 10 minutes is 15,000 frames, hours on a
 CPU, and a mistaken input (a whole podcast) should be a clear error, not a job that runs until it is killed."""
-PRESETS = ("cpu", "debug", "paper")
-"""Names of :data:`nerf.presets.PRESETS` (kept here so `parley --help` does not import torch; a test checks)."""
+METHOD_HELP = ("avatar method: radnerf (default; more come with later releases, and packages may add their own "
+               "through the parley.methods entry point)")
+PRESET_HELP = "training recipe of the method (radnerf: cpu (default), debug, paper)"
 
 
 TRAIN_HELP = """Two modes:
   on Ray (default): one Tune trial per identity (--identities a,b or all), GPU per trial when the cluster
-    has GPUs, tracked in MLflow and registered as avatar-<identity>;
+    has GPUs, tracked in MLflow and registered as avatar-<identity> (<method>-<identity> for --method other
+    than radnerf);
   local (--output DIR): one identity (--identity) on this machine, no Ray or MLflow."""
 
 
@@ -23,7 +25,8 @@ def add_fanout_arguments(p: argparse.ArgumentParser, local: bool) -> None:
     if not local:
         p.add_argument("--dataset", "-d", default=None, help="dataset root (directory or s3://...); required "
                        "unless --resume")
-        p.add_argument("--preset", choices=PRESETS, default=None, help="training recipe (default cpu)")
+        p.add_argument("--method", default=None, help=METHOD_HELP)
+        p.add_argument("--preset", default=None, help=PRESET_HELP)
         p.add_argument("--steps-scale", type=float, default=None, help="multiply every stage's steps")
         p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames of each identity")
         p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
@@ -58,7 +61,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--identity", default=None, help="one identity (local mode; or the same as --identities X)")
     p.add_argument("--output", "-o", default=None,
                    help="local mode: run directory (checkpoint, log, evaluation); resumed")
-    p.add_argument("--preset", choices=PRESETS, default=None, help="training recipe (default cpu)")
+    p.add_argument("--method", default=None, help=METHOD_HELP)
+    p.add_argument("--preset", default=None, help=PRESET_HELP)
     p.add_argument("--device", default="cpu", help="local mode: torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--steps-scale", type=float, default=None, help="multiply every stage's steps")
     p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames of the identity")
@@ -83,20 +87,30 @@ def add_registry_arguments(p: argparse.ArgumentParser) -> None:
         q.add_argument("--tracking-uri", default=None,
                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
         if name == "show":
-            q.add_argument("model", help="avatar-<identity> (or the identity)")
+            q.add_argument("model", help="avatar-<identity> (or the identity, with --method for other methods)")
         if name == "promote":
             q.add_argument("--identity", default=None, help="only this identity")
             q.add_argument("--version", type=int, default=None, help="this version (with --identity)")
             q.add_argument("--metric", default="psnr", help="held-out metric to rank by (default psnr)")
+        if name in ("show", "promote"):
+            q.add_argument("--method", default="radnerf", help="the method whose model an identity names "
+                           "(default radnerf: avatar-<identity>)")
 
 
-def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Which trained model a command reads: a checkpoint file or a registered version, and its method."""
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", "-c", help="checkpoint.pt of a run")
+    src.add_argument("--checkpoint", "-c", help="checkpoint.pt of a trained run")
     src.add_argument("--model", "-m", help="a registered avatar: models:/avatar-<identity>@champion (or /<version>); "
                      "only its checkpoint's tensors are loaded, never code from the registry")
     p.add_argument("--tracking-uri", default=None,
                    help="with --model: MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--method", default=None, help="the method the model must be of (default: the one its checkpoint "
+                   "names)")
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    _add_model_arguments(p)
     p.add_argument("--dataset", "-d", required=True, help="the dataset it was trained on")
     p.add_argument("--output", "-o", required=True, help="directory for eval.json and the side-by-side video")
     p.add_argument("--align-poses", action="store_true",
@@ -107,12 +121,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_render_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", "-c", help="checkpoint.pt of a trained run")
-    src.add_argument("--model", "-m", help="a registered avatar: models:/avatar-<identity>@champion (or /<version>); "
-                     "only its checkpoint's tensors are loaded, never code from the registry")
-    p.add_argument("--tracking-uri", default=None,
-                   help="with --model: MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    _add_model_arguments(p)
     p.add_argument("--audio", "-a", required=True, help="driving audio (wav, mp3, mp4, ...)")
     p.add_argument("--out", "-o", required=True, help="output mp4")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the training size)")

@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from nerf.data import pixel_rays
+from nerf import methods
+from nerf.checkpoint import load_checkpoint
+from nerf.config import ExperimentConfig, config_from_json
 from nerf.metrics import LPIPS, mouth_landmark_distance, psnr, ssim
-from nerf.models import RadNerf
-from nerf.trainer import ExperimentConfig, Trainer, config_from_json, load_checkpoint, render_image
+from nerf.model import AvatarModel, Driving
+from nerf.rays import pixel_rays
+from nerf.trainer import Trainer
 
 
 class AudioError(ValueError):
@@ -58,7 +61,7 @@ def evaluate(trainer: Trainer, frames: np.ndarray | None = None, lpips: LPIPS | 
 
     Returns:
         Mean metrics and per-frame values; ``view_gap_deg`` is each frame's rotation away from the nearest training
-        view (:meth:`IdentityFrames.view_gap`), so errors on new views can be told from errors on seen ones.
+        view (:meth:`nerf.data.IdentityFrames.view_gap`), so errors on new views can be told from errors on seen ones.
     """
     ids = trainer.data.val_ids if frames is None else np.asarray(frames)
     if ids.size == 0:
@@ -77,7 +80,10 @@ def evaluate(trainer: Trainer, frames: np.ndarray | None = None, lpips: LPIPS | 
             with torch.no_grad():
                 row["lpips"] = float(lpips(pred.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None])[0])
         if align_poses:
-            al = trainer.align_pose(int(f))
+            try:
+                al = trainer.align_pose(int(f))
+            except NotImplementedError as e:
+                raise ValueError(f"--align-poses: the {trainer.config.method} method has no pose alignment") from e
             row["psnr_aligned"] = psnr(trainer.render_frame(int(f), pose_delta=al.delta), gt)
             row["align_deg"], row["align_mm"] = al.degrees, al.millimetres
         per.append(row)
@@ -115,7 +121,7 @@ def pingpong(n_out: int, n_in: int, start: int = 0) -> np.ndarray:
 class Avatar:
     """A trained model with what it needs to render: EMA weights, background, poses, eye openness."""
 
-    def __init__(self, model: RadNerf, config: ExperimentConfig, kit: dict[str, Any], identity: str,
+    def __init__(self, model: AvatarModel, config: ExperimentConfig, kit: dict[str, Any], identity: str,
                  device: torch.device):
         self.model = model.eval()
         self.config = config
@@ -125,26 +131,25 @@ class Avatar:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Avatar:
-        """Load the averaged (EMA) weights of a checkpoint.
+        """Load the averaged (EMA) weights of a checkpoint, of whichever method it names.
 
         Raises:
-            nerf.trainer.CheckpointError: unreadable or foreign checkpoint.
+            nerf.checkpoint.CheckpointError: unreadable or foreign checkpoint.
         """
         ckpt = load_checkpoint(path)
         config = config_from_json(ckpt["config"])
         kit = ckpt["render_kit"]
-        n_frames = int(ckpt["model"]["head_latents"].shape[0])
-        dev = torch.device(device)
-        model = RadNerf(config.model, n_frames, int(kit["size"]), float(kit["near"]), float(kit["far"]))
+        model = methods.get(ckpt["method"]).model.for_rendering(config, kit, ckpt["model"])
         model.load_state_dict(ckpt["model"])
         with torch.no_grad():
             for k, p in model.named_parameters():
                 p.copy_(ckpt["ema"][k])
+        dev = torch.device(device)
         return cls(model.to(dev), config, kit, str(ckpt["identity"]), dev)
 
     @property
-    def has_torso(self) -> bool:
-        return self.config.trainer.torso.steps > 0
+    def method(self) -> str:
+        return self.config.method
 
     def driving_frames(self, n: int) -> np.ndarray:
         """int64 [n]: the training frames walked back and forth, whose poses and eyes drive ``n`` frames."""
@@ -155,6 +160,15 @@ class Avatar:
         idx = self.driving_frames(n)
         return self.kit["poses"].numpy()[idx], self.kit["eye"].numpy()[idx]
 
+    def check_audio(self, audio: np.ndarray) -> None:
+        """Raises :class:`AudioError` when ``audio`` [T, window, n_mels] cannot drive the model."""
+        if audio.ndim != 3 or audio.shape[0] == 0:
+            raise AudioError(f"audio features must be [T>0, window, n_mels], got {list(audio.shape)}")
+        want = self.model.audio_shape
+        if want is not None and audio.shape[1:] != want:
+            raise AudioError(f"audio features are {list(audio.shape[1:])} per frame; the model was trained on "
+                             f"{list(want)}")
+
     @torch.no_grad()
     def render(self, audio: np.ndarray, size: int | None = None, poses: np.ndarray | None = None,
                eye: np.ndarray | None = None, chunk: int | None = None) -> Iterator[np.ndarray]:
@@ -164,9 +178,9 @@ class Avatar:
             audio: float32 [T, window, n_mels] audio features (as the dataset build computes them).
             size: output side in pixels (default: the training size).
             poses: [T, 4, 4] camera-to-world per frame (default: :meth:`driving_track`, each frame then with the
-                appearance latent of the training frame its pose comes from; given poses: the mean latent).
+                appearance of the training frame its pose comes from; given poses: the method's default).
             eye: [T] eye openness per frame (default: :meth:`driving_track`).
-            chunk: rays per forward pass (default: :func:`nerf.trainer.default_chunk` of the device).
+            chunk: rays per forward pass (default: :func:`nerf.rendering.default_chunk` of the device).
 
         Yields:
             uint8 [size, size, 3] RGB frames.
@@ -174,12 +188,7 @@ class Avatar:
         Raises:
             AudioError: no audio frames, or features of another shape than the model's.
         """
-        hc = self.config.model.head.audio
-        if audio.ndim != 3 or audio.shape[0] == 0:
-            raise AudioError(f"audio features must be [T>0, {hc.window}, {hc.n_mels}], got {list(audio.shape)}")
-        if audio.shape[1:] != (hc.window, hc.n_mels):
-            raise AudioError(f"audio features are {list(audio.shape[1:])} per frame; the model was trained on "
-                             f"[{hc.window}, {hc.n_mels}]")
+        self.check_audio(audio)
         n = audio.shape[0]
         track_poses, track_eye = self.driving_track(n)
         source = torch.from_numpy(self.driving_frames(n)).to(self.device) if poses is None else None
@@ -197,12 +206,10 @@ class Avatar:
         for t in range(n):
             pose = torch.from_numpy(np.asarray(poses[t], np.float32)).to(self.device)
             o, d = pixel_rays(pose, intr.to(self.device), pix)
-            src = None if source is None else source[t : t + 1]  # latents and pose correction of the pose's frame
-            cond = self.model.novel_conditions(
-                torch.from_numpy(np.asarray(audio[t : t + 1], np.float32)).to(self.device),
-                torch.tensor([float(eye[t])], device=self.device), pose[None], src, src)
-            img = render_image(self.model, o, d, pix / scale, cond, bg, with_torso=self.has_torso, size=size,
-                               chunk=chunk)
+            drive = Driving(pose=pose[None], eye=torch.tensor([float(eye[t])], device=self.device),
+                            audio=torch.from_numpy(np.asarray(audio[t : t + 1], np.float32)).to(self.device),
+                            source_frame=None if source is None else source[t : t + 1])
+            img = self.model.render_view(o, d, pix / scale, bg, drive, size=size, chunk=chunk)
             yield (img.cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 

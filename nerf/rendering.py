@@ -1,4 +1,4 @@
-"""Ray sampling with a maximum occupancy grid, and volume compositing.
+"""Ray sampling with a maximum occupancy grid, volume compositing and marching, and whole-image rendering in chunks.
 
 The occupancy grid holds, per cell of the head box, the largest density seen over the audio and eye
 conditions of the training frames (decayed over time, so stale maxima fade). Sampling places at most
@@ -8,7 +8,8 @@ crosses no occupied cell costs nothing and shows the background.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -45,11 +46,9 @@ class SamplerConfig:
     below this (each pixel then differs from evaluating every sample by less than this); 0 evaluates every
     sample. Training always evaluates every sample."""
     march_group: int = 2
-    """Samples per ray evaluated per marching round (see ``stop_transmittance``). On a 30-min RD_Radio2_000
-    checkpoint, 2 CPU cores, 256 px: 0.94 s per frame with 2, 1.01 with 1 or 4, 1.39 with 8, 2.24 evaluating every
-    sample (512 px: 3.6 s with 2, 7.6 without stopping); the frames differ from the full pass by at most 1/255.
-    (Measured before :meth:`OccupancyGrid.occupied_along`, which took a fifth off every frame: 0.79 s at 256 px and
-    3.1 s at 512 px with 2.)"""
+    """Samples per ray evaluated per marching round (see ``stop_transmittance``): 2 was the fastest of 1-8 on the
+    CPU, 2.1-2.4x faster than evaluating every sample, with frames within 1/255 of the full pass (measurements:
+    docs/decisions.md, 'RAD-NeRF defaults', march_group)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.stop_transmittance < 1.0:
@@ -97,8 +96,8 @@ class OccupancyGrid(nn.Module):
         The same test as :meth:`occupied` on those points (up to float rounding on cell borders), for points
         inside the box (a ray's candidates between its entry and exit, which :func:`sample_rays` passes): the
         positions are stepped in grid units and the three coordinates laid out apart, so each is a contiguous
-        pass, in int32. 5-6x faster than :meth:`occupied` on the points on 2 CPU cores (0.18-0.21 s against
-        1.15-1.2 s per 512 px frame of 64 candidates per ray); points outside the box take the nearest border
+        pass, in int32, 5-6x faster than :meth:`occupied` on the points on the CPU (measurements:
+        docs/decisions.md, 'RAD-NeRF defaults', occupied_along). Points outside the box take the nearest border
         cell instead of counting as free.
         """
         r = self.config.resolution
@@ -228,3 +227,89 @@ def composite(sigma: Tensor, rgb: Tensor, delta: Tensor) -> tuple[Tensor, Tensor
     trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10], -1), -1)[:, :-1]
     weights = alpha * trans
     return weights, (weights[..., None] * rgb).sum(1), weights.sum(1)
+
+
+def march(samples: RaySamples, field: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor | None]],
+          stop: float, group: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Composite ``samples`` front to back, ``group`` samples per ray at a time, evaluating the field only for rays
+    whose transmittance is still at least ``stop`` (early ray termination; for rendering without gradients).
+
+    Args:
+        samples: the rays' samples (:func:`sample_rays`).
+        field: ``(points [L*G, 3], live rows [L] of the samples, G) -> (sigma [L*G], rgb [L*G, 3], extra [L*G] or
+            None)``: the field at the next ``G`` samples of the ``L`` live rays, and optionally a per-sample value
+            to accumulate with the compositing weights (e.g. the size of an audio coordinate).
+
+    Returns:
+        colour [R', 3] (premultiplied), alpha [R'] and the weighted sum of ``extra`` [R'] (zeros without it), one
+        row per ray of ``samples``.
+    """
+    n_rays, s = samples.t.shape
+    dev = samples.t.device
+    rgb = torch.zeros(n_rays, 3, device=dev)
+    acc = torch.zeros(n_rays, device=dev)
+    extra = torch.zeros(n_rays, device=dev)
+    trans = torch.ones(n_rays, device=dev)
+    delta = samples.delta.expand(n_rays, s)
+    live = torch.arange(n_rays, device=dev)
+    for k in range(0, s, group):
+        if not live.numel():
+            break
+        pts = samples.points[live, k : k + group]  # [L, G, 3]
+        n_live, gk = pts.shape[:2]
+        sigma, colour, ext = field(pts.reshape(-1, 3), live, gk)
+        w, c, a = composite(sigma.view(n_live, gk), colour.view(n_live, gk, 3), delta[live, k : k + group])
+        t_live = trans[live]
+        rgb.index_add_(0, live, c * t_live[:, None])
+        acc.index_add_(0, live, a * t_live)
+        if ext is not None:
+            extra.index_add_(0, live, (w * ext.view(n_live, gk)).sum(-1) * t_live)
+        t_live = t_live * (1.0 - a).clamp(min=0.0)  # the light left after the group
+        trans[live] = t_live
+        live = live[t_live >= stop]
+    return rgb, acc, extra
+
+
+def gather(tensors: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:
+    """The rows ``index`` (int64 [N], repeats allowed) of each tensor. ``index_select``, not ``t[index]``: on the CPU
+    the latter's backward adds the repeated rows' gradients with atomics, in a different order each run (so
+    training was not bit-reproducible), and is 2.5-5x slower."""
+    return tuple(t.index_select(0, index) for t in tensors)
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block; its previous mode back after it, also on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+CPU_CHUNK = 1 << 15
+"""Rays per forward pass when rendering on the CPU: the fastest of 4096-65536 for 512 px frames on 2 cores
+(measurements: docs/decisions.md, 'RAD-NeRF defaults', rays per chunk)."""
+CUDA_CHUNK = 1 << 18
+"""Rays per forward pass when rendering on a GPU: a whole 512 px frame, since small chunks make a GPU frame
+launch-bound (about 2.6 KB of working memory per ray; measurements: docs/decisions.md, 'RAD-NeRF defaults', rays
+per chunk)."""
+
+
+def default_chunk(device: torch.device | str) -> int:
+    """Rays per forward pass for rendering on ``device``: :data:`CUDA_CHUNK` on CUDA, :data:`CPU_CHUNK` elsewhere."""
+    return CUDA_CHUNK if torch.device(device).type == "cuda" else CPU_CHUNK
+
+
+@torch.no_grad()
+def render_image(render_rays: Callable[[slice], Tensor], n_rays: int, size: int, device: torch.device | str,
+                 chunk: int | None = None) -> Tensor:
+    """Render the ``n_rays`` rays of one ``size`` x ``size`` frame in chunks: ``render_rays(rows)`` gives the colours
+    [len, 3] of a slice of them. Returns [S, S, 3] in [0, 1]."""
+    if chunk is None:
+        chunk = default_chunk(device)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 rays, got {chunk}")
+    parts = [render_rays(slice(i, i + chunk)) for i in range(0, n_rays, chunk)]
+    return torch.cat(parts).clamp(0, 1).view(size, size, 3)

@@ -20,129 +20,40 @@ frame and a deadline from its length), and a clip whose worker process dies (out
 tried at most :attr:`Resources.max_attempts` times in one build, counted in attempt markers under
 ``_build/<build id>/`` (Ray restarts the actor and retries the clip without end by itself), then gets a failed
 row. A clip whose rebuild fails keeps the rows of its last good build.
+
+This module is the driver's side (listing, resuming, the Ray plan, identities and QC); the settings are in
+:mod:`pipelines.build_config`, the clip worker with its attempt markers and fault injection in
+:mod:`pipelines.build_worker`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import resource
-import socket
-import threading
 import time
-import traceback
-import uuid
 from collections.abc import Callable
-from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipelines import dataset as D
 from pipelines import ray_env
+from pipelines.build_config import BuildConfig, BuildReport
+from pipelines.build_worker import ATTEMPTS_DIR, ClipBuildWorker, new_build_id, record_failure
 from pipelines.check import quarantine, sweep_orphans
+from pipelines.commit import read_clip_row
 from pipelines.inputs import ClipSpec, InputError, list_inputs
 from pipelines.lease import Lease
-from pipelines.storage import S3Options, Storage, is_s3, storage_for_file
-from workers.config import BUILDER_VERSION, ClipConfig, clip_config_json
-from workers.errors import ClipError
+from pipelines.storage import S3Options, Storage, is_s3
+from workers.config import BUILDER_VERSION, clip_config_json
 
 log = logging.getLogger(__name__)
 
-STATUS_SCHEMA = pa.schema([
-    ("clip_id", pa.string()), ("source_uri", pa.string()), ("identity", pa.string()), ("status", pa.string()),
-    ("error", pa.string()), ("error_kind", pa.string()), ("n_frames", pa.int64()), ("n_people", pa.int64()),
-    ("total_s", pa.float64()), ("worker", pa.string()), ("worker_peak_rss_mb", pa.float64()),
-    ("kept_previous", pa.bool_()),
-])
-"""What a worker returns per clip (the rest of the clip's row is in ``clips/``)."""
-STATUS_COLUMNS = STATUS_SCHEMA.names
 
 BUILD_ENV = ("PARLEY_", "AWS_")
 """Environment variables (by prefix) a build hands to its workers (assets, S3 settings; see
 :mod:`pipelines.ray_env`)."""
-
-
-@dataclass
-class Resources:
-    """Every resource setting of the build, in one place. Defaults use the whole cluster."""
-
-    num_workers: int | None = None
-    """Concurrent clip workers (default: the cluster's CPUs // ``cpus_per_worker``, at most one per clip)."""
-    cpus_per_worker: float = 1.0
-    """CPUs reserved per worker; torch/OpenCV threads follow (at least 1)."""
-    memory_per_worker_gb: float = 2.0
-    """Memory reserved per worker for scheduling (a worker peaks near 1.3 GB on 512 px crops)."""
-    batch_size: int = 1
-    """Clips per worker call."""
-    stall_timeout_s: float = 120.0
-    """A clip whose next frame takes longer than this (decode and per-frame work) fails as stalled."""
-    clip_timeout_s: float = 600.0
-    """A clip's deadline before its length is added (:attr:`clip_timeout_per_frame_s`)."""
-    clip_timeout_per_frame_s: float = 0.5
-    """Seconds the deadline grows per frame of the clip (a worker extracts ~15-80 frames/s per core)."""
-    max_attempts: int = 2
-    """Times a clip may kill its worker process (out of memory, a native crash) before it gets a failed row."""
-
-    def threads(self) -> int:
-        """torch / OpenCV threads of one worker."""
-        return max(1, int(round(self.cpus_per_worker)))
-
-
-@dataclass
-class BuildConfig:
-    """What ``parley build-dataset`` does."""
-
-    inputs: list[str]
-    """Directories, globs, ``s3://`` prefixes or manifest CSVs."""
-    output: str
-    """Dataset root (local directory or ``s3://bucket/prefix``)."""
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    resources: Resources = field(default_factory=Resources)
-    s3: S3Options = field(default_factory=S3Options)
-    retry_failed: bool = False
-    """Also rebuild clips that failed because of their input."""
-    force: bool = False
-    """Rebuild every listed clip."""
-    qc: bool = True
-    """Write the QC report of every identity that changed."""
-    ray_address: str | None = None
-    """Ray cluster to use (default: ``RAY_ADDRESS``, a running local cluster, or a new one)."""
-
-
-@dataclass
-class BuildReport:
-    """Outcome of a build."""
-
-    output: str
-    listed: int = 0
-    skipped: int = 0
-    built: list[dict[str, Any]] = field(default_factory=list)
-    """Status rows of the clips built in this run."""
-    identities: list[str] = field(default_factory=list)
-    qc_written: list[str] = field(default_factory=list)
-    ok_total: int = 0
-    """Listed clips whose row is ``ok`` after the build (built now or before)."""
-    failed_total: int = 0
-    """Listed clips whose row is ``failed`` after the build."""
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> list[dict[str, Any]]:
-        return [r for r in self.built if r["status"] == "ok"]
-
-    @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.built if r["status"] != "ok"]
-
-    @property
-    def frames(self) -> int:
-        return int(sum(r["n_frames"] or 0 for r in self.ok))
 
 
 LIGHT = ["clip_id", "status", "error_kind", "builder_version", "config_json", "identity", "role"]
@@ -168,164 +79,6 @@ def rebuild_reason(spec: ClipSpec, row: dict[str, Any] | None, config_json: str,
         if retry_failed:
             return "retrying failed"
     return None
-
-
-ATTEMPTS_DIR = "_build"
-"""Per-build scratch at the dataset root (attempt markers); readers skip names starting with ``_``."""
-FAULT_ENV = "PARLEY_FAULT_INJECT"
-"""Testing hook for the failure paths, comma-separated ``<action>:<text>``: ``exit`` ends the worker process,
-``hang`` blocks it where no watchdog check runs, when a clip's source URI contains ``<text>``. Never set it outside
-tests."""
-STUCK_EXIT_CODE = 70
-"""Exit status of a worker that ends itself because a clip's work would not stop."""
-
-
-class ClipBuildWorker:
-    """A Ray Data actor: builds clips into the dataset by path and returns one status row each.
-
-    Args:
-        output: the dataset root.
-        clip: extraction settings.
-        s3: how to reach S3 for inputs.
-        threads: torch / OpenCV threads.
-        resources: limits per clip (watchdog, attempts); default :class:`Resources`'.
-        build_id: the build this worker belongs to (its attempt markers); default: a new one.
-        env: the driver's environment for workers (:func:`pipelines.ray_env.forwarded_env`).
-    """
-
-    def __init__(self, output: Storage, clip: ClipConfig, s3: S3Options, threads: int = 1,
-                 resources: Resources | None = None, build_id: str | None = None, env: dict[str, str] | None = None):
-        ray_env.apply(env)  # the driver's assets / S3 settings, before any model or store is opened
-        import cv2
-        import torch
-
-        from workers.clip import ClipProcessor  # the heavy modules load in the workers only
-
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
-        self.output = output
-        self.s3 = s3
-        self.limits = resources or Resources()
-        self.build_id = build_id or new_build_id()
-        self.config_json = clip_config_json(clip)
-        self.processor = ClipProcessor(clip)
-        # Ray Data has no teardown hook. MediaPipe's finalisers need its dispatcher thread pool, which
-        # concurrent.futures shuts down in threading's exit hooks, before atexit; so close the models
-        # from a threading exit hook registered after it (they run last-registered first).
-        threading._register_atexit(self.processor.close)  # type: ignore[attr-defined]
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        specs = [ClipSpec(**r) for r in batch.to_pylist()]
-        rows = [self.build_one(s) for s in specs]
-        return pa.Table.from_pylist([{k: r.get(k) for k in STATUS_COLUMNS} for r in rows], schema=STATUS_SCHEMA)
-
-    def build_one(self, spec: ClipSpec) -> dict[str, Any]:
-        """Build one clip; any failure becomes a ``failed`` row (the build goes on)."""
-        from workers.watchdog import ClipTimeout, Watchdog
-
-        start = time.perf_counter()
-        previous = self._previous_row(spec.clip_id)
-        extra: dict[str, Any] = {"worker": self.worker, "config_json": self.config_json}
-        marker = self._attempt_path(spec.clip_id)
-        earlier = self._read_marker(marker)
-        deaths = int(earlier.get("attempts", 0))
-        if earlier.get("final") or deaths >= self.limits.max_attempts:
-            reason = earlier.get("final") or (
-                f"the build worker died {deaths} time(s) while building this clip (out of memory or a native "
-                "crash; the worker's Ray log says which); not retried in this build")
-            row = self._failure(spec, reason, "internal", previous, extra)
-            row["total_s"] = time.perf_counter() - start
-            return row
-        self.output.write_bytes(marker, json.dumps({"attempts": deaths + 1, "worker": self.worker}).encode())
-        limits = self.limits
-
-        def stuck(reason: str) -> None:  # the watchdog's last resort, from its thread: record, then end
-            with contextlib.suppress(Exception):
-                self._failure(spec, reason, "internal", previous, extra)
-                self.output.write_bytes(marker, json.dumps({"attempts": deaths + 1, "final": reason}).encode())
-            log.error("%s: %s; ending worker %s", spec.source_uri, reason, self.worker)
-            os._exit(STUCK_EXIT_CODE)
-
-        try:
-            source, name = storage_for_file(spec.source_uri, self.s3)
-            with ExitStack() as stack:
-                dog = stack.enter_context(Watchdog(
-                    spec.source_uri, stall_s=limits.stall_timeout_s, base_s=limits.clip_timeout_s,
-                    per_frame_s=limits.clip_timeout_per_frame_s, grace_s=max(limits.stall_timeout_s, 10.0),
-                    on_stuck=stuck))
-                _inject_fault(spec)
-                t = time.perf_counter()
-                try:
-                    local = stack.enter_context(source.local_copy(name))
-                except FileNotFoundError as exc:
-                    raise ClipError(spec.source_uri, "no such file") from exc
-                extra["download_s"] = time.perf_counter() - t
-                frames = D.FrameFiles(self.output, spec.clip_id, spec.role)
-                stack.callback(frames.discard)  # a failed clip leaves no temporary file behind
-                result = self.processor(local, identity=spec.identity, clip_id=spec.clip_id,
-                                        source_uri=spec.source_uri, watchdog=dog, sink=frames)
-                t = time.perf_counter()
-                extra.update(_stamp())
-                row = D.write_clip(self.output, result, identity=spec.identity, role=spec.role, previous=previous,
-                                   extra=extra, frames=frames)
-                row["write_s"] = time.perf_counter() - t
-        except ClipTimeout as exc:
-            row = self._failure(spec, exc.reason, "internal", previous, extra)
-        except ClipError as exc:
-            row = self._failure(spec, exc.reason, "input", previous, extra)
-        except Exception as exc:  # noqa: BLE001 (any other failure is recorded, and retried next run)
-            log.error("%s: %s", spec.source_uri, traceback.format_exc())
-            row = self._failure(spec, f"{type(exc).__name__}: {exc}", "internal", previous, extra)
-        self.output.delete(marker)
-        row["total_s"] = time.perf_counter() - start
-        return row
-
-    def _attempt_path(self, clip_id: str) -> str:
-        return f"{ATTEMPTS_DIR}/{self.build_id}/{clip_id}.json"
-
-    def _read_marker(self, rel: str) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.output.read_bytes(rel)))
-        except FileNotFoundError:
-            return {}
-        except (ValueError, TypeError):  # a marker cut short by the death it records: that attempt counts
-            return {"attempts": 1}
-
-    def _previous_row(self, clip_id: str) -> dict[str, Any] | None:
-        """The clip's earlier ``clips/`` row (its frame files may need cleaning up), if any."""
-        try:
-            return D.read_clip_row(self.output, clip_id)
-        except OSError as exc:  # without the output nothing can be recorded: stop the build, say why
-            raise OSError(f"{self.output.uri}: cannot reach the output storage ({exc})") from exc
-
-    def _failure(self, spec, error, kind, previous, extra) -> dict[str, Any]:
-        return D.write_failure(self.output, clip_id=spec.clip_id, source_uri=spec.source_uri, identity=spec.identity,
-                               role=spec.role, error=error, error_kind=kind, previous=previous,
-                               extra={**extra, **_stamp()})
-
-
-def new_build_id() -> str:
-    """A fresh build id: UTC time and a random suffix (sortable, unique)."""
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-
-
-def _inject_fault(spec: ClipSpec) -> None:
-    """The :data:`FAULT_ENV` testing hook."""
-    for item in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
-        action, _, text = item.partition(":")
-        if not text or text not in spec.source_uri:
-            continue
-        if action == "exit":
-            os._exit(137)  # what the kernel's OOM killer leaves: the process gone, no exception, no cleanup
-        if action == "hang":
-            while True:  # no watchdog check ever runs here, as in a native call that never returns
-                time.sleep(3600)
-
-
-def _stamp() -> dict[str, Any]:
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return {"worker_peak_rss_mb": rss_mb, "built_at": datetime.now(UTC).replace(microsecond=0)}
 
 
 def _ray_init(address: str | None) -> None:
@@ -378,12 +131,10 @@ def _run_workers(config: BuildConfig, todo: list[ClipSpec], on_row: Callable[[di
     for spec in todo:  # clips Ray gave up on (the worker died past every retry, or its task failed)
         if spec.clip_id in seen:
             continue
-        previous = D.read_clip_row(out, spec.clip_id)
+        previous = read_clip_row(out, spec.clip_id)
         reason = ("its build task failed past every retry without reporting (the worker died; the Ray logs of "
                   "the build say why)")
-        on_row({**D.write_failure(out, clip_id=spec.clip_id, source_uri=spec.source_uri, identity=spec.identity,
-                                  role=spec.role, error=reason, error_kind="internal", previous=previous,
-                                  extra=_stamp()), "total_s": 0.0})
+        on_row({**record_failure(out, spec, reason, "internal", previous), "total_s": 0.0})
 
 
 def _qc(dataset_uri: str, s3: S3Options, identity: str, env: dict[str, str] | None = None) -> dict[str, Any]:

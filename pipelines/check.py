@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from pipelines import dataset as D
 from pipelines import schema
+from pipelines.layout import IDENTITIES_PATH, clip_path, frames_path
 from pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def check_dataset(out: Storage, fix: bool = False) -> CheckReport:
         for p in row.get("people") or []:
             if p.get("n_rows") == 0:
                 continue
-            rel = D.frames_path(p["identity"], cid)
+            rel = frames_path(p["identity"], cid)
             if not out.exists(rel):
                 report.problems.append(Problem("missing_frames", rel, f"clip {cid} is committed without this file"))
                 rebuild.add(cid)
@@ -150,7 +151,7 @@ def check_dataset(out: Storage, fix: bool = False) -> CheckReport:
     report.problems += [Problem("orphan", rel, "no committed clip names this file") for rel in orphaned]
     listed = {r["identity"]: sorted(r["clips"]) for r in ds.identities().select(["identity", "clips"]).to_pylist()}
     if listed != committed:
-        report.problems.append(Problem("identities", D.IDENTITIES_PATH,
+        report.problems.append(Problem("identities", IDENTITIES_PATH,
                                        "does not list the committed clips of each identity"))
     temporaries = out.temporaries("clips") + out.temporaries("frames")
     report.problems += [Problem("temporary", rel, "left by a killed write") for rel in temporaries]
@@ -178,7 +179,7 @@ def _repair(out: Storage, ds: D.Dataset, report: CheckReport, rebuild: set[str],
         for dst in quarantine(out, list(ds.unreadable)):
             report.fixed.append(f"moved an unreadable clip row to {dst} (the next build builds its clip again)")
     for cid in sorted(rebuild):
-        for dst in quarantine(out, [D.clip_path(cid)]):
+        for dst in quarantine(out, [clip_path(cid)]):
             report.fixed.append(f"moved clip {cid}'s row to {dst}: its frames are damaged; the next build "
                                 "builds it again")
     for rel in orphaned + orphans(out):  # the quarantined clips' files are orphans now too
@@ -190,4 +191,4 @@ def _repair(out: Storage, ds: D.Dataset, report: CheckReport, rebuild: set[str],
         report.fixed.append(f"deleted temporary {rel}")
     identities = D.aggregate_identities(D.Dataset(out).clip_rows().values())
     D.write_identities(out, identities)
-    report.fixed.append(f"rewrote {D.IDENTITIES_PATH} ({len(identities)} identities)")
+    report.fixed.append(f"rewrote {IDENTITIES_PATH} ({len(identities)} identities)")

@@ -19,7 +19,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.dataset import IDENTITY_RE, safe_identity
+from pipelines.layout import IDENTITY_RE, safe_identity
 from pipelines.storage import S3Options, is_s3, split_s3, storage_for_file
 from workers.config import clip_id_for
 from workers.errors import ParleyError

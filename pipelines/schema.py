@@ -12,14 +12,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+# The ``parsing_png`` label values, defined in the lowest layer (workers writes them); re-exported here for
+# readers of the schema (nerf reads ``pipelines.schema``, never ``workers``).
+from workers.labels import BACKGROUND as BACKGROUND
+from workers.labels import HEAD as HEAD
+from workers.labels import NECK as NECK
+from workers.labels import TORSO as TORSO
+
 N_MESH = 478
 N_BLENDSHAPES = 52
 N_EXPRESSION = 57
 AUDIO_WINDOW = 16
 AUDIO_MELS = 80
-
-BACKGROUND, HEAD, NECK, TORSO = 0, 1, 2, 3
-"""Values of the ``parsing_png`` labels (written by :mod:`workers.parsing`, read by :mod:`nerf.data`)."""
 
 FRAME_SHAPES: dict[str, tuple[int, ...]] = {
     "bbox": (4,),

@@ -75,6 +75,7 @@ def build_small_dataset(root: Path, stems: list[str], max_frames: int = 30) -> P
     """A real dataset of the first ``max_frames`` frames of shared clips (identity = the clip's stem), built
     with :class:`workers.clip.ClipProcessor` (no Ray)."""
     from pipelines import dataset as D
+    from pipelines.commit import write_clip
     from pipelines.storage import Storage
     from workers.clip import ClipConfig, ClipProcessor, clip_id_for
 
@@ -84,7 +85,7 @@ def build_small_dataset(root: Path, stems: list[str], max_frames: int = 30) -> P
         for stem in stems:
             clip = next(c for c in CLIPS if c.stem == stem)
             res = p(str(clip), identity=clip.stem, clip_id=clip_id_for(str(clip)))
-            D.write_clip(st, res, identity=clip.stem)
+            write_clip(st, res, identity=clip.stem)
     finally:
         p.close()
     D.write_identities(st, D.aggregate_identities(D.Dataset(st).clip_rows().values()))

@@ -11,11 +11,13 @@ import pytest
 
 from benchmarks.train import SHARES, CurveSchedule, Run, budget_steps, replan_to_budget, view_split
 from jobs.train import load_identity, lpips_module
-from nerf.models import STAGES
-from nerf.presets import preset
+from nerf.methods import get as get_method
+from nerf.methods import preset
 from nerf.trainer import StepResult, Trainer
 from tests.conftest import SMALL_IDENTITY as IDENTITY
 from tests.nerf.helpers import with_steps as _steps
+
+STAGES = get_method("radnerf").stages
 
 
 def _simulate(trainer: Trainer, run: Run, replan, pace: dict[str, float]) -> None:  # noqa: ANN001
@@ -36,7 +38,7 @@ def test_replan_keeps_the_run_to_its_budget(small_dataset, pace):
     timed = {"head": 1.0, "lips": 1.0, "torso": 1.0}  # what the few steps timed before training said
     planned = {s: int(budget * SHARES[s] / timed[s]) for s in STAGES}
     cfg = _steps(preset("debug"), head=planned["head"], lips=planned["lips"], torso=planned["torso"])
-    trainer = Trainer(cfg, load_identity(str(small_dataset), IDENTITY, 64), lips_loss=lpips_module())
+    trainer = Trainer(cfg, load_identity(str(small_dataset), IDENTITY, 64), lpips=lpips_module())
     run = Run("grid", trainer.config)
     replan = replan_to_budget(timed, budget, SHARES)
     _simulate(trainer, run, replan, pace)
@@ -69,7 +71,7 @@ def test_no_stage_runs_past_its_cap(small_dataset):
     assert planned == cap  # 700 / 50 / 250 steps would fit
     assert budget_steps(timed, budget, SHARES, {"head": 10_000, "lips": 20, "torso": 150})["head"] == 700
     cfg = _steps(preset("debug"), head=planned["head"], lips=planned["lips"], torso=planned["torso"])
-    trainer = Trainer(cfg, load_identity(str(small_dataset), IDENTITY, 64), lips_loss=lpips_module())
+    trainer = Trainer(cfg, load_identity(str(small_dataset), IDENTITY, 64), lpips=lpips_module())
     run = Run("grid", trainer.config)
     replan = replan_to_budget(timed, budget, SHARES, cap)
     pace = {"head": 0.5, "lips": 0.5, "torso": 0.5}  # twice as fast as timed: every stage could take more steps

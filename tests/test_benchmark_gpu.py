@@ -17,7 +17,7 @@ import torch
 from benchmarks.gpu import FEATURES, write_bundle
 from jobs.train import load_identity
 from nerf.avatar import Avatar
-from nerf.presets import preset
+from nerf.methods import preset
 from nerf.trainer import Trainer
 from tests.conftest import ROOT
 from tests.conftest import SMALL_IDENTITY as IDENTITY

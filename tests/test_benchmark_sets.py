@@ -1,4 +1,4 @@
-"""``--set KEY=VALUE`` of the benchmarks (``benchmarks.torso.apply_sets``): overrides reach the config, and a bad key
+"""``--set KEY=VALUE`` of the benchmarks (``benchmarks.common.apply_sets``): overrides reach the config, and a bad key
 or value stops the benchmark with a one-line error before anything trains."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.common import apply_sets
-from nerf.presets import preset
+from nerf.methods import preset
 
 
 def test_sets_override_the_preset_and_are_returned():

@@ -3,8 +3,12 @@
 Resolution order for an asset named ``NAME`` with file name ``FILE``:
 
 1. ``$PARLEY_ASSETS/FILE`` (CI and tests point ``PARLEY_ASSETS`` at ``../shared/assets``);
-2. the user cache, ``$PARLEY_CACHE`` or ``~/.cache/parley/assets/FILE``;
-3. a download from the asset's public URL into the user cache, checked against its sha256.
+2. the directory recorded in the running virtual environment, ``<sys.prefix>/parley-assets`` (one line, a
+   path; ``make env`` writes it, so ``parley`` typed in a shell finds the files ``make`` uses);
+3. the user cache, ``$PARLEY_CACHE`` or ``~/.cache/parley/assets/FILE``;
+4. a download from the asset's public URL into the user cache, checked against its sha256.
+
+A directory that lacks the file is passed over for the next one.
 
 A file that is found but has the wrong checksum is an error, never silently used. A missing
 asset on a machine that cannot download raises :class:`AssetError` naming the file, the
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -25,6 +30,8 @@ from workers.errors import AssetError
 
 ENV_VAR = "PARLEY_ASSETS"
 CACHE_ENV_VAR = "PARLEY_CACHE"
+VENV_RECORD = "parley-assets"
+"""File in the virtual environment's root (``sys.prefix``) naming an asset directory (written by ``make env``)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,19 @@ def cache_dir() -> Path:
     return Path(base) if base else Path.home() / ".cache" / "parley" / "assets"
 
 
+def venv_dir() -> Path | None:
+    """The asset directory recorded in the running virtual environment (:data:`VENV_RECORD`), if any.
+
+    A relative path is relative to the environment's root.
+    """
+    record = Path(sys.prefix) / VENV_RECORD
+    try:
+        text = record.read_text().strip()
+    except OSError:
+        return None
+    return Path(sys.prefix) / Path(text).expanduser() if text else None
+
+
 def sha256_of(path: Path) -> str:
     """The sha256 (hex) of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
@@ -178,7 +198,7 @@ def resolve(name: str, *, download: bool = True) -> Path:
 
     Args:
         name: a key of :data:`ASSETS`.
-        download: try the public URL when the file is in neither the env var directory nor the cache.
+        download: try the public URL when the file is in none of the directories above.
 
     Returns:
         Path to the verified file.
@@ -194,12 +214,17 @@ def resolve(name: str, *, download: bool = True) -> Path:
     env_dir = os.environ.get(ENV_VAR)
     if env_dir:
         candidates.append(Path(env_dir) / asset.filename)
+    recorded = venv_dir()
+    if recorded is not None:
+        candidates.append(recorded / asset.filename)
     candidates.append(cache_dir() / asset.filename)
     for path in candidates:
         if path.is_file():
             verify(asset, path)
             return path
     where = f"${ENV_VAR} ({env_dir})" if env_dir else f"${ENV_VAR} (not set)"
+    if recorded is not None:
+        where += f", the directory recorded in {Path(sys.prefix) / VENV_RECORD} ({recorded})"
     if download and asset.url:
         dest = cache_dir() / asset.filename
         try:

@@ -23,6 +23,7 @@ import numpy as np
 
 from workers import audio as audio_mod
 from workers import geometry, media, parsing
+from workers.audio_decode import read_audio
 from workers.config import BUILDER_VERSION, SINK_ROWS, ClipConfig, clip_config_json, clip_id_for
 from workers.errors import ClipError
 from workers.landmarks import Face, FaceTracker, LandmarkBackend, make_backend
@@ -141,7 +142,7 @@ class ClipProcessor:
         warnings: list[str] = []
         if info.has_audio:
             try:
-                samples = media.read_audio(path, cfg.audio.sample_rate)
+                samples = read_audio(path, cfg.audio.sample_rate)
             except ClipError as exc:
                 warnings.append(f"audio track unreadable ({exc.reason}); audio features are empty")
         else:

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipelines.schema import BACKGROUND, HEAD, NECK, TORSO
 from workers import assets, mediapipe_tasks
+from workers.labels import BACKGROUND, HEAD, NECK, TORSO
 
 LABELS = {BACKGROUND: "background", HEAD: "head", NECK: "neck", TORSO: "torso"}
 # RAD-NeRF / AD-NeRF parsing colours (RGB): head red, neck green, torso blue, background white.

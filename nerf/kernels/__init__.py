@@ -11,14 +11,8 @@ from torch import Tensor
 
 
 def plane_features_triton(planes: Sequence[Tensor], coords: Tensor) -> Tensor:
-    """:func:`nerf.encoders.plane_features_torch` as one fused Triton kernel (forward and backward).
-
-    Args:
-        planes: L tensors ``[P, F, R_l, R_l]``: P planes of F features per level.
-        coords: ``[P, N, 2]`` in [-1, 1]; ``coords[p, :, 0]`` indexes the width of plane p.
-
-    Returns:
-        ``[N, L * P * F]`` ordered level, then plane, then feature.
+    """:func:`nerf.encoders.plane_features_torch` (same arguments and result) as one fused Triton kernel, forward
+    and backward.
 
     Raises:
         RuntimeError: Triton is not installed, or ``coords`` are on the CPU and Triton's

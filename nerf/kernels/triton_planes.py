@@ -40,6 +40,21 @@ LAUNCH_OPTIONS: dict[str, Any] = {"num_warps": 4, "enable_fp_fusion": False}
 
 
 @triton.jit
+def _block_setup(coords_ptr, p, N, P, L, F: tl.constexpr, F_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    """The points of this program's block on plane ``p``: their mask, the feature lanes and the (point, feature)
+    mask, where their coordinates lie and their values ``u, v``, and the start of each point's output row."""
+    n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    n_mask = n < N
+    f = tl.arange(0, F_PAD)
+    mask = n_mask[:, None] & (f < F)[None, :]
+    c_idx = (p.to(tl.int64) * N + n) * 2
+    u = tl.load(coords_ptr + c_idx, mask=n_mask, other=0.0)
+    v = tl.load(coords_ptr + c_idx + 1, mask=n_mask, other=0.0)
+    out_row = n.to(tl.int64) * (L * P * F)
+    return n_mask, f, mask, c_idx, u, v, out_row
+
+
+@triton.jit
 def _corner_setup(u, v, R, p, offset, F: tl.constexpr):
     """Bilinear corners and weights of coordinates ``u, v [BLOCK_N]`` in a plane of side ``R``."""
     scale = (R - 1).to(tl.float32) * 0.5
@@ -76,16 +91,8 @@ def _planes_fwd_kernel(
     F: tl.constexpr, F_PAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """``out [N, L * P * F]`` from ``planes`` (flat, channels last) at ``coords [P, N, 2]``."""
-    pid_n = tl.program_id(0)
     p = tl.program_id(1)
-    n = pid_n * BLOCK + tl.arange(0, BLOCK)
-    n_mask = n < N
-    f = tl.arange(0, F_PAD)
-    mask = n_mask[:, None] & (f < F)[None, :]
-    c_idx = (p.to(tl.int64) * N + n) * 2
-    u = tl.load(coords_ptr + c_idx, mask=n_mask, other=0.0)
-    v = tl.load(coords_ptr + c_idx + 1, mask=n_mask, other=0.0)
-    out_row = n.to(tl.int64) * (L * P * F)
+    n_mask, f, mask, c_idx, u, v, out_row = _block_setup(coords_ptr, p, N, P, L, F, F_PAD, BLOCK)
     for level in range(L):
         offset = tl.load(offsets_ptr + level)
         R = tl.load(res_ptr + level)
@@ -109,16 +116,8 @@ def _planes_bwd_kernel(
     NEED_PLANES: tl.constexpr, NEED_COORDS: tl.constexpr,
 ):
     """Gradients of the forward pass: atomics into ``grad_planes`` (flat), ``grad_coords [P, N, 2]``."""
-    pid_n = tl.program_id(0)
     p = tl.program_id(1)
-    n = pid_n * BLOCK + tl.arange(0, BLOCK)
-    n_mask = n < N
-    f = tl.arange(0, F_PAD)
-    mask = n_mask[:, None] & (f < F)[None, :]
-    c_idx = (p.to(tl.int64) * N + n) * 2
-    u = tl.load(coords_ptr + c_idx, mask=n_mask, other=0.0)
-    v = tl.load(coords_ptr + c_idx + 1, mask=n_mask, other=0.0)
-    out_row = n.to(tl.int64) * (L * P * F)
+    n_mask, f, mask, c_idx, u, v, out_row = _block_setup(coords_ptr, p, N, P, L, F, F_PAD, BLOCK)
     gu = tl.zeros([BLOCK], dtype=tl.float32)
     gv = tl.zeros([BLOCK], dtype=tl.float32)
     for level in range(L):

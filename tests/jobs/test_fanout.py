@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 
 from jobs import registry, tracking
-from jobs.fanout import FanoutError, FanoutJob, run_fanout
+from jobs.fanout import run_fanout
+from jobs.fanout_config import FanoutError, FanoutJob
 from tests.conftest import ROOT, SHARED
 from tests.services import AWS_UNSET, free_port, mlflow_server, moto_server, patched_environ
-from workers.media import audio_duration, probe
+from workers.audio_decode import audio_duration
+from workers.media import probe
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -63,7 +65,8 @@ def test_two_identities_train_concurrently_each_with_its_run(fanout, server):
     for ident, run in runs.items():
         assert run.info.status == "FINISHED"
         p = run.data.params
-        assert p["identity"] == ident and p["preset"] == "debug"
+        assert p["identity"] == ident and p["preset"] == "debug" and p["method"] == "radnerf"
+        assert p["config.method"] == "radnerf" and run.data.tags["parley.method"] == "radnerf"
         assert p["config.trainer.size"] == "64" and "config.model.head.audio_coord_dim" in p
         assert len(p["dataset_version"]) == 12 and p["git_commit"]
         # per-step loss history over every stage, per-stage summaries, held-out metrics
@@ -87,6 +90,7 @@ def test_registry_holds_both_and_promote_render_from_champion(fanout, server, tm
     assert out["registered"] == {f"avatar-{i}": 1 for i in IDS}
     listed = {r["name"]: r for r in registry.list_models(uri)}
     assert sorted(listed) == [f"avatar-{i}" for i in IDS] and all(not r["aliases"] for r in listed.values())
+    assert all(v.tags["method"] == "radnerf" for i in IDS for v in registry.versions(uri, f"avatar-{i}"))
 
     # no champion yet: a clear error naming the fix
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
@@ -252,20 +256,20 @@ def test_sweep_asha_nests_trials_under_a_parent_run(small_dataset, server, ray_l
 
 def test_sweep_example_is_valid():
     """The example in the repo parses, and every key it sweeps is a config field."""
-    from jobs.fanout import _example, apply_overrides, load_sweep, search_space
-    from nerf.presets import preset
+    from jobs.fanout_config import apply_overrides, example_value, load_sweep, search_space
+    from nerf.methods import preset
 
     doc = load_sweep(ROOT / "jobs" / "sweeps" / "radnerf.yaml")
     assert doc["space"] and doc["scheduler"]["type"] == "asha"
-    apply_overrides(preset(doc.get("preset", "cpu")), {k: _example(v) for k, v in doc["space"].items()})
+    apply_overrides(preset(doc.get("preset", "cpu")), {k: example_value(v) for k, v in doc["space"].items()})
     assert set(search_space(doc["space"])) == set(doc["space"])
     head = (ROOT / "jobs" / "sweeps" / "radnerf.yaml").read_text().splitlines()[:5]
     assert any("parley sweep" in line for line in head)
 
 
 def test_bad_sweep_files_and_overrides_are_named(tmp_path):
-    from jobs.fanout import apply_overrides, load_sweep, search_space
-    from nerf.presets import preset
+    from jobs.fanout_config import apply_overrides, load_sweep, search_space
+    from nerf.methods import preset
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("preset: debug\nspaces: {}\n")

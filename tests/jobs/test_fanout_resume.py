@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from jobs import cli, fanout, registry, tracking
-from jobs.fanout import FanoutError, FanoutJob
+from jobs.fanout_config import FanoutError, FanoutJob
 from tests.services import mlflow_server, stop_group
 
 pytestmark = pytest.mark.timeout(900)

@@ -22,9 +22,9 @@ import pytest
 import soundfile as sf
 import yaml
 
-from jobs import cli, registry, tracking
+from jobs import cli, pyfunc, registry, tracking
 from jobs.train import TrainJob, train_identity
-from nerf.trainer import CheckpointError
+from nerf.checkpoint import CheckpointError
 from tests.conftest import ROOT, SHARED
 from tests.conftest import SMALL_IDENTITY as IDENTITY
 from tests.services import AWS_UNSET, free_port, mlflow_server
@@ -104,12 +104,12 @@ def setup(small_dataset, server, tmp_path_factory):
     c = tracking.client(uri)
     exp = c.create_experiment("trust")
     run1, run2 = (c.create_run(exp).info.run_id for _ in range(2))
-    registry.log_model(uri, run1, ckpt)
+    pyfunc.log_model(uri, run1, ckpt)
     honest_version = registry.register(uri, run1, IDENTITY, {"psnr": 20.0})
     c.set_registered_model_alias(NAME, registry.CHAMPION, str(honest_version))
     versions = {registry.CHAMPION: honest_version}
 
-    honest = registry.save_model(ckpt, work / "honest")
+    honest = pyfunc.save_model(ckpt, work / "honest")
     local: dict[str, Path] = {}
     for tag, kind in (("pickle", "pickle"), ("fromcode", "fromcode"), ("badckpt", "checkpoint")):
         local[tag] = _tampered(honest, work / tag, tag, kind, fallback)
@@ -225,7 +225,7 @@ def test_embedded_store_and_any_checkpoint_name(setup, pwned, tmp_path, monkeypa
     run = c.create_run(c.create_experiment("embedded", artifact_location=tracking.artifact_root(uri))).info.run_id
     final = tmp_path / "final_weights.pt"
     shutil.copyfile(setup["checkpoint"], final)
-    registry.log_model(uri, run, final)
+    pyfunc.log_model(uri, run, final)
     version = registry.register(uri, run, IDENTITY, {"psnr": 20.0})
     path, v = registry.fetch_checkpoint(uri, f"models:/{NAME}/{version}", tmp_path / "dl")
     assert v.source.startswith("file://") and path.read_bytes() == final.read_bytes()

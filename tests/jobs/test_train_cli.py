@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from jobs.train import TrainJob, render_audio, train_identity
+from jobs.render import render_audio
+from jobs.train import TrainJob, train_identity
 from nerf.avatar import AudioError, pingpong
-from nerf.trainer import CheckpointError
+from nerf.checkpoint import CheckpointError
 from tests.conftest import ROOT, SHARED
 from tests.conftest import SMALL_IDENTITY as IDENTITY
 from workers.errors import ClipError
@@ -127,15 +128,25 @@ def test_cli_train_render_and_errors(small_dataset, trained, short_wav, tmp_path
 
 
 def test_cli_help_does_not_import_torch():
-    """`parley --help` stays light; the CLI's preset names match nerf.presets."""
-    code = ("import sys; from jobs import cli; cli.build_parser(); from jobs.train_args import PRESETS;"
-            "print('torch' in sys.modules, PRESETS)")
+    """`parley --help` stays light (the method registry imports no method); the help names RAD-NeRF's presets."""
+    code = ("import sys; from jobs import cli; cli.build_parser(); import nerf.methods;"
+            "print('torch' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.stdout.startswith("False"), p.stdout + p.stderr
-    from jobs.train_args import PRESETS as CLI_PRESETS
-    from nerf.presets import PRESETS
+    from jobs.train_args import PRESET_HELP
+    from nerf.radnerf.presets import PRESETS
 
-    assert sorted(CLI_PRESETS) == sorted(PRESETS)
+    assert all(name in PRESET_HELP for name in PRESETS)
+
+
+def test_unknown_method_or_preset_is_a_clear_error(small_dataset, tmp_path):
+    p = _parley("train", "-d", str(small_dataset), "--identity", "x", "--output", str(tmp_path / "r"),
+                "--method", "nope")
+    assert p.returncode == 2 and "no method 'nope' (methods: radnerf)" in p.stderr, p.stderr
+    p = _parley("train", "-d", str(small_dataset), "--identity", "x", "--output", str(tmp_path / "r"),
+                "--preset", "huge")
+    assert p.returncode == 2 and "method radnerf has no preset 'huge' (presets: debug, cpu, paper)" in p.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_cli_evaluate_with_pose_alignment(small_dataset, trained, tmp_path):

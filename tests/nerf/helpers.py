@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from nerf.trainer import ExperimentConfig
+from nerf.config import ExperimentConfig
 
 
 def with_steps(cfg: ExperimentConfig, head: int, lips: int = 0, torso: int = 0) -> ExperimentConfig:

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from jobs.train import load_identity
-from nerf.presets import preset
-from nerf.trainer import CheckpointError, Trainer, previous_path
+from nerf.checkpoint import CheckpointError, previous_path
+from nerf.methods import preset
+from nerf.trainer import Trainer
 from tests.conftest import SMALL_IDENTITY as IDENTITY
 from tests.nerf.helpers import with_steps
 

@@ -13,9 +13,10 @@ import torch
 
 from jobs.train import load_identity, lpips_module
 from nerf.avatar import Avatar, evaluate
-from nerf.models import RadNerf
-from nerf.presets import preset
-from nerf.trainer import Trainer, default_chunk
+from nerf.methods import preset
+from nerf.radnerf.model import RadNerf
+from nerf.rendering import default_chunk
+from nerf.trainer import Trainer
 from tests.conftest import ROOT
 from tests.conftest import SMALL_IDENTITY as IDENTITY
 from tests.nerf.fake_cuda import FakeCuda
@@ -76,7 +77,7 @@ def test_a_training_step_waits_for_the_gpu_only_to_compact_its_rays_and_read_its
     cfg = replace(cfg, model=replace(cfg.model, grid=replace(cfg.model.grid, update_every=2, cells_per_update=1000)))
     per_step = []
     with fake() as f:
-        trainer = Trainer(cfg, frames, device="cuda", lips_loss=lpips_module())
+        trainer = Trainer(cfg, frames, device="cuda", lpips=lpips_module())
         while True:
             f.syncs.clear()
             if (r := trainer.step()) is None:
@@ -99,7 +100,7 @@ def test_training_evaluation_and_rendering_keep_to_one_device(small_dataset, tmp
     cfg = replace(cfg, model=m, trainer=replace(cfg.trainer, error_map=8, error_fraction=0.25))
     lpips = lpips_module()
     with fake() as f:
-        trainer = Trainer(cfg, frames, device="cuda", lips_loss=lpips)
+        trainer = Trainer(cfg, frames, device="cuda", lpips=lpips)
         assert next(trainer.model.parameters()).device.type == "cuda"
         while (r := trainer.step()) is not None:
             if r.global_step == 3:
@@ -110,7 +111,7 @@ def test_training_evaluation_and_rendering_keep_to_one_device(small_dataset, tmp
         trainer.render_frame(held_out, head_only=True)
         evaluate(trainer, frames=frames.val_ids[:1], lpips=lpips, align_poses=True)
         trainer.save_checkpoint(tmp_path / "end.pt")
-        resumed = Trainer(cfg, frames, device="cuda", lips_loss=lpips)
+        resumed = Trainer(cfg, frames, device="cuda", lpips=lpips)
         resumed.load_checkpoint(tmp_path / "mid.pt")
         for _ in range(3):
             resumed.step()
@@ -124,7 +125,8 @@ def test_training_evaluation_and_rendering_keep_to_one_device(small_dataset, tmp
 def test_the_train_evaluate_and_render_jobs_keep_to_one_device(small_dataset, tmp_path):
     """``parley train`` / ``evaluate`` / ``render`` with ``--device cuda``: the jobs around the trainer (logging,
     LMD landmarks and the side-by-side video of evaluation, audio features and the mp4 of rendering)."""
-    from jobs.train import TrainJob, evaluate_checkpoint, render_audio, train_identity
+    from jobs.render import render_audio
+    from jobs.train import TrainJob, evaluate_checkpoint, train_identity
     from tests.conftest import SHARED
 
     with fake() as f:

@@ -12,11 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from jobs.train import load_identity, lpips_module
-from nerf.data import DataError, ErrorMap, FrameStore, IdentityFrames
+from nerf.checkpoint import CheckpointError
+from nerf.config import ExperimentConfig, config_from_json, config_to_json
+from nerf.data import DataError, IdentityFrames
+from nerf.methods import preset
 from nerf.metrics import psnr
-from nerf.presets import PRESETS, preset
+from nerf.radnerf.presets import PRESETS
+from nerf.rays import ErrorMap, FrameStore
 from nerf.rendering import OccupancyGrid, OccupancyGridConfig, SamplerConfig, box_intersection, sample_rays
-from nerf.trainer import CheckpointError, ExperimentConfig, Trainer, config_from_json, config_to_json
+from nerf.trainer import Trainer
 from tests.conftest import ROOT, SHARED
 from tests.conftest import SMALL_IDENTITY as IDENTITY
 from tests.nerf.helpers import with_steps as _steps
@@ -62,7 +66,7 @@ def test_debug_runs_all_stages(frames64, lpips, tmp_path):
     """The debug preset goes head -> lips -> torso; the lips stage adds LPIPS; the torso stage trains only the
     torso; the final render has torso pixels in front of the background."""
     cfg = preset("debug")
-    tr = Trainer(cfg, frames64, lips_loss=lpips)
+    tr = Trainer(cfg, frames64, lpips=lpips)
     seen: dict[str, list] = {}
     head_before = None
     while (r := tr.step()) is not None:
@@ -85,14 +89,14 @@ def test_checkpoint_resumes_to_the_same_loss(frames64, lpips, tmp_path, error_ma
     (with an error map too: it is part of the state that picks the next rays)."""
     cfg = preset("debug")
     cfg = replace(cfg, trainer=replace(cfg.trainer, error_map=error_map))
-    a = Trainer(cfg, frames64, lips_loss=lpips)
+    a = Trainer(cfg, frames64, lpips=lpips)
     for _ in range(7):  # mid head stage, after occupancy updates
         a.step()
     path = a.save_checkpoint(tmp_path / "ck.pt")
     ck = torch.load(path, weights_only=True)
     assert ck["stage"] == "head" and ck["stage_step"] == 7 and config_from_json(ck["config"]) == cfg
     expected = [a.step().loss for _ in range(8)]  # crosses into the lips stage
-    b = Trainer(cfg, frames64, lips_loss=lpips)
+    b = Trainer(cfg, frames64, lpips=lpips)
     b.load_checkpoint(path)
     got = [b.step().loss for _ in range(8)]
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-7)
@@ -106,7 +110,7 @@ def test_the_seed_makes_training_reproducible(frames64, lpips):
 
     def run(seed: int) -> tuple[dict[str, torch.Tensor], list[float], dict[str, torch.Tensor]]:
         torch.rand(int(torch.randint(1, 50, ()).item()))  # the global RNG moves on between runs
-        t = Trainer(replace(cfg, trainer=replace(cfg.trainer, seed=seed)), frames64, lips_loss=lpips)
+        t = Trainer(replace(cfg, trainer=replace(cfg.trainer, seed=seed)), frames64, lpips=lpips)
         init = {k: v.clone() for k, v in t.model.state_dict().items()}
         losses = []
         while (r := t.step()) is not None:
@@ -127,7 +131,7 @@ def test_the_seed_makes_training_reproducible(frames64, lpips):
 
 def test_checkpoint_errors(frames64, lpips, tmp_path):
     """Missing, corrupt, foreign and other-recipe checkpoints raise CheckpointError naming the file."""
-    tr = Trainer(preset("debug"), frames64, lips_loss=lpips)
+    tr = Trainer(preset("debug"), frames64, lpips=lpips)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         tr.load_checkpoint(tmp_path / "missing.pt")
     bad = tmp_path / "corrupt.pt"
@@ -136,9 +140,14 @@ def test_checkpoint_errors(frames64, lpips, tmp_path):
         tr.load_checkpoint(bad)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    with pytest.raises(CheckpointError, match="not a parley RAD-NeRF checkpoint"):
+    with pytest.raises(CheckpointError, match="foreign.pt: not a parley checkpoint"):
         tr.load_checkpoint(foreign)
-    other = Trainer(_steps(preset("debug"), head=3), frames64, lips_loss=lpips)
+    unknown = ("parley-nomethod/1", "no method 'nomethod'")
+    for fmt, why in (unknown, ("parley-radnerf/9", "format version 9; this parley reads 2, 1")):
+        torch.save({"format": fmt}, foreign)
+        with pytest.raises(CheckpointError, match=why):
+            tr.load_checkpoint(foreign)
+    other = Trainer(_steps(preset("debug"), head=3), frames64, lpips=lpips)
     other.step()
     path = other.save_checkpoint(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="another config"):
@@ -150,25 +159,28 @@ def test_checkpoint_from_before_a_config_field_loads(frames64, lpips, tmp_path):
     in. A config that does not parse is a CheckpointError naming the file."""
     import json
 
-    a = Trainer(preset("debug"), frames64, lips_loss=lpips)
+    a = Trainer(preset("debug"), frames64, lpips=lpips)
     a.step()
     ck = a.state_dict()
     cfg = json.loads(ck["config"])
     del cfg["model"]["torso"]["pose_in_color"]  # added after the first checkpoints were written
     assert preset("debug").model.torso.pose_in_color is True
-    ck["config"] = json.dumps(cfg)
+    del cfg["method"]  # format 1, before there were several methods
+    ck["config"], ck["format"] = json.dumps(cfg), "parley-radnerf/1"
     old = tmp_path / "old.pt"
     torch.save(ck, old)
-    b = Trainer(preset("debug"), frames64, lips_loss=lpips)
+    b = Trainer(preset("debug"), frames64, lpips=lpips)
     b.load_checkpoint(old)
     assert b.global_step == 1
+    b.step()
+    assert b.save_checkpoint(tmp_path / "new.pt") and torch.load(tmp_path / "new.pt")["format"] == "parley-radnerf/2"
     # fields whose default changed the model: their absence means the old behaviour, not today's default
     old_cfg = preset("debug")
     old_head = replace(old_cfg.model.head, latent_in_density=False, view_degree=0)
     old_cfg = replace(old_cfg, model=replace(old_cfg.model, head=old_head,
                                              losses=replace(old_cfg.model.losses, ambient_region="face"),
                                              pose_refine=False, pose_borrow="nearest"))
-    c = Trainer(old_cfg, frames64, lips_loss=lpips)
+    c = Trainer(old_cfg, frames64, lpips=lpips)
     c.step()
     ck2 = c.state_dict()
     cfg2 = json.loads(ck2["config"])
@@ -185,7 +197,7 @@ def test_checkpoint_from_before_a_config_field_loads(frames64, lpips, tmp_path):
     assert parsed.model.pose_refine is False and "pose_deltas" not in ck2["model"]
     assert parsed.model.pose_borrow == "nearest"
     assert preset("debug").model.head.latent_in_density is True
-    d = Trainer(parsed, frames64, lips_loss=lpips)
+    d = Trainer(parsed, frames64, lpips=lpips)
     d.load_checkpoint(tmp_path / "older.pt")
     assert d.global_step == 1
     cfg["model"]["torso"]["bogus"] = 1
@@ -204,17 +216,17 @@ def test_config_json_round_trip():
         config_from_json('{"name": "x", "bogus": 1}')
     with pytest.raises(KeyError, match="presets: debug, cpu, paper"):
         preset("nope")
-    from nerf.trainer import StageConfig
+    from nerf.radnerf.config import RadNerfStage as StageConfig
 
     with pytest.raises(ValueError, match=r"invalid lr_pose=-0.001, lr_final=0 \(steps and learning rates"):
         StageConfig(steps=10, lr_pose=-1e-3, lr_final=0)
-    from nerf.losses import LossWeights
+    from nerf.radnerf.config import LossWeights
 
     with pytest.raises(ValueError, match=r"loss weights: invalid head_mask=nan, grid_tv=-1.0 \(weights must be >= 0"):
         LossWeights(grid_tv=-1.0, head_mask=float("nan"))
     with pytest.raises(ValueError, match="invalid steps=-1"):
         config_from_json(config_to_json(preset("debug")).replace('"steps": 12', '"steps": -1'))
-    from nerf.models import RadNerfConfig
+    from nerf.radnerf.config import RadNerfConfig
 
     with pytest.raises(ValueError, match="pose_borrow must be 'mean' or 'nearest', got 'latest'"):
         RadNerfConfig(pose_borrow="latest")  # type: ignore[arg-type]
@@ -300,10 +312,11 @@ def test_bad_dataset_inputs(small_dataset, tmp_path):
 
 
 def test_nerf_imports_no_ray_mlflow_or_workers():
-    """nerf/ reads pipelines.schema only: importing all of it loads no ray, mlflow, workers or other pipelines."""
-    code = ("import sys, nerf.avatar, nerf.presets, nerf.trainer, nerf.metrics, nerf.kernels;"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'workers') or "
-            "(m.startswith('pipelines.') and m != 'pipelines.schema'));"
+    """nerf/ reads pipelines.schema only: importing all of it loads no ray, mlflow, workers (but the parsing labels
+    the schema takes from the dependency-free workers.labels) or other pipelines."""
+    code = ("import sys, nerf.avatar, nerf.radnerf, nerf.trainer, nerf.metrics, nerf.kernels;"
+            "bad = sorted(m for m in sys.modules if (m.split('.')[0] in ('ray', 'mlflow', 'workers') and "
+            "m not in ('workers', 'workers.labels')) or (m.startswith('pipelines.') and m != 'pipelines.schema'));"
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -314,7 +327,7 @@ def test_train_stage_steps_zero_skips(frames64):
     tr = Trainer(_steps(preset("debug"), head=1, lips=0, torso=1), frames64)
     stages = [tr.step().stage, tr.step().stage]
     assert stages == ["head", "torso"] and tr.step() is None
-    with pytest.raises(ValueError, match="lips stage needs an LPIPS"):
+    with pytest.raises(ValueError, match="radnerf with this recipe needs an LPIPS module"):
         Trainer(_steps(preset("debug"), head=1, lips=1), frames64)
 
 
@@ -441,7 +454,7 @@ def test_held_out_frames_borrow_the_latents_of_their_nearest_training_frames(fra
     other = replace(d, clip_ids=d.clip_ids[:-1] + ["another clip"])
     assert other.nearest_train(29).size == 0
 
-    tr = Trainer(preset("debug"), d, lips_loss=lpips)
+    tr = Trainer(preset("debug"), d, lpips=lpips)
     m = tr.model
     with torch.no_grad():
         m.head_latents.zero_()
@@ -460,7 +473,7 @@ def test_held_out_frames_borrow_the_latents_of_their_nearest_training_frames(fra
     with torch.no_grad():
         m.head_latents[26] = -3.0
     assert not torch.equal(img1, tr.render_frame(28, use_ema=False))
-    # benchmarks/latents.py's knob: with nearest=5 the frames before the nearest one count too
+    # benchmarks/experiments/latents.py's knob: with nearest=5 the frames before the nearest one count too
     img5 = tr.render_frame(28, use_ema=False, nearest=5)
     assert torch.equal(img5, tr.render_frame(28, use_ema=False, nearest=5))
     with torch.no_grad():
@@ -471,7 +484,7 @@ def test_held_out_frames_borrow_the_latents_of_their_nearest_training_frames(fra
 def test_latent_in_density_conditions_the_shape_and_the_occupancy_grid(frames64):
     """With ``latent_in_density`` the frame latent changes the density (off: only the colour), and the occupancy
     grid's update evaluates the density under the training frames' own latents."""
-    from nerf.fields import HeadField
+    from nerf.radnerf.fields import HeadField
 
     torch.manual_seed(0)
     base = preset("debug").model.head
@@ -504,7 +517,7 @@ def test_latent_in_density_conditions_the_shape_and_the_occupancy_grid(frames64)
 def test_view_degree_makes_the_colour_depend_on_the_ray_direction(frames64):
     """With ``view_degree`` the head's colour (not its density) changes with the ray direction, renders and
     trains through the whole model, and asks for the directions; off, the direction is not an input."""
-    from nerf.fields import HeadField
+    from nerf.radnerf.fields import HeadField
 
     torch.manual_seed(0)
     base = replace(preset("debug").model.head, view_degree=3)
@@ -533,8 +546,8 @@ def test_view_degree_makes_the_colour_depend_on_the_ray_direction(frames64):
 def test_ambient_loss_region_face_or_mouth(frames64):
     """``ambient_region="mouth"`` leaves the audio coordinate free in the mouth region (lips and jaw) only; the
     face rectangle contains it; an unknown region is refused."""
-    from nerf.data import mouth_rect
-    from nerf.models import RadNerf
+    from nerf.radnerf.model import RadNerf
+    from nerf.rays import mouth_rect
 
     s = FrameStore(frames64)
     rays = s.frame_rays(0)
@@ -568,7 +581,7 @@ def test_audio_gate_keeps_audio_to_the_mouth(frames64):
     near it), and the audio moves the density near the mouth only, not at the forehead."""
     from dataclasses import replace
 
-    from nerf.data import pixel_rays
+    from nerf.rays import pixel_rays
 
     s = FrameStore(frames64)
     p = s.mouth_point()
@@ -621,7 +634,7 @@ def test_latent_smoothness_pairs_neighbours_and_pulls_them_together(frames64):
         while (r := tr.step()) is not None:
             seen.append("latent_smooth" in r.losses)
         assert all(seen) == (weight > 0)
-        return float(latent_smoothness(tr.model.head_latents.detach(), tr.latent_pairs))
+        return float(latent_smoothness(tr.model.head_latents.detach(), tr.model.latent_pairs))
 
     assert spread(100.0) < 0.5 * spread(0.0)
 
@@ -680,7 +693,7 @@ def test_pose_smooth_keeps_neighbouring_frames_corrections_together(frames64):
         if not refine:
             return 0.0
         assert tr.model.pose_deltas is not None
-        return float(latent_smoothness(tr.model.pose_deltas.detach(), tr.latent_pairs))
+        return float(latent_smoothness(tr.model.pose_deltas.detach(), tr.model.latent_pairs))
 
     smooth, rough = spread(1e3), spread(0.0)
     print(f"pose corrections' squared neighbour step: {smooth:.3g} with pose_smooth, {rough:.3g} without")
@@ -690,8 +703,8 @@ def test_pose_smooth_keeps_neighbouring_frames_corrections_together(frames64):
 
 def test_correct_rays_is_the_rays_of_the_corrected_pose(frames64):
     """Correcting rays by (w, t) equals building them from the pose [exp(w) R | exp(w) T + t]; zero changes nothing."""
-    from nerf.data import pixel_rays
-    from nerf.models import correct_rays
+    from nerf.radnerf.steps import correct_rays
+    from nerf.rays import pixel_rays
 
     pose = torch.from_numpy(frames64.poses[3]).float()
     intr = torch.from_numpy(frames64.intrinsics[3]).float()
@@ -720,7 +733,7 @@ def test_pose_refine_learns_training_frames_corrections_and_held_out_frames_borr
     d = frames64
     assert Trainer(_steps(preset("debug"), head=1), d).model.pose_deltas is None
 
-    tr = Trainer(_steps(_with_pose_refine(preset("debug")), head=6, lips=2, torso=2), d, lips_loss=lpips)
+    tr = Trainer(_steps(_with_pose_refine(preset("debug")), head=6, lips=2, torso=2), d, lpips=lpips)
     m = tr.model
     assert m.pose_deltas is not None and not m.pose_deltas.any()
     while tr.stage != "torso":
@@ -732,7 +745,7 @@ def test_pose_refine_learns_training_frames_corrections_and_held_out_frames_borr
     assert torch.equal(m.pose_deltas.detach(), after_head)  # the torso stage does not touch the head's poses
 
     path = tr.save_checkpoint(tmp_path / "ck.pt")
-    again = Trainer(tr.config, d, lips_loss=lpips)
+    again = Trainer(tr.config, d, lpips=lpips)
     again.load_checkpoint(path)
     assert torch.equal(again.model.pose_deltas.detach(), after_head)
 
@@ -860,7 +873,8 @@ def test_ema_applied_and_evaluating_restore_the_model_also_on_error():
     """``Ema.applied`` puts the averaged parameters in for a block and the model's own back after it, and
     ``evaluating`` restores the training mode, also when the block raises (a failed render must not leave a
     trainer training on its averages)."""
-    from nerf.trainer import Ema, evaluating
+    from nerf.rendering import evaluating
+    from nerf.trainer import Ema
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2))
     ema = Ema(model, 0.5)

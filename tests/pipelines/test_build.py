@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.build import BuildConfig, Resources, build
+from pipelines.build import build
+from pipelines.build_config import BuildConfig, Resources
 from pipelines.dataset import Dataset
 from tests.conftest import CLIPS, ROOT, link_clip
 from workers.clip import ClipConfig, clip_id_for

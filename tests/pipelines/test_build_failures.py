@@ -13,8 +13,11 @@ import threading
 
 import pytest
 
-from pipelines.build import ATTEMPTS_DIR, FAULT_ENV, BuildConfig, Resources, build
-from pipelines.dataset import REBUILD_FAILED, Dataset
+from pipelines.build import build
+from pipelines.build_config import BuildConfig, Resources
+from pipelines.build_worker import ATTEMPTS_DIR, FAULT_ENV
+from pipelines.commit import REBUILD_FAILED
+from pipelines.dataset import Dataset
 from tests.conftest import CLIPS, link_clip
 from workers.clip import ClipConfig, clip_id_for
 

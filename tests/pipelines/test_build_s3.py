@@ -21,7 +21,8 @@ import botocore.exceptions
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.build import BuildConfig, Resources, build
+from pipelines.build import build
+from pipelines.build_config import BuildConfig, Resources
 from pipelines.dataset import Dataset
 from pipelines.storage import S3Options
 from tests.conftest import CLIPS

@@ -12,9 +12,11 @@ import pytest
 
 from jobs.cli import main as cli
 from pipelines import dataset as D
-from pipelines.build import BuildConfig, Resources, build
+from pipelines.build import build
+from pipelines.build_config import BuildConfig, Resources
 from pipelines.check import QUARANTINE, check_dataset
 from pipelines.inputs import InputError
+from pipelines.layout import clip_path, frames_path
 from pipelines.lease import Lease, LeaseError
 from pipelines.storage import S3Options, Storage
 from tests.conftest import CLIPS, build_small_dataset
@@ -46,10 +48,10 @@ def test_orphaned_frame_files_are_never_read_and_check_fix_deletes_them(ds):
     --fix deletes it."""
     a, b = STEMS
     cid = cid_of(ds, a)
-    src = ds / D.frames_path(a, cid)
+    src = ds / frames_path(a, cid)
     (ds / "frames" / "identity=mallory").mkdir()
-    shutil.copy(src, ds / D.frames_path("mallory", cid))  # the clip's rows under an identity it never had
-    shutil.copy(src, ds / D.frames_path(a, "deadbeefdeadbeef"))  # a clip that has no row
+    shutil.copy(src, ds / frames_path("mallory", cid))  # the clip's rows under an identity it never had
+    shutil.copy(src, ds / frames_path(a, "deadbeefdeadbeef"))  # a clip that has no row
     dset = D.Dataset(str(ds))
     assert dset.identity_names() == sorted(STEMS)
     assert dset.frames(a, columns=["frame_index"]).num_rows == 8  # not 16
@@ -57,10 +59,10 @@ def test_orphaned_frame_files_are_never_read_and_check_fix_deletes_them(ds):
         dset.frames("mallory")
     report = check_dataset(Storage(ds))
     assert sorted(p.path for p in report.problems if p.kind == "orphan") == sorted(
-        [D.frames_path("mallory", cid), D.frames_path(a, "deadbeefdeadbeef")])
+        [frames_path("mallory", cid), frames_path(a, "deadbeefdeadbeef")])
     assert cli(["dataset", "check", str(ds)]) == 1
     assert cli(["dataset", "check", str(ds), "--fix"]) == 0
-    assert not (ds / D.frames_path("mallory", cid)).exists() and src.exists()
+    assert not (ds / frames_path("mallory", cid)).exists() and src.exists()
     assert check_dataset(Storage(ds)).ok
     assert b in D.Dataset(str(ds)).identity_names()
 
@@ -70,13 +72,13 @@ def test_check_finds_missing_short_and_foreign_frame_files_and_fix_rebuilds_them
     --fix moves its row aside (the next build builds it again) and rewrites identities/."""
     a, b = STEMS
     ca, cb = cid_of(ds, a), cid_of(ds, b)
-    (ds / D.frames_path(a, ca)).unlink()
-    t = pq.read_table(ds / D.frames_path(b, cb))
-    pq.write_table(t.slice(0, 3), ds / D.frames_path(b, cb))
+    (ds / frames_path(a, ca)).unlink()
+    t = pq.read_table(ds / frames_path(b, cb))
+    pq.write_table(t.slice(0, 3), ds / frames_path(b, cb))
     report = check_dataset(Storage(ds))
     kinds = {p.kind: p.path for p in report.problems}
-    assert kinds["missing_frames"] == D.frames_path(a, ca)
-    assert kinds["row_count"] == D.frames_path(b, cb) and "3 rows" in next(
+    assert kinds["missing_frames"] == frames_path(a, ca)
+    assert kinds["row_count"] == frames_path(b, cb) and "3 rows" in next(
         p.detail for p in report.problems if p.kind == "row_count")
     fixed = check_dataset(Storage(ds), fix=True)
     assert any("builds it again" in f for f in fixed.fixed)
@@ -92,10 +94,10 @@ def test_corrupt_clip_row_is_skipped_with_a_warning_and_rebuilt_by_the_next_buil
     listed; the next build moves it aside and builds the clip again."""
     a, _ = STEMS
     cid = cid_of(ds, a)
-    (ds / D.clip_path(cid)).write_bytes(b"PAR1 this is not parquet")
+    (ds / clip_path(cid)).write_bytes(b"PAR1 this is not parquet")
     dset = D.Dataset(str(ds))
     rows = dset.clip_rows()
-    assert cid not in rows and len(rows) == 1 and dset.unreadable == [D.clip_path(cid)]
+    assert cid not in rows and len(rows) == 1 and dset.unreadable == [clip_path(cid)]
     assert [p.kind for p in check_dataset(Storage(ds)).problems][:1] == ["unreadable_clip_row"]
     m = tmp_path / "m.csv"  # the dataset's clip ids are those of the shared paths
     m.write_text(f"source_uri,identity\n{CLIPS[0]},{a}\n")

@@ -14,7 +14,9 @@ import pytest
 
 from pipelines import dataset as D
 from pipelines import schema
-from pipelines.export import AU45_PER_BLINK, ExportError, ExportReport, export_radnerf, torso_rgba
+from pipelines.commit import write_clip
+from pipelines.export import AU45_PER_BLINK, ExportError, ExportReport, export_radnerf
+from pipelines.export_frames import torso_rgba
 from pipelines.schema import train_count
 from pipelines.storage import S3Options, Storage
 from tests.conftest import CLIPS
@@ -63,15 +65,15 @@ def exported(tmp_path_factory) -> Exported:
         second = p(str(CLIPS[1]), identity="alice", clip_id=clip_id_for(str(CLIPS[1])))
     finally:
         p.close()
-    D.write_clip(st, first, identity="alice")
-    D.write_clip(st, second, identity="alice")
+    write_clip(st, first, identity="alice")
+    write_clip(st, second, identity="alice")
     bob = _as_identity(first, "bob", "b0b0b0b0b0b0b0b0")
     bob.rows = [_drop_face(r) if r["frame_index"] in BOB_FACELESS else r for r in bob.rows]
-    D.write_clip(st, bob, identity="bob")
+    write_clip(st, bob, identity="bob")
     D.write_identities(st, D.aggregate_identities(D.Dataset(st).clip_rows().values()))
     ghost = _as_identity(first, "ghost", "9a9a9a9a9a9a9a9a")  # committed after identities/ was written
     ghost.rows = [_drop_face(r) for r in ghost.rows]
-    D.write_clip(st, ghost, identity="ghost")
+    write_clip(st, ghost, identity="ghost")
     ds = D.Dataset(st)
     reports = {name: export_radnerf(ds, name, root / name) for name in ("alice", "bob")}
     return Exported(ds, reports)

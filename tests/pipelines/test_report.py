@@ -13,6 +13,7 @@ import pytest
 
 from pipelines import dataset as D
 from pipelines import report as R
+from pipelines.commit import write_clip
 from pipelines.schema import FRAME_SCHEMA
 from pipelines.storage import Storage
 from tests.conftest import CLIPS
@@ -198,7 +199,7 @@ def real(tmp_path_factory) -> D.Dataset:
             if who == "bob":
                 p.config = replace(p.config, max_frames=20)
             r = p(str(src), identity=who, clip_id=clip_id_for(str(src)))
-            D.write_clip(st, r, identity=who)
+            write_clip(st, r, identity=who)
     finally:
         p.close()
     return D.Dataset(st)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 
 from workers import assets
 from workers.errors import AssetError
+
+
+@pytest.fixture(autouse=True)
+def no_venv_record(tmp_path, monkeypatch):
+    """Hide the asset directory ``make env`` records in .venv (tests/workers/test_assets_venv.py covers it)."""
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "no-venv"))
 
 
 def test_resolves_from_the_env_var_directory():

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import SHARED
+from workers.audio_decode import audio_duration
 from workers.errors import ClipError
-from workers.media import VideoWriter, audio_duration, iter_frames, probe
+from workers.media import iter_frames, probe
+from workers.video_writer import VideoWriter
 
 WAV = SHARED / "data" / "audio" / "RD_Radio31_000.wav"
 FPS = 25.0

@@ -1,6 +1,6 @@
 """Where a trained avatar's error is: per-region squared error of a checkpoint on training and held-out frames.
 
-    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/regions.py --checkpoint CKPT --dataset DS
+    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/experiments/regions.py --checkpoint CKPT --dataset DS
 
 Regions come from the dataset's parsing (background, head, neck, torso). For each frame: full-image PSNR,
 head-only PSNR (the head over the ground truth's body and background), and per region the MSE and its share of the
@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import cv2  # noqa: E402
@@ -29,7 +29,9 @@ import torch  # noqa: E402
 
 from benchmarks.common import CHECKPOINT, DEFAULT_CLIP, DEFAULT_WORK  # noqa: E402
 from jobs.train import load_identity, lpips_module  # noqa: E402
-from nerf.trainer import Trainer, config_from_json, load_checkpoint  # noqa: E402
+from nerf.checkpoint import load_checkpoint  # noqa: E402
+from nerf.config import config_from_json  # noqa: E402
+from nerf.trainer import Trainer  # noqa: E402
 from pipelines.schema import HEAD  # noqa: E402
 
 REGIONS = {0: "bg", 1: "head", 2: "neck", 3: "torso"}
@@ -44,7 +46,7 @@ def main() -> int:
     ck = load_checkpoint(args.checkpoint)
     cfg = config_from_json(ck["config"])
     data = load_identity(args.dataset, str(ck["identity"]), cfg.trainer.size, max_frames=cfg.trainer.max_frames)
-    tr = Trainer(cfg, data, lips_loss=lpips_module() if cfg.trainer.lips.steps else None)
+    tr = Trainer(cfg, data, lpips=lpips_module() if cfg.trainer.lips.steps else None)
     tr.load_checkpoint(args.checkpoint)
     bg_img = data.background.astype(np.float32) / 255
     splits = {"train": np.linspace(0, data.n_train - 1, args.frames).round().astype(int),

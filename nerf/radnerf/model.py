@@ -1,80 +1,32 @@
 """The RAD-NeRF avatar model: head field + torso field + occupancy grid + per-frame latents.
 
 Verbs (after nerfstudio): :meth:`RadNerf.get_outputs` renders rays under per-frame conditions,
-:meth:`RadNerf.get_loss_dict` turns outputs and targets into weighted losses,
-:meth:`RadNerf.get_param_groups` gives each training stage its parameters.
+:meth:`RadNerf.get_loss_dict` turns outputs and targets into weighted losses, :meth:`RadNerf.get_param_groups`
+gives each training stage its parameters; the rest of the method contract (:class:`nerf.model.AvatarModel`) is in
+:mod:`nerf.radnerf.steps`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nerf.config import ExperimentConfig
+from nerf.data import NEAREST_LATENTS, IdentityFrames
 from nerf.encoders import PlaneEncoder
-from nerf.fields import HeadField, HeadFieldConfig, TorsoField, TorsoFieldConfig
-from nerf.losses import LossWeights, alpha_entropy, ambient_l1, latent_smoothness, mask_bce, mse
-from nerf.rendering import OccupancyGrid, OccupancyGridConfig, RaySamples, SamplerConfig, composite, sample_rays
+from nerf.losses import alpha_entropy, ambient_l1, latent_smoothness, mask_bce, mse
+from nerf.model import AvatarModel, Driving, PoseAlignment, StepContext, TrainingCallback, TrainOutputs
+from nerf.radnerf import steps
+from nerf.radnerf.config import RadNerfConfig, RadNerfTrainerConfig
+from nerf.radnerf.fields import HeadField, TorsoField
+from nerf.rays import FrameStore
+from nerf.rendering import OccupancyGrid, composite, gather, march, sample_rays
 from pipelines.schema import HEAD, NECK, TORSO
-
-Stage = Literal["head", "lips", "torso"]
-STAGES: tuple[Stage, ...] = ("head", "lips", "torso")
-
-
-@dataclass(frozen=True)
-class RadNerfConfig:
-    """Everything that shapes the model (not how it is trained)."""
-
-    head: HeadFieldConfig = field(default_factory=HeadFieldConfig)
-    torso: TorsoFieldConfig = field(default_factory=TorsoFieldConfig)
-    grid: OccupancyGridConfig = field(default_factory=OccupancyGridConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    losses: LossWeights = field(default_factory=LossWeights)
-    pose_refine: bool = False
-    """Learn a rigid correction of each training frame's head pose (rotation and translation, zero at the start)
-    with the head: the tracked poses are off by about a degree and a few millimetres (a 3DMM fit to 2D
-    landmarks), and a field trained on misaligned views averages them into blur. Held-out frames and new audio
-    take the corrections of the training frames their latents come from, or the mean (:attr:`pose_borrow`). The
-    learning rate is :attr:`nerf.trainer.StageConfig.lr_pose`.
-
-    On in the ``cpu`` preset. Measured on the three shared clips (benchmarks/headcurve.py --set
-    model.pose_refine=true, cpu preset, 6000 head steps, seed 0; held-out head PSNR at 1500 / 3000 / 4500 / 6000
-    steps, against the same without): WDA_BobMenendez_000 29.05 / 28.37 / 28.95 / 29.18 dB (without, where the
-    held-out head PSNR peaks early and falls: 27.53, 27.54 and 27.74 at the end of three runs);
-    WDA_AlexandriaOcasioCortez_000 23.90 / 24.77 / 24.65 / 24.55 (without: 25.34 / 25.14 / 24.99 / 24.90);
-    RD_Radio2_000 22.66 / 22.55 / 22.71 / 22.71 (without: 23.03 at the end of a 30-min run's head). So +1.5, -0.35
-    and -0.3 dB at the end (head curves vary by ~0.5 dB between runs), steps ~7% slower. Earlier, on an older head
-    (before the frame latent fed the density and audio was kept to the mouth), on RD_Radio2_000 (4500 head steps,
-    seed 1, benchmarks/variants.py) training-frame head PSNR 24.70 -> 26.60 dB, held-out 22.30 -> 22.23 dB; the
-    corrections (median 1.4 degrees, 5 mm) change slowly in time and held-out frames need the borrowed ones
-    (19.90 dB with none), and aligning each held-out pose to its image (BARF's test-time protocol) still adds 1.3
-    dB. Over a whole 30-min run (benchmarks/train.py --minutes 30, one run, the machine partly busy for ~5 min of
-    it) on RD_Radio2_000: held-out PSNR 21.90 dB, LPIPS 0.187, LMD 2.12 px (tracked poses, earlier runs: 22.86-22.97
-    dB, LPIPS 0.199-0.219, LMD 2.66-2.93): sharper and better-synced mouths, lower PSNR on the clip whose held-out
-    head turns past every training view. The paper preset keeps the tracked poses, as RAD-NeRF does."""
-    pose_borrow: Literal["mean", "nearest"] = "nearest"
-    """Which correction a frame without one of its own (held-out frames, poses given to a render) takes, with
-    :attr:`pose_refine`: ``mean``, the mean over all training frames (the corrections' systematic part, the offset
-    between the field's head and the tracker's), or ``nearest``, the mean over the training frames its latents
-    come from (``latent_from`` of :meth:`RadNerf.novel_conditions`; the nearest one in time by default). A frame
-    rendered under a training frame's pose (the driving track of :class:`nerf.avatar.Avatar`) takes that frame's
-    own correction either way.
-
-    ``nearest`` by default. Held-out head PSNR of one checkpoint per clip (cpu preset, pose_refine, 3000 head steps,
-    seed 0, benchmarks/variants.py --checkpoints, then benchmarks/latents.py --poses near1,mean,none), the nearest
-    training frame's correction / the mean over all / none: WDA_BobMenendez_000 29.03 / 28.55 / 26.80 dB;
-    RD_Radio2_000 22.21 / 20.06 / 19.80 (its head turns past every training view and the correction drifts with
-    it); WDA_AlexandriaOcasioCortez_000 24.88 / 25.43 / 24.89 (a head trained without pose_refine: 25.31). Means
-    over the last 3, 5, 10 or 20 training frames were no better than the better of the two (Bob 28.33 / 27.52 /
-    26.65 / 26.47, AOC 24.71 / 24.84 / 25.07 / 25.30, RD 22.17 over 3). Which correction predicts a held-out
-    frame's is a property of the clip, not a rule."""
-
-    def __post_init__(self) -> None:
-        if self.pose_borrow not in ("mean", "nearest"):
-            raise ValueError(f"pose_borrow must be 'mean' or 'nearest', got {self.pose_borrow!r}")
 
 
 @dataclass
@@ -92,17 +44,20 @@ class FrameConditions:
     torso_latent: Tensor
     """[B, torso latent_dim]."""
     pose_delta: Tensor | None = None
-    """[B, 6] rigid correction of the head pose (axis-angle, translation in metres; :func:`correct_rays`), or
-    None for the tracked pose."""
+    """[B, 6] rigid correction of the head pose (axis-angle, translation in metres;
+    :func:`nerf.radnerf.steps.correct_rays`), or None for the tracked pose."""
 
 
-class RadNerf(nn.Module):
+class RadNerf(AvatarModel):
     """Head and torso of one identity, with a latent per training frame."""
 
     pose_mean: Tensor
     """[12] mean training pose (3x4), subtracted from the torso's pose input."""
     n_train: Tensor
     """int64 [] training frames (latents [0, n_train) are trained)."""
+    latent_pairs: Tensor
+    """int64 [P, 2] neighbouring training frames (:meth:`nerf.data.IdentityFrames.train_pairs`), for the smoothness
+    losses; set for training only (not saved)."""
 
     def __init__(self, config: RadNerfConfig, n_frames: int, image_size: int, near: float, far: float):
         """Args:
@@ -124,6 +79,10 @@ class RadNerf(nn.Module):
         self.pose_deltas = nn.Parameter(torch.zeros(n_frames, 6)) if config.pose_refine else None
         self.register_buffer("pose_mean", torch.zeros(12))
         self.register_buffer("n_train", torch.zeros((), dtype=torch.long))
+        self.register_buffer("latent_pairs", torch.zeros((0, 2), dtype=torch.long), persistent=False)
+        self.audio_shape = (config.head.audio.window, config.head.audio.n_mels)
+        self.with_torso = True
+        """Render the torso with new input (False when the recipe trains no torso)."""
 
     # conditions ------------------------------------------------------------------------------------------
     def train_conditions(self, frames: Tensor, audio: Tensor, eye: Tensor, pose: Tensor) -> FrameConditions:
@@ -180,7 +139,7 @@ class RadNerf(nn.Module):
         r = origins.shape[0]
         dev = origins.device
         if cond.pose_delta is not None:
-            origins, directions = correct_rays(origins, directions, cond.pose_delta, ray_frame)
+            origins, directions = steps.correct_rays(origins, directions, cond.pose_delta, ray_frame)
         audio_feat = self.head.encode_audio(cond.audio)  # [B, A]
         samples = sample_rays(origins, directions, self.near, self.far, self.grid, self.config.sampler, generator)
         rgb = torch.zeros(r, 3, device=dev)
@@ -207,52 +166,27 @@ class RadNerf(nn.Module):
                 ambient = ambient.index_put((samples.ray,), amb)
         return {"rgb": rgb, "acc": acc, "ambient": ambient, "n_samples": torch.tensor(n_rays * s)}
 
-    def _march(self, samples: RaySamples, directions: Tensor, ray_frame: Tensor, cond: FrameConditions,
+    def _march(self, samples: Any, directions: Tensor, ray_frame: Tensor, cond: FrameConditions,
                audio_feat: Tensor, stop: float) -> tuple[Tensor, Tensor, Tensor]:
-        """Composite ``samples`` front to back, ``march_group`` samples per ray at a time, evaluating the field
-        only for rays whose transmittance is still at least ``stop`` (early ray termination; no gradients).
-
-        Returns:
-            colour [R', 3] (premultiplied), alpha [R'] and weighted |audio coordinate| [R'] of the sampled rays.
-        """
-        n_rays, s = samples.t.shape
-        dev = samples.t.device
-        g = self.config.sampler.march_group
-        rgb = torch.zeros(n_rays, 3, device=dev)
-        acc = torch.zeros(n_rays, device=dev)
-        ambient = torch.zeros(n_rays, device=dev)
-        trans = torch.ones(n_rays, device=dev)
-        delta = samples.delta.expand(n_rays, s)
-        rows = samples.ray
-        frame = ray_frame[rows]
-        dirs_all = F.normalize(directions[rows], dim=-1) if self.head.config.view_degree else None
-        live = torch.arange(n_rays, device=dev)
+        """The head along ``samples`` with early ray termination (:func:`nerf.rendering.march`): colour, alpha and
+        weighted |audio coordinate| of the sampled rays."""
+        frame = ray_frame[samples.ray]
+        dirs_all = F.normalize(directions[samples.ray], dim=-1) if self.head.config.view_degree else None
         one_frame = audio_feat.shape[0] == 1  # a rendered frame: its conditions broadcast, no per-sample gather
-        for k in range(0, s, g):
-            if not live.numel():
-                break
-            pts = samples.points[live, k : k + g]  # [L, G, 3]
-            n_live, gk = pts.shape[:2]
-            n_pts = n_live * gk
+
+        def field(points: Tensor, live: Tensor, gk: int) -> tuple[Tensor, Tensor, Tensor | None]:
+            n_pts = points.shape[0]
             if one_frame:
                 feat, eye = audio_feat.expand(n_pts, -1), cond.eye.expand(n_pts)
                 lat = cond.head_latent.expand(n_pts, -1)
             else:
                 feat, eye, lat = gather((audio_feat, cond.eye, cond.head_latent), frame[live].repeat_interleave(gk))
             dirs = None if dirs_all is None else dirs_all[live].repeat_interleave(gk, 0)
-            out = self.head.get_outputs(pts.reshape(-1, 3), feat, eye, lat, dirs=dirs)
-            alpha = 1.0 - torch.exp(-out["sigma"].view(n_live, gk) * delta[live, k : k + g])
-            through = torch.cumprod(1.0 - alpha + 1e-10, -1)  # light left after each sample of the group
-            t_live = trans[live]
-            w = alpha * t_live[:, None] * torch.cat([torch.ones_like(alpha[:, :1]), through[:, :-1]], -1)
-            rgb.index_add_(0, live, (w[..., None] * out["rgb"].view(n_live, gk, 3)).sum(1))
-            acc.index_add_(0, live, w.sum(1))
-            if "audio_coord" in out:
-                ambient.index_add_(0, live, (w * out["audio_coord"].abs().sum(-1).view(n_live, gk)).sum(-1))
-            t_live = t_live * through[:, -1]
-            trans[live] = t_live
-            live = live[t_live >= stop]
-        return rgb, acc, ambient
+            out = self.head.get_outputs(points, feat, eye, lat, dirs=dirs)
+            amb = out["audio_coord"].abs().sum(-1) if "audio_coord" in out else None
+            return out["sigma"], out["rgb"], amb
+
+        return march(samples, field, stop, self.config.sampler.march_group)
 
     def render_torso(self, pixels: Tensor, ray_frame: Tensor, cond: FrameConditions) -> dict[str, Tensor]:
         """The torso at pixel positions [R, 2] (rows of ``cond`` per ray): ``rgb`` [R, 3], ``alpha`` [R]."""
@@ -293,7 +227,7 @@ class RadNerf(nn.Module):
         return out
 
     def get_loss_dict(self, outputs: dict[str, Tensor], target: Tensor, face: Tensor, label: Tensor,
-                      stage: Stage, mouth: Tensor | None = None) -> dict[str, Tensor]:
+                      stage: str, mouth: Tensor | None = None) -> dict[str, Tensor]:
         """Weighted losses of a ray batch (the lips stage adds its LPIPS term itself, on a patch).
 
         Args:
@@ -327,27 +261,28 @@ class RadNerf(nn.Module):
                 losses["torso_mask"] = w.torso_mask * mask_bce(outputs["torso_alpha"], body, label != HEAD)
         return losses
 
-    def latent_loss(self, stage: Stage, pairs: Tensor) -> Tensor:
+    def latent_loss(self, stage: str, pairs: Tensor) -> Tensor:
         """The weighted smoothness of the stage's latents over ``pairs`` [P, 2] of neighbouring training frames
-        (:attr:`LossWeights.latent_smooth`)."""
+        (:attr:`nerf.radnerf.config.LossWeights.latent_smooth`)."""
         latents = self.torso_latents if stage == "torso" else self.head_latents
         return self.config.losses.latent_smooth * latent_smoothness(latents, pairs)
 
     def pose_loss(self, pairs: Tensor) -> Tensor:
         """The weighted smoothness of the head pose corrections over ``pairs`` [P, 2] of neighbouring training
-        frames (:attr:`LossWeights.pose_smooth`); zero without :attr:`RadNerfConfig.pose_refine`."""
+        frames (:attr:`nerf.radnerf.config.LossWeights.pose_smooth`); zero without :attr:`RadNerfConfig.pose_refine`."""
         if self.pose_deltas is None:
             return self.head_latents.sum() * 0.0
         return self.config.losses.pose_smooth * latent_smoothness(self.pose_deltas, pairs)
 
     def grid_loss(self) -> Tensor:
-        """The weighted total variation of the head's feature planes (:attr:`LossWeights.grid_tv`)."""
+        """The weighted total variation of the head's feature planes
+        (:attr:`nerf.radnerf.config.LossWeights.grid_tv`)."""
         tvs = [m.total_variation() for m in self.head.modules() if isinstance(m, PlaneEncoder)]
         if not tvs:  # the frequency-encoded (implicit MLP) head has no planes
             return self.head_latents.sum() * 0.0
         return self.config.losses.grid_tv * torch.stack(tvs).mean()
 
-    def get_param_groups(self, stage: Stage) -> dict[str, list[nn.Parameter]]:
+    def get_param_groups(self, stage: str) -> list[dict[str, Any]]:
         """Trainable parameters of a stage: ``grid`` (feature planes), ``net`` (MLPs, latents) and ``pose`` (the
         head pose corrections, in the head and lips stages with :attr:`RadNerfConfig.pose_refine`)."""
         module: nn.Module = self.torso if stage == "torso" else self.head
@@ -355,8 +290,11 @@ class RadNerf(nn.Module):
         grids = [p for m in module.modules() if isinstance(m, PlaneEncoder) for p in m.parameters()]
         ids = {id(p) for p in grids}
         nets = [p for p in module.parameters() if id(p) not in ids] + [latents]
-        poses = [self.pose_deltas] if self.pose_deltas is not None and stage != "torso" else []
-        return {"grid": grids, "net": nets, "pose": poses}
+        groups: list[dict[str, Any]] = [{"name": "grid", "params": grids, "eps": 1e-15},
+                                        {"name": "net", "params": nets, "weight_decay": 0.0}]
+        if self.pose_deltas is not None and stage != "torso":
+            groups.append({"name": "pose", "params": [self.pose_deltas]})
+        return groups
 
     # occupancy -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -372,22 +310,69 @@ class RadNerf(nn.Module):
 
         self.grid.update(density, generator)
 
+    # the method contract (nerf.model.AvatarModel) ----------------------------------------------------------------
+    @classmethod
+    def for_training(cls, config: ExperimentConfig, data: IdentityFrames, store: FrameStore) -> RadNerf:
+        model = cls(config.model, data.n_frames, data.size, data.near, data.far)
+        model.pose_mean.copy_(torch.from_numpy(data.poses[: data.n_train, :3, :4].reshape(-1, 12)).mean(0))
+        model.n_train.fill_(data.n_train)
+        model.latent_pairs = torch.from_numpy(data.train_pairs())
+        if config.model.head.audio_gate > 0:
+            model.head.get_buffer("mouth_centre").copy_(store.mouth_point())
+        model.with_torso = _trainer(config).torso.steps > 0
+        return model
 
-def gather(tensors: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:
-    """The rows ``index`` (int64 [N], repeats allowed) of each tensor. ``index_select``, not ``t[index]``: on the CPU
-    the latter's backward adds the repeated rows' gradients with atomics, in a different order each run (so
-    training was not bit-reproducible), and is 2.5-5x slower."""
-    return tuple(t.index_select(0, index) for t in tensors)
+    @classmethod
+    def for_rendering(cls, config: ExperimentConfig, kit: dict[str, Any], state: dict[str, Tensor]) -> RadNerf:
+        model = cls(config.model, int(state["head_latents"].shape[0]), int(kit["size"]), float(kit["near"]),
+                    float(kit["far"]))
+        model.with_torso = _trainer(config).torso.steps > 0
+        return model
+
+    @classmethod
+    def needs_lpips(cls, config: ExperimentConfig) -> bool:
+        return bool(_trainer(config).lips.steps)
+
+    def get_training_callbacks(self) -> list[TrainingCallback]:
+        return [TrainingCallback(self._update_grid_callback)]
+
+    def _update_grid_callback(self, ctx: StepContext) -> None:
+        """The occupancy grid's update every ``grid.update_every`` steps of the head's stages."""
+        if ctx.stage != "torso" and ctx.stage_step % self.config.grid.update_every == 0 and ctx.global_step > 0:
+            n = ctx.store.n_train
+            self.update_grid(ctx.store.audio[:n], ctx.store.eye[:n], ctx.generator)
+
+    def get_train_loss_dict(self, ctx: StepContext) -> TrainOutputs:
+        return steps.train_step(self, ctx)
+
+    def render_frame(self, store: FrameStore, frame: int, reached: Sequence[str], chunk: int | None = None,
+                     novel: bool | None = None, head_only: bool = False, audio_from: int | None = None,
+                     pose_delta: Tensor | None = None, nearest: int = NEAREST_LATENTS, **options: Any) -> Tensor:
+        """One dataset frame (:func:`nerf.radnerf.steps.render_frame`)."""
+        if options:
+            raise TypeError(f"radnerf render_frame: unknown options {sorted(options)}")
+        return steps.render_frame(self, store, frame, with_torso=not head_only and "torso" in reached and
+                                  self.with_torso, chunk=chunk, novel=novel, head_only=head_only,
+                                  audio_from=audio_from, pose_delta=pose_delta, nearest=nearest)
+
+    def validation_options(self, reached: Sequence[str]) -> dict[str, Any]:
+        # before the torso stage, the head over the ground truth's body (what the head stages fit)
+        return {"head_only": "torso" not in reached}
+
+    def render_view(self, origins: Tensor, directions: Tensor, pixels: Tensor, background: Tensor,
+                    drive: Driving, size: int, chunk: int | None = None) -> Tensor:
+        if drive.audio is None:
+            raise ValueError("radnerf renders from audio: the driving frame has none")
+        # the latents and pose correction of the training frame whose pose it is, else as novel frames take them
+        cond = self.novel_conditions(drive.audio, drive.eye, drive.pose, drive.source_frame, drive.source_frame)
+        return steps.render_image(self, origins, directions, pixels, cond, background, self.with_torso, size, chunk)
+
+    def align_pose(self, store: FrameStore, frame: int, **options: Any) -> PoseAlignment:
+        return steps.align_pose(self, store, frame, **options)
 
 
-def correct_rays(origins: Tensor, directions: Tensor, delta: Tensor, ray_frame: Tensor) -> tuple[Tensor, Tensor]:
-    """Rays of a corrected camera pose: ``[R | T] -> [exp(w) R | exp(w) T + t]`` for ``delta = (w, t)`` [B, 6] (a
-    rotation about the head's origin, axis-angle in radians, then a translation in metres), one row per frame,
-    ``ray_frame`` [R] the row of each ray. Differentiable in ``delta``; zero leaves the rays unchanged."""
-    w = delta[:, :3]
-    zero = torch.zeros_like(w[:, 0])
-    skew = torch.stack([zero, -w[:, 2], w[:, 1], w[:, 2], zero, -w[:, 0], -w[:, 1], w[:, 0], zero], -1)
-    rot, shift = gather((torch.linalg.matrix_exp(skew.view(-1, 3, 3)), delta[:, 3:]), ray_frame)  # [R, 3, 3], [R, 3]
-    o = torch.einsum("rij,rj->ri", rot, origins) + shift
-    d = torch.einsum("rij,rj->ri", rot, directions)
-    return o, d
+def _trainer(config: ExperimentConfig) -> RadNerfTrainerConfig:
+    tc = config.trainer
+    if not isinstance(tc, RadNerfTrainerConfig):
+        raise TypeError(f"a radnerf recipe needs a RadNerfTrainerConfig, not a {type(tc).__name__}")
+    return tc

@@ -1,6 +1,6 @@
 """Torso ablation on a fixed trained head: retrain only the torso stage under config variants and seeds.
 
-    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/torso.py [--checkpoint CKPT] [--dataset DS] \
+    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/experiments/torso.py [--checkpoint CKPT] [--dataset DS] \
         [--steps 3000] [--eval-every 1000] [--seeds 0,1,2] \
         --variant base= --variant mask=model.losses.torso_mask=0.01,model.torso.pose_in_color=false
 
@@ -22,17 +22,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import CHECKPOINT, DEFAULT_CLIP, DEFAULT_WORK, parse_variant  # noqa: E402
-from jobs.fanout import FanoutError, apply_overrides  # noqa: E402
+from jobs.fanout_config import FanoutError, apply_overrides  # noqa: E402
 from jobs.train import load_identity  # noqa: E402
+from nerf.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from nerf.config import config_from_json  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
-from nerf.trainer import CheckpointError, Trainer, config_from_json, load_checkpoint  # noqa: E402
+from nerf.trainer import Trainer  # noqa: E402
 
 
 def mean_psnr(trainer: Trainer, frames: list[int]) -> float:

@@ -1,15 +1,15 @@
 """Which latents a held-out frame should borrow: a checkpoint's held-out PSNR when each held-out frame takes the
 mean head and torso latents of its k nearest training frames (``nerf.data.NEAREST_LATENTS`` is the default k).
 
-    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/latents.py --checkpoint CKPT --dataset DS [--k 5,2,1]
-        [--poses near1,mean,none]
+    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/experiments/latents.py --checkpoint CKPT --dataset DS
+        [--k 5,2,1] [--poses near1,mean,none]
 
 Prints, per k, the mean held-out head-only and full-image PSNR and each frame's full-image PSNR. With ``--poses``
 (a checkpoint trained with ``model.pose_refine``), also the held-out head-only PSNR when every held-out frame takes
 the head pose correction of: ``near<k>``, the mean over its k nearest training frames; ``mean``, the mean over all
-training frames; ``none``, no correction (what :attr:`nerf.models.RadNerfConfig.pose_borrow` chooses between; the
-latents stay the default borrowed ones). Last line: ``psnr_k<k>=<dB> ...`` (full image, every held-out frame), then
-``head_pose_<choice>=<dB> ...``.
+training frames; ``none``, no correction (what :attr:`nerf.radnerf.config.RadNerfConfig.pose_borrow` chooses between;
+the latents stay the default borrowed ones). Last line: ``psnr_k<k>=<dB> ...`` (full image, every held-out frame),
+then ``head_pose_<choice>=<dB> ...``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
@@ -26,8 +26,10 @@ import torch  # noqa: E402
 
 from benchmarks.common import CHECKPOINT, DEFAULT_CLIP, DEFAULT_WORK  # noqa: E402
 from jobs.train import load_identity, lpips_module  # noqa: E402
+from nerf.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from nerf.config import config_from_json  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
-from nerf.trainer import CheckpointError, Trainer, config_from_json, load_checkpoint  # noqa: E402
+from nerf.trainer import Trainer  # noqa: E402
 
 
 def main() -> int:
@@ -56,7 +58,7 @@ def main() -> int:
         print(f"latents: --poses: {args.checkpoint} was trained without model.pose_refine", file=sys.stderr)
         return 2
     data = load_identity(args.dataset, str(ck["identity"]), cfg.trainer.size, max_frames=cfg.trainer.max_frames)
-    tr = Trainer(cfg, data, lips_loss=lpips_module() if cfg.trainer.lips.steps else None)
+    tr = Trainer(cfg, data, lpips=lpips_module() if cfg.trainer.lips.steps else None)
     tr.load_checkpoint(args.checkpoint)
     gts = {f: torch.from_numpy(data.images[f]).float() / 255 for f in data.val_ids.tolist()}
     result = {}

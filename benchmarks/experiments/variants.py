@@ -1,14 +1,14 @@
 """Model variants compared on the head stage alone, over seeds: which change moves held-out quality.
 
-    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/variants.py [--steps 1500] [--seeds 0,1,2]
+    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/experiments/variants.py [--steps 1500] [--seeds 0,1,2]
         [--clip ../shared/data/clips/RD_Radio2_000.mp4] [--preset cpu]
         --variant base= --variant latent=model.head.latent_in_density=true [--variant NAME=KEY=VALUE,KEY=VALUE ...]
 
 Each variant is a name and config overrides (dotted keys as in ``parley sweep``, values YAML scalars; the syntax
-of ``benchmarks/torso.py``) applied to the preset; ``base=`` is the preset itself. Every variant trains the head
-stage only (``--steps`` steps, lips and torso off) once per seed on the dataset of ``benchmarks/train.py`` (built
-and cached in ``--work`` the first time), then is measured on the head rendered over the ground truth's torso and
-background (the head stage's own target):
+of ``benchmarks/experiments/torso.py``) applied to the preset; ``base=`` is the preset itself. Every variant trains
+the head stage only (``--steps`` steps, lips and torso off) once per seed on the dataset of ``benchmarks/train.py``
+(built and cached in ``--work`` the first time), then is measured on the head rendered over the ground truth's
+torso and background (the head stage's own target):
 
 * ``heldout``: PSNR on every held-out frame (the last ~10% of the clip, never trained on);
 * ``train``: PSNR on 6 training frames spread over the clip;
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PARLEY_ASSETS", str(ROOT.parent / "shared" / "assets"))
 
@@ -40,11 +40,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import DEFAULT_CLIP, DEFAULT_WORK, build_dataset, parse_variant, with_steps  # noqa: E402
-from jobs.fanout import FanoutError, apply_overrides  # noqa: E402
+from jobs.fanout_config import FanoutError, apply_overrides  # noqa: E402
 from jobs.train import load_identity  # noqa: E402
 from nerf.data import IdentityFrames  # noqa: E402
+from nerf.methods import preset  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
-from nerf.presets import preset  # noqa: E402
 from nerf.trainer import Trainer  # noqa: E402
 
 TRAIN_FRAMES = 6
@@ -97,7 +97,7 @@ def main() -> int:
         for name, cfg in configs.items():
             cfg = apply_overrides(cfg, {"trainer.seed": seed})
             torch.manual_seed(seed)
-            trainer = Trainer(cfg, data, lips_loss=None)
+            trainer = Trainer(cfg, data, lpips=None)
             t = time.perf_counter()
             while trainer.step() is not None:
                 pass

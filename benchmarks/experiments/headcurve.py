@@ -1,7 +1,7 @@
 """The head stage's held-out curve at a fine step resolution, and whether a validation block carved from the
 training frames shows the same curve.
 
-    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/headcurve.py [--clip CLIP] [--steps 6000]
+    PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/experiments/headcurve.py [--clip CLIP] [--steps 6000]
         [--every 400] [--val-frames 10] [--seed 0] [--set KEY=VALUE ...]
 
 Trains the head stage alone (the ``cpu`` preset's, lips and torso off; ``--set`` overrides keys as in
@@ -28,7 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PARLEY_ASSETS", str(ROOT.parent / "shared" / "assets"))
 
@@ -36,9 +36,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import DEFAULT_CLIP, DEFAULT_WORK, apply_sets, build_dataset, with_steps  # noqa: E402
-from benchmarks.variants import head_psnr  # noqa: E402
+from benchmarks.experiments.variants import head_psnr  # noqa: E402
 from jobs.train import load_identity  # noqa: E402
-from nerf.presets import preset  # noqa: E402
+from nerf.methods import preset  # noqa: E402
 from nerf.trainer import Trainer  # noqa: E402
 
 

@@ -1,0 +1,101 @@
+"""``parley render``: an avatar speaking an audio file, as an mp4 with the audio muxed in (no Ray, no MLflow
+unless the model comes from the registry)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import fail
+from jobs.train_args import MAX_RENDER_SECONDS
+from nerf.avatar import AudioError, Avatar
+from nerf.checkpoint import CheckpointError
+from workers.errors import ClipError
+
+
+def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, size: int | None = None,
+                 fps: float = 25.0, device: str = "cpu", progress: bool = False,
+                 max_seconds: float | None = MAX_RENDER_SECONDS, method: str | None = None) -> dict[str, Any]:
+    """Render an avatar speaking an audio file: an mp4 with the audio muxed in.
+
+    Audio features are computed exactly as in the dataset build (:func:`workers.audio.frame_features`),
+    one video frame per ``1 / fps`` s of audio; head pose and blinks walk the training frames back and forth.
+    The output path and the audio's length are checked before anything is rendered.
+
+    Args:
+        max_seconds: longest audio accepted (None: no limit).
+        method: the method the checkpoint must be of (None: whichever it names).
+
+    Returns:
+        ``video``, ``frames``, ``seconds``, ``fps`` (rendered frames per second).
+
+    Raises:
+        CheckpointError: see :func:`nerf.checkpoint.load_checkpoint`; ClipError: the file has no decodable audio;
+        AudioError: the audio has no samples, or is longer than ``max_seconds``; ValueError: ``out`` is a
+        directory or its folder cannot be created.
+    """
+    from workers.audio import frame_features
+    from workers.audio_decode import read_audio
+    from workers.config import AudioFeatureConfig
+    from workers.video_writer import VideoWriter
+
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a directory; give the mp4 file to write (e.g. {out / 'speech.mp4'})")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot create its folder ({exc.strerror})") from exc
+    avatar = Avatar.from_checkpoint(checkpoint, device)
+    if method is not None and avatar.method != method:
+        raise CheckpointError(f"{checkpoint}: a {avatar.method} checkpoint, not {method} (drop --method, or give "
+                              f"--method {avatar.method})")
+    acfg = AudioFeatureConfig()
+    samples = read_audio(audio, acfg.sample_rate)
+    if samples.size == 0:
+        raise AudioError(f"{audio}: the audio stream has no samples; nothing to render")
+    if max_seconds is not None and samples.size / acfg.sample_rate > max_seconds:
+        raise AudioError(f"{audio}: {samples.size / acfg.sample_rate:.0f} s of audio, more than the "
+                         f"{max_seconds:.0f} s limit (--max-seconds); cut it or raise the limit")
+    n = int(math.ceil(samples.size / acfg.sample_rate * fps))
+    feats = frame_features(samples, n, fps, acfg).mel
+    size = size or int(avatar.kit["size"])
+    if size % 2:
+        raise ValueError(f"size must be even for H.264 video, got {size}")
+    # on a terminal one line updated every second; in a log (ray job logs, CI) a line every 10 s
+    tty = sys.stderr.isatty()
+    every, start, end = (1.0, "\r", "") if tty else (10.0, "", "\n")
+    t0 = last = time.perf_counter()
+    with VideoWriter(out, fps=fps, size=(size, size), audio=audio) as video:
+        for k, frame in enumerate(avatar.render(feats, size=size)):
+            video.write(frame)
+            done = k + 1
+            if progress and (time.perf_counter() - last > every or done == n):
+                last = time.perf_counter()
+                rate = done / (last - t0)
+                print(f"{start}render {done}/{n} frames ({rate:.1f} frames/s, "
+                      f"{(n - done) / rate:.0f} s left)", end=end, file=sys.stderr, flush=True)
+    if progress and tty:
+        print(file=sys.stderr)
+    secs = time.perf_counter() - t0
+    return {"video": str(out), "frames": n, "seconds": secs, "fps": n / secs if secs else float("inf")}
+
+
+def run_render_cli(args: argparse.Namespace) -> int:
+    """``parley render``: a checkpoint file (``--checkpoint``) or a registered version's (``--model``)."""
+    from jobs.registry_cli import registered_checkpoint
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="parley-model-") as tmp:
+            checkpoint = registered_checkpoint("render", args, tmp) if args.model else args.checkpoint
+            r = render_audio(checkpoint, args.audio, args.out, size=args.size, device=args.device, progress=True,
+                             max_seconds=args.max_seconds if args.max_seconds > 0 else None, method=args.method)
+    except (CheckpointError, ClipError, AudioError, ValueError, LookupError, RuntimeError) as exc:
+        return fail("render", exc)
+    print(f"rendered {r['frames']} frames in {r['seconds']:.1f} s ({r['fps']:.1f} frames/s) -> {r['video']}")
+    return 0

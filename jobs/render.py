@@ -14,7 +14,7 @@ from typing import Any
 from jobs.errors import fail
 from jobs.train_args import MAX_RENDER_SECONDS
 from nerf.avatar import AudioError, Avatar
-from nerf.checkpoint import CheckpointError
+from nerf.checkpoint import CheckpointError, require_method
 from workers.errors import ClipError
 
 
@@ -52,9 +52,7 @@ def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, siz
     except OSError as exc:
         raise ValueError(f"--out {out}: cannot create its folder ({exc.strerror})") from exc
     avatar = Avatar.from_checkpoint(checkpoint, device)
-    if method is not None and avatar.method != method:
-        raise CheckpointError(f"{checkpoint}: a {avatar.method} checkpoint, not {method} (drop --method, or give "
-                              f"--method {avatar.method})")
+    require_method(checkpoint, avatar.method, method)
     acfg = AudioFeatureConfig()
     samples = read_audio(audio, acfg.sample_rate)
     if samples.size == 0:

@@ -21,7 +21,7 @@ import pyarrow as pa
 from jobs.errors import fail
 from nerf import methods
 from nerf.avatar import EvalResult, evaluate, side_by_side
-from nerf.checkpoint import CheckpointError, load_checkpoint
+from nerf.checkpoint import CheckpointError, load_checkpoint, require_method
 from nerf.config import DEFAULT_METHOD, ExperimentConfig, config_from_json, config_to_json
 from nerf.data import DataError, IdentityFrames
 from nerf.metrics import LPIPS
@@ -229,7 +229,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, output: str | Path
         CheckpointError, KeyError, DataError: see :func:`load_checkpoint` and :func:`load_identity`.
     """
     ckpt = load_checkpoint(checkpoint)
-    check_method(checkpoint, ckpt, method)
+    require_method(checkpoint, ckpt["method"], method)
     cfg = config_from_json(ckpt["config"])
     data = load_identity(dataset, str(ckpt["identity"]), cfg.trainer.size, s3_endpoint, cfg.trainer.max_frames)
     lips = lpips_module()
@@ -238,13 +238,6 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, output: str | Path
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     return _evaluate(trainer, lips, out, align_poses)
-
-
-def check_method(path: str | Path, ckpt: dict[str, Any], method: str | None) -> None:
-    """Raises :class:`CheckpointError` when ``method`` is given and the checkpoint is of another one."""
-    if method is not None and ckpt["method"] != method:
-        raise CheckpointError(f"{path}: a {ckpt['method']} checkpoint, not {method} (drop --method, or give "
-                              f"--method {ckpt['method']})")
 
 
 # CLI -----------------------------------------------------------------------------------------------------------

@@ -92,3 +92,9 @@ def load_checkpoint(path: str | Path, fallback: bool = False) -> dict[str, Any]:
         raise CheckpointError(f"{p}: {e.args[0]}") from e
     ckpt["method"] = method.name
     return ckpt
+
+
+def require_method(path: str | Path, found: str, wanted: str | None) -> None:
+    """Raises :class:`CheckpointError` when ``wanted`` is given and the checkpoint at ``path`` is of another method."""
+    if wanted is not None and found != wanted:
+        raise CheckpointError(f"{path}: a {found} checkpoint, not {wanted} (drop --method, or give --method {found})")

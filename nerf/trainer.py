@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from nerf import methods
-from nerf.checkpoint import CheckpointError, load_checkpoint, render_kit, save_checkpoint
+from nerf.checkpoint import CheckpointError, load_checkpoint, render_kit, require_method, save_checkpoint
 from nerf.config import ExperimentConfig, StageConfig, config_from_json, config_to_json
 from nerf.data import IdentityFrames
 from nerf.model import AvatarModel, PoseAlignment, StepContext
@@ -295,8 +295,7 @@ class Trainer:
                 the dataset.
         """
         ckpt = load_checkpoint(path, fallback=True)
-        if ckpt["method"] != self.method.name:
-            raise CheckpointError(f"{path}: a {ckpt['method']} checkpoint, not {self.method.name}")
+        require_method(path, ckpt["method"], self.method.name)
         theirs_data = str(ckpt.get("data_version") or "")
         if theirs_data and self.data.version and theirs_data != self.data.version:
             raise CheckpointError(

@@ -24,6 +24,7 @@ def main() -> int:
     parser.add_argument("--backend", choices=["mediapipe", "fan"], default="mediapipe")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--core", type=int, default=0, help="CPU core to pin to")
+    parser.add_argument("--max-people", type=int, default=None, help="people kept per clip (default: the build's)")
     args = parser.parse_args()
 
     os.sched_setaffinity(0, {args.core})
@@ -35,9 +36,11 @@ def main() -> int:
     from workers.clip import ClipConfig, ClipProcessor
 
     t = time.perf_counter()
-    processor = ClipProcessor(ClipConfig(backend=args.backend))
+    cfg = ClipConfig(backend=args.backend)
+    processor = ClipProcessor(cfg if args.max_people is None else ClipConfig(backend=args.backend,
+                                                                             max_people=args.max_people))
     load_s = time.perf_counter() - t
-    stages = ["probe_s", "audio_decode_s", "landmarks_s", "audio_features_s", "fit_s", "parse_encode_s"]
+    stages = ["probe_s", "audio_decode_s", "landmarks_s", "audio_features_s", "speakers_s", "fit_s", "parse_encode_s"]
     try:
         t = time.perf_counter()
         processor(args.clip)  # warm-up: first-call costs (JIT, lazy imports, allocator)

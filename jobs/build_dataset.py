@@ -37,7 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-address", default=None, help="Ray cluster (default: RAY_ADDRESS, else local)")
     e = p.add_argument_group("extraction")
     e.add_argument("--backend", choices=["mediapipe", "fan"], default="mediapipe", help="landmark backend")
-    e.add_argument("--max-people", type=int, default=1, help="people kept per clip (2 for conversations)")
+    e.add_argument("--max-people", type=int, default=2,
+                   help="most people kept per clip (default 2: a conversation; a manifest naming a clip's people "
+                        "as a|b keeps that many)")
+    e.add_argument("--roles", default=None, metavar="ROLES.csv",
+                   help="hand-checked speakers: source_uri,start_s,end_s,speaker (a person's name, p<k> or none)")
     e.add_argument("--crop-size", type=int, default=512, help="side of the stored person crop (px)")
     e.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each clip (trials)")
     r = p.add_argument_group("re-runs")
@@ -62,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
                           stall_timeout_s=args.stall_timeout, clip_timeout_s=args.clip_timeout,
                           clip_timeout_per_frame_s=args.clip_timeout_per_frame, max_attempts=args.max_attempts)
     return BuildConfig(inputs=args.input, output=args.output, clip=clip, resources=resources,
-                       s3=S3Options(endpoint_url=args.s3_endpoint), retry_failed=args.retry_failed,
+                       s3=S3Options(endpoint_url=args.s3_endpoint), roles=args.roles, retry_failed=args.retry_failed,
                        force=args.force, qc=not args.no_qc, ray_address=args.ray_address)
 
 

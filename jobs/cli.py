@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("clips", nargs="+", help="clip files (any container ffmpeg reads)")
     ex.add_argument("--output", "-o", required=True, help="output directory")
     ex.add_argument("--backend", choices=["mediapipe", "fan"], default="mediapipe", help="landmark backend")
-    ex.add_argument("--max-people", type=int, default=1, help="people kept per clip (2 for conversations)")
+    ex.add_argument("--max-people", type=int, default=2, help="most people kept per clip (default 2: a conversation)")
     ex.add_argument("--crop-size", type=int, default=512, help="side of the stored person crop (px)")
     ex.add_argument("--threads", type=int, default=None, help="torch/OpenCV threads")
 
@@ -39,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp_sub = exp.add_subparsers(dest="format", required=True)
     rad = exp_sub.add_parser("radnerf", help="RAD-NeRF / ER-NeRF layout (transforms_*.json, ori_imgs/, aud.npy ...)")
     rad.add_argument("--dataset", "-d", required=True, help="dataset root (directory or s3://...)")
-    rad.add_argument("--identity", required=True, help="identity to export")
+    who = rad.add_mutually_exclusive_group(required=True)
+    who.add_argument("--identity", help="identity to export")
+    who.add_argument("--conversation", metavar="ID",
+                     help="both people of a conversation (from its clip), OUTPUT/<identity>/ each, and "
+                          "OUTPUT/conversation.json with the speaker segments")
     rad.add_argument("--output", "-o", required=True, help="output directory")
     rad.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
     rad.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")

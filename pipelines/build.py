@@ -56,7 +56,7 @@ BUILD_ENV = ("PARLEY_", "AWS_")
 :mod:`pipelines.ray_env`)."""
 
 
-LIGHT = ["clip_id", "status", "error_kind", "builder_version", "config_json", "identity", "role"]
+LIGHT = ["clip_id", "status", "error_kind", "builder_version", "config_json", "identity", "role", "role_overrides"]
 """``clips/`` columns a re-run reads to decide what to build."""
 
 
@@ -73,6 +73,8 @@ def rebuild_reason(spec: ClipSpec, row: dict[str, Any] | None, config_json: str,
         return "settings changed"
     if (row.get("identity"), row.get("role")) != (spec.identity, spec.role):
         return "identity or role changed"
+    if (row.get("role_overrides") or None) != (spec.roles or None) and row.get("status") == "ok":
+        return "hand-checked roles changed"
     if row.get("status") != "ok":
         if row.get("error_kind") != "input":
             return "retrying a failure that was not the input's fault"
@@ -179,7 +181,7 @@ def build(config: BuildConfig, on_row: Callable[[dict[str, Any]], None] | None =
     out = Storage(config.output, config.s3)
     if out.fs.get_file_info(out.root).type == pafs.FileType.File:
         raise InputError(f"{out.uri}: the output is a file; give a directory (new or a dataset) or s3:// prefix")
-    specs = list_inputs(config.inputs, config.s3)
+    specs = list_inputs(config.inputs, config.s3, roles=config.roles)
     build_id = new_build_id()
     with Lease(out, build_id):
         return _build_locked(config, specs, out, build_id, start, on_row)

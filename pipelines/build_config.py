@@ -50,6 +50,8 @@ class BuildConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     resources: Resources = field(default_factory=Resources)
     s3: S3Options = field(default_factory=S3Options)
+    roles: str | None = None
+    """A roles CSV of hand-checked speakers (:func:`pipelines.inputs.read_role_overrides`)."""
     retry_failed: bool = False
     """Also rebuild clips that failed because of their input."""
     force: bool = False

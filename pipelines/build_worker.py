@@ -137,8 +137,10 @@ class ClipBuildWorker:
                 extra["download_s"] = time.perf_counter() - t
                 frames = FrameFiles(self.output, spec.clip_id, spec.role)
                 stack.callback(frames.discard)  # a failed clip leaves no temporary file behind
+                extra["role_overrides"] = spec.roles
                 result = self.processor(local, identity=spec.identity, clip_id=spec.clip_id,
-                                        source_uri=spec.source_uri, watchdog=dog, sink=frames)
+                                        source_uri=spec.source_uri, watchdog=dog, sink=frames,
+                                        role_overrides=role_overrides(spec))
                 t = time.perf_counter()
                 extra.update(_stamp())
                 row = write_clip(self.output, result, identity=spec.identity, role=spec.role, previous=previous,
@@ -184,6 +186,13 @@ def record_failure(storage: Storage, spec: ClipSpec, error: str, kind: str, prev
     return write_failure(storage, clip_id=spec.clip_id, source_uri=spec.source_uri, identity=spec.identity,
                          role=spec.role, error=error, error_kind=kind, previous=previous,
                          extra={**(extra or {}), **_stamp()})
+
+
+def role_overrides(spec: ClipSpec) -> list[Any]:
+    """The clip's hand-checked speakers as :class:`workers.speakers.RoleOverride` (none when it has none)."""
+    from workers.speakers import RoleOverride
+
+    return [RoleOverride(float(a), float(b), who) for a, b, who in json.loads(spec.roles or "[]")]
 
 
 def new_build_id() -> str:

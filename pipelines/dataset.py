@@ -5,7 +5,9 @@ Layout (column names in :mod:`pipelines.schema`)::
     clips/<clip_id>.parquet                          one row per input clip (ok or failed)
     frames/identity=<identity>/<clip_id>.parquet     one row per frame and person
     identities/identities.parquet                    one row per identity, aggregated over its clips
-    qc/<identity>.png, qc/<identity>.json, qc/quality.csv
+    qc/<identity>.png, qc/<identity>.json, qc/quality.csv, qc/conversation_<conversation_id>.png
+
+Conversations (two-person clips) are read from ``clips/`` and ``frames/`` by :mod:`pipelines.conversations`.
 
 A clip is committed by its ``clips/`` row, written after its frame files. A clip without a row
 is unfinished (a killed build) and is built again; its frame files are overwritten, never appended,
@@ -30,6 +32,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipelines import schema
+from pipelines.conversations import Conversation, conversations_table, read_conversation
 from pipelines.layout import IDENTITIES_PATH, frames_path
 from pipelines.storage import S3Options, Storage
 from workers.config import BUILDER_VERSION
@@ -204,6 +207,21 @@ class Dataset:
             known = ", ".join(table.column("identity").to_pylist()) or "none"
             raise KeyError(f"{self.storage.uri}: no identity {name!r} in identities/ (identities: {known})")
         return rows[0]
+
+    def conversations(self) -> pa.Table:
+        """The conversations (``ok`` clips of exactly two people), one row each, by id: ids, identities left to
+        right, frames, speaker segments and each person's speaking share (:func:`pipelines.conversations.
+        conversations_table`; only light frame columns are read)."""
+        return conversations_table(self)
+
+    def conversation(self, conversation_id: str, columns: list[str] | None = None) -> Conversation:
+        """One conversation with both people's rows (``columns``, default all) aligned by frame, roles included
+        (:func:`pipelines.conversations.read_conversation`).
+
+        Raises:
+            KeyError: no such conversation (the known ids are named).
+        """
+        return read_conversation(self, conversation_id, columns)
 
 
 def _decode_rgb(png: bytes) -> np.ndarray | None:

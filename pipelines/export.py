@@ -156,6 +156,7 @@ def export_radnerf(
     overwrite: bool = False,
     threads: int = 4,
     s3: S3Options | None = None,
+    clip_ids: list[str] | None = None,
 ) -> ExportReport:
     """Write one identity of a dataset as a RAD-NeRF / ER-NeRF data directory (see the module docstring).
 
@@ -167,6 +168,7 @@ def export_radnerf(
         overwrite: replace an earlier export in ``output`` (only the files of the layout are removed).
         threads: frames encoded in parallel.
         s3: how to reach S3 when ``dataset`` is a URI.
+        clip_ids: export only these clips of the identity (default: all).
 
     Returns:
         The :class:`ExportReport`.
@@ -184,7 +186,7 @@ def export_radnerf(
     train_count(1, val_fraction)  # validates val_fraction before any work
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset if isinstance(dataset, Storage)
                                                               else str(dataset), s3)
-    plan = _plan(ds, identity)
+    plan = _plan(ds, identity, clip_ids)
     ident = ds.identity(identity)
     size = int(ident.get("image_size") or 0)
     if size <= 0 or not ident.get("focal"):
@@ -209,15 +211,40 @@ def export_radnerf(
     )
 
 
+def export_conversation(dataset: str | os.PathLike | Storage | Dataset, conversation_id: str,
+                        output: str | os.PathLike, *, overwrite: bool = False, threads: int = 4,
+                        s3: S3Options | None = None) -> list[ExportReport]:
+    """Write both people of a conversation (:meth:`Dataset.conversation`) as RAD-NeRF data directories,
+    ``<output>/<identity>/`` each, from the conversation's clip only, and ``<output>/conversation.json`` with its
+    identities and speaker segments (frame ranges of the clip: the exported ``img_id`` of a frame is its rank among
+    that person's frames with a face).
+
+    Raises:
+        KeyError: no such conversation (the message lists the known ones); and as :func:`export_radnerf`.
+    """
+    ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset if isinstance(dataset, Storage)
+                                                              else str(dataset), s3)
+    conv = ds.conversation(conversation_id, columns=["frame_index"])
+    out = Path(output)
+    reports = [export_radnerf(ds, ident, out / ident, overwrite=overwrite, threads=threads, clip_ids=[conv.clip_id])
+               for ident in conv.identities]
+    meta = {"conversation_id": conv.conversation_id, "clip_id": conv.clip_id, "source_uri": conv.source_uri,
+            "identities": list(conv.identities), "fps": conv.fps, "n_frames": conv.n_frames,
+            "segments": [{"start": g.start, "end": g.end, "speaker": g.speaker, "listener": g.listener}
+                         for g in conv.segments]}
+    (out / "conversation.json").write_text(json.dumps(meta, indent=1))
+    return reports
+
+
 # pass 1: which rows ----------------------------------------------------------------------------------------
-def _plan(ds: Dataset, identity: str) -> _Plan:
+def _plan(ds: Dataset, identity: str, clip_ids: list[str] | None = None) -> _Plan:
     """Reads the small columns of all the identity's rows and numbers the usable ones.
 
     Raises:
         KeyError: no such identity.
         ExportError: no usable row.
     """
-    table = ds.frames(identity, columns=_PASS1_COLUMNS)
+    table = ds.frames(identity, columns=_PASS1_COLUMNS, clip_ids=clip_ids)
     usable = pc.and_(pc.and_(pc.fill_null(table["face_found"], False), pc.is_valid(table["pose_c2w"])),
                      pc.is_valid(table["landmarks_2d"]))
     ok = np.asarray(usable.to_numpy(zero_copy_only=False), bool)

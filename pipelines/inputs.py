@@ -2,8 +2,12 @@
 
 A manifest has a header with ``source_uri`` and ``identity`` (and optionally ``role``); relative
 paths are relative to the manifest, and every path is resolved (``..``, symbolic links) before clips
-are compared. Without a manifest, a clip's identity is its file name's stem (of the name as listed: a
-symbolic link's own name), made safe for a partition name; two different clips whose stems give the same
+are compared. The ``identity`` of a clip with several people may name them left to right, joined by ``|``
+(``anchor|guest``), so one person seen in several clips is one identity; the clip then keeps that many people.
+A roles file (:func:`read_role_overrides`) gives hand-checked speakers by time range.
+
+Without a manifest, a clip's identity is its file name's stem (of the name as listed: a symbolic link's own name),
+made safe for a partition name; two different clips whose stems give the same
 identity (``josé`` / ``josè``, ``a/bob.mp4`` / ``b/bob.mp4``) are an error naming both: only a manifest
 may put two clips under one identity.
 """
@@ -13,11 +17,13 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
 import logging
 import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from pipelines.layout import IDENTITY_RE, safe_identity
 from pipelines.storage import S3Options, is_s3, split_s3, storage_for_file
@@ -46,6 +52,8 @@ class ClipSpec:
     identity: str
     role: str | None = None
     clip_id: str = ""
+    roles: str | None = None
+    """Hand-checked speakers (:func:`read_role_overrides`), as JSON ``[[start_s, end_s, speaker], ...]``."""
     size: int = 0
     """Bytes, when the listing knows (used to start the largest clips first)."""
 
@@ -115,22 +123,18 @@ def read_manifest(uri: str, s3: S3Options | None = None) -> list[ClipSpec]:
         src = row.get("source_uri", "")
         if not src:
             raise InputError(f"{uri}:{line}: empty source_uri")
-        if not is_s3(src):
-            src = src[len("file://") :] if src.startswith("file://") else src
-            if not os.path.isabs(src) and storage.is_s3:  # normalised, so one clip has one URI (and clip_id)
-                bucket, key = split_s3(storage.uri)
-                src = f"s3://{bucket}/{posixpath.normpath(posixpath.join(key, src))}"
-            else:  # relative to the manifest; absolute or not, resolved, so one file is one clip
-                src = str(Path(storage.root, src).resolve())
-        else:
-            bucket, key = split_s3(src)
-            src = f"s3://{bucket}/{posixpath.normpath(key)}"
+        src = _resolve(src, storage)  # normalised and resolved, so one file is one clip (one clip_id)
         identity = row.get("identity", "")
         if not identity:
             raise InputError(f"{uri}:{line}: empty identity (name the person; a clip listed outside a manifest "
                              "takes its file's stem)")
-        if not IDENTITY_RE.match(identity):
-            raise InputError(f"{uri}:{line}: identity {identity!r} must match {IDENTITY_RE.pattern}")
+        names = identity.split("|")
+        bad = [n for n in names if not IDENTITY_RE.match(n)]
+        if bad:
+            raise InputError(f"{uri}:{line}: identity {bad[0]!r} must match {IDENTITY_RE.pattern} (several people "
+                             "are named left to right, joined by '|')")
+        if len(set(names)) < len(names):
+            raise InputError(f"{uri}:{line}: identity {identity!r} names one person twice")
         role = row.get("role") or None
         if role is not None and role not in ROLES:
             raise InputError(f"{uri}:{line}: role {role!r} is not one of {', '.join(ROLES)}")
@@ -138,10 +142,66 @@ def read_manifest(uri: str, s3: S3Options | None = None) -> list[ClipSpec]:
     return specs
 
 
-def list_inputs(inputs: str | list[str], s3: S3Options | None = None) -> list[ClipSpec]:
+def _resolve(src: str, storage) -> str:
+    """A listed path as the one URI of its clip: ``s3://`` normalised; a local path relative to the listing file
+    (on S3, relative to its prefix), resolved."""
+    if is_s3(src):
+        bucket, key = split_s3(src)
+        return f"s3://{bucket}/{posixpath.normpath(key)}"
+    src = src[len("file://") :] if src.startswith("file://") else src
+    if not os.path.isabs(src) and storage.is_s3:
+        bucket, key = split_s3(storage.uri)
+        return f"s3://{bucket}/{posixpath.normpath(posixpath.join(key, src))}"
+    return str(Path(storage.root, src).resolve())
+
+
+ROLE_FIELDS = ("source_uri", "start_s", "end_s", "speaker")
+
+
+def read_role_overrides(uri: str, s3: S3Options | None = None) -> dict[str, list[list[Any]]]:
+    """Hand-checked speakers from a roles CSV: ``source_uri,start_s,end_s,speaker`` per row, where ``speaker``
+    names a person of the clip (as in the dataset, e.g. ``guest`` or ``call_p1``), ``p<k>`` (k-th from the left)
+    or ``none`` (nobody speaks). Paths are resolved as in a manifest.
+
+    Returns:
+        clip_id -> ``[[start_s, end_s, speaker], ...]`` in file order (a later row wins where ranges overlap).
+
+    Raises:
+        InputError: unreadable file, missing columns, bad times.
+    """
+    storage, name = storage_for_file(uri, s3)
+    try:
+        text = storage.read_bytes(name).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{uri}: cannot read roles file ({exc})") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip() for f in reader.fieldnames or []]
+    if missing := [c for c in ROLE_FIELDS if c not in fields]:
+        raise InputError(f"{uri}: a roles file needs the header {','.join(ROLE_FIELDS)}; "
+                         f"{', '.join(map(repr, missing))} missing from {fields}")
+    out: dict[str, list[list[Any]]] = {}
+    for line, raw in enumerate(reader, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k}
+        try:
+            start, end = float(row["start_s"]), float(row["end_s"])
+        except ValueError:
+            raise InputError(f"{uri}:{line}: start_s and end_s must be seconds, got {row['start_s']!r}, "
+                             f"{row['end_s']!r}") from None
+        if not end > start >= 0:
+            raise InputError(f"{uri}:{line}: the range {start}-{end} s is empty or negative")
+        if not row["source_uri"]:
+            raise InputError(f"{uri}:{line}: empty source_uri")
+        cid = clip_id_for(_resolve(row["source_uri"], storage))
+        out.setdefault(cid, []).append([start, end, row["speaker"] or "none"])
+    return out
+
+
+def list_inputs(inputs: str | list[str], s3: S3Options | None = None, roles: str | None = None) -> list[ClipSpec]:
     """The clips to build from one or more inputs (directory, glob, S3 prefix, ``.csv`` manifest).
 
-    A clip listed twice is kept once; listed twice with different identities is an error.
+    A clip listed twice is kept once; listed twice with different identities is an error. ``roles`` is a roles
+    CSV (:func:`read_role_overrides`) whose ranges go with their clips; a row for a clip not listed is ignored with
+    a warning.
 
     Raises:
         InputError: an input cannot be listed, or a manifest is malformed.
@@ -178,4 +238,10 @@ def list_inputs(inputs: str | list[str], s3: S3Options | None = None) -> list[Cl
             b = next(derived.get(s.clip_id, f"{s.source_uri} (manifest)") for s in group[1:])
             raise InputError(f"{a} and {b} both become identity {ident!r}: give each clip its identity in a "
                              "manifest (source_uri,identity), which may also name one person in several clips")
+    if roles:
+        overrides = read_role_overrides(roles, s3)
+        for cid in sorted(set(overrides) - set(seen)):
+            log.warning("%s: ranges for a clip that is not listed (clip_id %s); ignored", roles, cid)
+        seen = {cid: replace(s, roles=json.dumps(overrides[cid])) if cid in overrides else s
+                for cid, s in seen.items()}
     return list(seen.values())

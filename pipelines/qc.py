@@ -9,23 +9,9 @@ import numpy as np
 
 from pipelines.schema import array
 from workers.parsing import HEAD, NECK, TORSO, decode_png
+from workers.speakers import best_lag_correlation as best_lag_correlation  # one definition (audio-visual sync)
 
 _PARSING_TINT = {HEAD: (255, 60, 60), NECK: (60, 255, 60), TORSO: (60, 60, 255)}
-
-
-def best_lag_correlation(a: np.ndarray, b: np.ndarray, max_lag: int) -> tuple[float, int]:
-    """Highest Pearson correlation of two series [N] over lags in [-max_lag, max_lag], and its lag.
-
-    A positive lag pairs ``a[t + lag]`` with ``b[t]``. Used for audio-visual sync: real clips are often
-    a few frames out of sync, so mouth opening and audio energy are compared at the best lag.
-    """
-    best = (-1.0, 0)
-    for lag in range(-max_lag, max_lag + 1):
-        x = a[max(lag, 0) : len(a) + min(lag, 0)]
-        y = b[max(-lag, 0) : len(b) + min(-lag, 0)]
-        if len(x) > 2 and x.std() > 0 and y.std() > 0:
-            best = max(best, (float(np.corrcoef(x, y)[0, 1]), lag))
-    return best
 
 
 def pose_axes(pose_c2w: np.ndarray, focal: float, cx: float, cy: float, length: float = 0.06) -> np.ndarray:

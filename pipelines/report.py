@@ -7,6 +7,7 @@ For each identity a build writes::
                          :func:`pipelines.qc.annotate`)
     qc/<identity>.json   the figures of :func:`identity_figures`
     qc/quality.csv       one line per identity (:data:`FIGURE_COLUMNS`), see :func:`write_quality_table`
+    qc/conversation_<conversation_id>.png   timeline of each conversation of the identity (:mod:`pipelines.timeline`)
 
 The figures come from the light ``frames/`` columns only (:data:`LIGHT_COLUMNS`); images are read
 for the picked frames only, one clip at a time.
@@ -27,6 +28,9 @@ Definitions (all per clip first, never across clip boundaries):
   only when it climbs back above :data:`BLINK_REOPEN` (0.7). The hysteresis band keeps one blink
   (and a long closure, however noisy) one event; two closures with a reopening above 70% of the
   usual openness between them are two blinks. Frames without a face hold the state.
+* **speaker_segments** / **speaking_share** (:mod:`pipelines.conversations`): over the identity's conversations
+  (``ok`` clips of exactly two people), the speaker segments naming it, and the fraction of their frames in which
+  it speaks; empty for an identity without conversations.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import qc
+from pipelines import qc, timeline
 from pipelines.dataset import Dataset
 
 LIGHT_COLUMNS = ["identity", "clip_id", "frame_index", "time_s", "face_found", "landmarks_2d", "eye_ratio", "speaking",
@@ -54,7 +58,8 @@ IMAGE_COLUMNS = ["clip_id", "frame_index", "face_found", "error", "image_jpeg", 
 """``frames/`` columns :func:`pipelines.qc.annotate` draws from."""
 
 FIGURE_COLUMNS = ["identity", "n_clips", "n_rows", "fps", "duration_s", "face_detection_rate", "landmark_jitter_px",
-                  "reprojection_error_px", "blink_count", "blinks_per_minute", "speech_s"]
+                  "reprojection_error_px", "blink_count", "blinks_per_minute", "speech_s", "speaker_segments",
+                  "speaking_share"]
 """The figures, in the order of ``qc/quality.csv``."""
 
 BLINK_CLOSE = 0.6
@@ -160,7 +165,8 @@ def identity_figures(table: pa.Table, fps: float = 25.0) -> dict[str, Any]:
         ``face_detection_rate`` (fraction of rows with a face); ``landmark_jitter_px`` (estimated
         per-coordinate landmark noise, px in the crop); ``reprojection_error_px`` (median over frames
         with a face, px in the crop); ``blink_count`` (summed over clips); ``blinks_per_minute``
-        (per minute of frames with a face); ``speech_s`` (frames with ``speaking`` true / fps).
+        (per minute of frames with a face); ``speech_s`` (frames with ``speaking`` true / fps);
+        ``speaker_segments`` and ``speaking_share`` None (:func:`identity_report` fills them from the conversations).
         Figures that cannot be computed (no frame with a face) are None.
     """
     missing = [c for c in LIGHT_COLUMNS if c not in table.column_names]
@@ -206,6 +212,8 @@ def identity_figures(table: pa.Table, fps: float = 25.0) -> dict[str, Any]:
         "blink_count": blinks,
         "blinks_per_minute": blinks / face_minutes if n_face else None,
         "speech_s": int(_bools(table, "speaking").sum()) / fps,
+        "speaker_segments": None,
+        "speaking_share": None,
     }
 
 
@@ -264,21 +272,6 @@ def title_lines(figures: dict[str, Any]) -> list[str]:
     ]
 
 
-def _title_strip(lines: list[str], width: int, height: int = TITLE_HEIGHT) -> np.ndarray:
-    strip = np.full((height, width, 3), 32, np.uint8)
-    font, thick = cv2.FONT_HERSHEY_SIMPLEX, 1
-    line_h = height // max(len(lines), 1)
-    for k, text in enumerate(lines):
-        scale = 0.6
-        (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
-        if tw > width - 16:
-            scale *= (width - 16) / tw
-            (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
-        y = k * line_h + (line_h + th) // 2
-        cv2.putText(strip, text, (8, y), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
-    return strip
-
-
 def identity_report(dataset: Dataset, identity: str, n: int = 12, cols: int = 4,
                     tile: int = 256) -> tuple[np.ndarray, dict[str, Any]]:
     """The contact sheet and figures of one identity.
@@ -304,6 +297,7 @@ def identity_report(dataset: Dataset, identity: str, n: int = 12, cols: int = 4,
     light = dataset.frames(identity, columns=LIGHT_COLUMNS)
     figures = identity_figures(light, fps=frame_rate(light))
     figures["identity"] = identity
+    figures.update(timeline.conversation_figures(dataset, identity))
     bounds = _clip_bounds(light.column("clip_id").to_numpy(zero_copy_only=False))
     idx = light.column("frame_index").to_numpy(zero_copy_only=False)
     picks = spread_picks([b - a for _, a, b in bounds], n)
@@ -316,7 +310,7 @@ def identity_report(dataset: Dataset, identity: str, n: int = 12, cols: int = 4,
         rows.extend(frames.filter(pc.is_in(frames.column("frame_index"), value_set=wanted)).to_pylist())
         del frames
     sheet = qc.contact_sheet(rows, n=len(rows), cols=cols, tile=tile)
-    return np.concatenate([_title_strip(title_lines(figures), sheet.shape[1]), sheet], axis=0), figures
+    return np.concatenate([timeline.text_strip(title_lines(figures), sheet.shape[1], TITLE_HEIGHT), sheet], 0), figures
 
 
 def report_paths(identity: str) -> tuple[str, str]:
@@ -328,7 +322,7 @@ QUALITY_TABLE_PATH = "qc/quality.csv"
 
 
 def write_identity_report(dataset: Dataset, identity: str) -> dict[str, Any]:
-    """Write ``qc/<identity>.png`` and ``qc/<identity>.json``.
+    """Write ``qc/<identity>.png``, ``qc/<identity>.json`` and the timelines of its conversations.
 
     Returns:
         The figures written.
@@ -343,6 +337,7 @@ def write_identity_report(dataset: Dataset, identity: str) -> dict[str, Any]:
     png_rel, json_rel = report_paths(identity)
     dataset.storage.write_bytes(png_rel, png.tobytes())
     dataset.storage.write_bytes(json_rel, (json.dumps(figures, indent=2) + "\n").encode())
+    timeline.write_timelines(dataset, identity)
     return figures
 
 
@@ -375,7 +370,7 @@ def read_quality_table(dataset: Dataset) -> list[dict[str, Any]]:
         for k, v in rec.items():
             if v == "":
                 row[k] = None
-            elif k in ("n_clips", "n_rows", "blink_count"):
+            elif k in ("n_clips", "n_rows", "blink_count", "speaker_segments"):
                 row[k] = int(v)
             elif k == "identity":
                 row[k] = v

@@ -18,6 +18,8 @@ from workers.labels import BACKGROUND as BACKGROUND
 from workers.labels import HEAD as HEAD
 from workers.labels import NECK as NECK
 from workers.labels import TORSO as TORSO
+from workers.pose import pose_from_6d as pose_from_6d
+from workers.pose import pose_to_6d as pose_to_6d
 
 N_MESH = 478
 N_BLENDSHAPES = 52
@@ -71,8 +73,9 @@ FRAME_SCHEMA = pa.schema(
         pa.field("person", pa.int16(), nullable=False),
         pa.field("frame_index", pa.int32(), nullable=False),
         pa.field("time_s", pa.float64()),
-        pa.field("role", pa.string()),  # speaker / listener / solo (null until assigned)
-        pa.field("speaking", pa.bool_()),
+        pa.field("role", pa.string()),  # speaker / listener / silent (several people), solo (one person)
+        pa.field("speaking", pa.bool_()),  # solo: voice activity; several people: this person's turn
+        pa.field("speaking_confidence", pa.float32()),  # posterior of the frame's speaker decision (several people)
         pa.field("face_found", pa.bool_()),
         pa.field("error", pa.string()),  # why the face features are null
         pa.field("image_jpeg", pa.binary()),
@@ -125,6 +128,7 @@ CLIP_SCHEMA = pa.schema(
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("identity", pa.string()),  # as listed (people of multi-person clips get _p<k>)
         pa.field("role", pa.string()),  # as listed in a manifest (speaker / listener / solo)
+        pa.field("role_overrides", pa.string()),  # hand-checked speakers, JSON [[start_s, end_s, speaker], ...]
         pa.field("status", pa.string(), nullable=False),  # ok / failed
         pa.field("error", pa.string()),
         pa.field("error_kind", pa.string()),  # input (the clip itself is bad) / internal (may be transient)
@@ -146,6 +150,7 @@ CLIP_SCHEMA = pa.schema(
         pa.field("audio_decode_s", pa.float64()),
         pa.field("landmarks_s", pa.float64()),
         pa.field("audio_features_s", pa.float64()),
+        pa.field("speakers_s", pa.float64()),
         pa.field("fit_s", pa.float64()),
         pa.field("parse_encode_s", pa.float64()),
         pa.field("download_s", pa.float64()),

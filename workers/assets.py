@@ -75,6 +75,17 @@ ASSETS: dict[str, Asset] = {
             description="MediaPipe legacy selfie segmentation (person vs background)",
         ),
         Asset(
+            "face_detector_full_range",
+            "face_detection_full_range_sparse.tflite",
+            "https://storage.googleapis.com/mediapipe-assets/face_detection_full_range_sparse.tflite"
+            "?generation=1674261618323821",
+            "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+            "Apache-2.0",
+            description="MediaPipe full-range (sparse) face detector, faces up to ~5 m, for small faces in wide "
+            "shots; the file of the mediapipe 0.10.18 wheel (mediapipe/modules/face_detection/); URL and sha256 "
+            "as listed in MediaPipe's third_party/external_files.bzl",
+        ),
+        Asset(
             "ict_face_model",
             "ict_face_model_light.npz",
             None,

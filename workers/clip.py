@@ -22,11 +22,12 @@ import cv2
 import numpy as np
 
 from workers import audio as audio_mod
-from workers import geometry, media, parsing
+from workers import geometry, media, parsing, speakers, voices
 from workers.audio_decode import read_audio
 from workers.config import BUILDER_VERSION, SINK_ROWS, ClipConfig, clip_config_json, clip_id_for
 from workers.errors import ClipError
-from workers.landmarks import Face, FaceTracker, LandmarkBackend, make_backend
+from workers.face_search import make_backend
+from workers.landmarks import Face, FaceTracker, LandmarkBackend, select_people
 from workers.morphable import FaceModel, FitResult, fit_clip
 from workers.watchdog import Watchdog
 
@@ -85,9 +86,16 @@ class ClipProcessor:
 
     def __init__(self, config: ClipConfig | None = None, landmarker: LandmarkBackend | None = None):
         self.config = config or ClipConfig()
-        self.landmarker = landmarker or make_backend(self.config.backend, max_faces=self.config.max_people)
+        self._own_landmarker = landmarker is None
+        self.landmarker = landmarker or self._make_landmarker(self.config.max_people)
         self.segmenter = parsing.PersonSegmenter()
         self.face_model = FaceModel(n_identity=self.config.fit.n_identity)
+        self.voice = voices.VoiceActivity()
+
+    def _make_landmarker(self, people: int) -> LandmarkBackend:
+        # One face more than the people kept, so a clip with more people than kept says so.
+        self._max_faces = people + 1
+        return make_backend(self.config.backend, max_faces=self._max_faces, small_faces=self.config.small_faces)
 
     def close(self) -> None:
         """Release native resources of the models."""
@@ -98,12 +106,15 @@ class ClipProcessor:
         self, path: str | Path, identity: str | None = None, clip_id: str | None = None,
         source_uri: str | None = None, watchdog: Watchdog | None = None,
         sink: Callable[[list[dict[str, Any]]], None] | None = None,
+        role_overrides: list[speakers.RoleOverride] | None = None,
     ) -> ClipResult:
         """Extract one clip.
 
         Args:
             path: local path of the clip.
-            identity: identity name (default: the file stem); with several people, ``<identity>_p<k>``.
+            identity: identity name (default: the file stem); with several people, ``<identity>_p<k>``. Names
+                joined by ``|`` (``anchor|guest``) name the clip's people left to right: that many people are kept,
+                and finding fewer is an error.
             clip_id: stable id (default: :func:`clip_id_for` of ``source_uri``).
             source_uri: where the clip came from (default: ``path``).
             watchdog: limits on this clip's work (a deadline from its length, a stall limit per frame); None:
@@ -116,7 +127,8 @@ class ClipProcessor:
             The :class:`ClipResult`.
 
         Raises:
-            ClipError: the clip cannot be read, has no video, is too short, or has no face in any frame.
+            ClipError: the clip cannot be read, has no video, is too short, has no face in any frame, has fewer
+                people than its identity names, or a role override names nobody of the clip.
             ClipTimeout: the watchdog fired.
         """
         cfg = self.config
@@ -124,6 +136,11 @@ class ClipProcessor:
         source_uri = source_uri or path
         clip_id = clip_id or clip_id_for(source_uri)
         identity = identity or Path(path).stem
+        named = identity.split("|") if "|" in identity else None
+        most = len(named) if named else cfg.max_people
+        if self._own_landmarker and most + 1 > self._max_faces:
+            self.landmarker.close()
+            self.landmarker = self._make_landmarker(most)
         timings: dict[str, float] = {}
 
         t = time.perf_counter()
@@ -165,9 +182,26 @@ class ClipProcessor:
         if cfg.max_frames is None and n < 0.9 * expected - 1:
             warnings.append(f"decoded only {n} of ~{expected} frames (truncated or damaged file?)")
 
-        people = self._people(det, n)
+        people, extra = select_people(det.per_frame, n, most, cfg.min_track_fraction, cfg.min_face_fraction)
         if not people:
             raise ClipError(path, f"no face detected in any of the {n} frames")
+        if named and len(people) < len(named):
+            raise ClipError(path, f"the identity names {len(named)} people ({identity}) but {len(people)} "
+                                  f"{'was' if len(people) == 1 else 'were'} found")
+        if extra:
+            warnings.append(f"{len(people) + extra} people found; kept the {len(people)} most visible (raise "
+                            "--max-people or name the people in the manifest to keep more)")
+        names = named or ([f"{identity}_p{k}" for k in range(len(people))] if len(people) > 1 else [identity])
+
+        t = time.perf_counter()
+        track = None
+        if len(people) > 1:
+            if watchdog is not None:
+                watchdog.beat("active-speaker detection")
+            track = self._speakers(det, people, n, samples, fa, names, role_overrides or [], path)
+            if not info.has_audio or not samples.size:
+                warnings.append("no audio: nobody speaks, every person's role is silent")
+        timings["speakers_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
         fits: list[tuple[np.ndarray, np.ndarray, FitResult, np.ndarray]] = []
@@ -191,7 +225,8 @@ class ClipProcessor:
         t = time.perf_counter()
         rows: list[dict[str, Any]] = []
         summaries = self._render_rows(
-            path, info, content, det, people, fits, fa, speaking, identity, clip_id, n, sink or rows.extend, watchdog
+            path, info, content, det, people, fits, fa, speaking, track, names, clip_id, n, sink or rows.extend,
+            watchdog,
         )
         timings["parse_encode_s"] = time.perf_counter() - t
 
@@ -232,25 +267,29 @@ class ClipProcessor:
         self.landmarker.reset()
         return det
 
-    def _people(self, det: _Detections, n: int) -> list[int]:
-        """Track ids kept as people, ordered left to right."""
-        counts: dict[int, int] = {}
-        xs: dict[int, list[float]] = {}
-        for faces in det.per_frame:
+    def _speakers(self, det: _Detections, people: list[int], n: int, samples: np.ndarray,
+                  fa: audio_mod.FrameAudio, names: list[str], overrides: list[speakers.RoleOverride],
+                  path: str) -> speakers.SpeakerTrack:
+        """Who speaks when (:func:`workers.speakers.detect_speakers`), with the hand-checked overrides applied."""
+        cfg = self.config
+        lms = np.full((len(people), n, 68, 2), np.nan, np.float32)
+        for i, faces in enumerate(det.per_frame):
             for tid, f in faces:
-                counts[tid] = counts.get(tid, 0) + 1
-                xs.setdefault(tid, []).append(float(f.bbox[0] + f.bbox[2]) / 2)
-        keep = [t for t, c in counts.items() if c >= max(1, self.config.min_track_fraction * n)]
-        keep = sorted(keep, key=lambda t: -counts[t])[: self.config.max_people]
-        return sorted(keep, key=lambda t: float(np.median(xs[t])))
+                if tid in people:
+                    lms[people.index(tid), i] = f.landmarks_68
+        voice = self.voice(samples, n, cfg.fps, cfg.audio.sample_rate) * fa.valid
+        track = speakers.detect_speakers(lms, fa.mel, voice, cfg.fps, cfg.speakers)
+        try:
+            return speakers.apply_overrides(track, overrides, names, cfg.fps)
+        except ValueError as exc:
+            raise ClipError(path, str(exc)) from exc
 
     # pass 2 -----------------------------------------------------------------------------------
-    def _render_rows(self, path, info, content, det, people, fits, fa, speaking, identity, clip_id, n, emit,
+    def _render_rows(self, path, info, content, det, people, fits, fa, speaking, track, names, clip_id, n, emit,
                      watchdog=None):
         cfg = self.config
         size = cfg.crop_size
-        multi = len(people) > 1
-        names = [f"{identity}_p{k}" if multi else identity for k in range(len(people))]
+        roles = [track.roles(k) for k in range(len(people))] if track is not None else None
         by_frame = []
         for frames, _, _, _ in fits:
             by_frame.append({int(f): j for j, f in enumerate(frames)})
@@ -277,8 +316,10 @@ class ClipProcessor:
                     "person": k,
                     "frame_index": i,
                     "time_s": i / cfg.fps,
-                    "role": "solo" if not multi else None,
-                    "speaking": bool(speaking[i]) if not multi and fa.valid[i] else None,
+                    "role": "solo" if track is None else roles[k][i],
+                    "speaking": (bool(track.speaker[i] == k) if track is not None else
+                                 bool(speaking[i]) if fa.valid[i] else None),
+                    "speaking_confidence": float(track.confidence[i]) if track is not None else None,
                     "image_jpeg": jpg.tobytes(),
                     "image_size": size,
                     "crop_box": source_boxes[k],

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from workers.media import TARGET_FPS
+from workers.speakers import SpeakerConfig
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class FitConfig:
 SINK_ROWS = 64
 """Frame rows per batch a clip worker hands to its sink: one Parquet row group (~5 MB at 512 px crops)."""
 
-BUILDER_VERSION = "0.2.1"
+BUILDER_VERSION = "0.3.0"
 """Version of the per-frame features; a dataset row built by another version is rebuilt."""
 
 
@@ -80,8 +81,9 @@ class ClipConfig:
 
     backend: str = "mediapipe"
     """Landmark backend: ``mediapipe`` (default) or ``fan``."""
-    max_people: int = 1
-    """Most people kept per clip (2 for two-person conversations)."""
+    max_people: int = 2
+    """Most people kept per clip: two, so a two-person conversation needs no flag (a solo clip still finds one).
+    A manifest that names a clip's people (``anchor|guest``) keeps that many."""
     fps: float = TARGET_FPS
     """Frame rate the clip is resampled to."""
     crop_size: int = 512
@@ -90,8 +92,15 @@ class ClipConfig:
     """Crop side in face sizes (capped by the frame)."""
     jpeg_quality: int = 95
     """JPEG quality of the stored crops."""
+    small_faces: bool = True
+    """Also find faces too small for the full-frame landmarker (wide shots, faces down to ~48 px in 1280x720):
+    a full-range face detector every 0.5 s while there is room for more people, landmarks on upscaled crops
+    (:class:`workers.face_search.FaceSearch`). MediaPipe backend only."""
     min_track_fraction: float = 0.2
-    """A tracked face must be seen in this fraction of frames to count as a person."""
+    """A tracked face must be seen in this fraction of frames to count as a person (not a passer-by)."""
+    min_face_fraction: float = 0.4
+    """A person's face must be at least this fraction of the largest person's face (median sizes), or it is
+    taken for a poster, a photo or a screen behind the people."""
     store_mesh: bool = True
     """Store MediaPipe's 478-point mesh per frame (``landmarks_mesh``)."""
     background_samples: int = 24
@@ -104,6 +113,8 @@ class ClipConfig:
     """3DMM / pose fit settings."""
     audio: AudioFeatureConfig = field(default_factory=AudioFeatureConfig)
     """Audio feature settings."""
+    speakers: SpeakerConfig = field(default_factory=SpeakerConfig)
+    """Active-speaker detection of clips with several people."""
 
 
 def clip_config_json(cfg: ClipConfig) -> str:

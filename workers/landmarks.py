@@ -6,6 +6,9 @@ Backends:
   the 68-point (Multi-PIE / iBUG) convention, 52 ARKit blendshapes, a head transform.
 * :class:`FanLandmarker`: face-alignment's 2D-FAN-4 (68 points) with the BlazeFace detector.
 
+:func:`workers.face_search.make_backend` builds one by name, wrapping the MediaPipe one in
+:class:`workers.face_search.FaceSearch`, which also finds faces too small for the full-frame landmarker (wide shots).
+
 Both return, per frame, a list of :class:`Face` in image pixel coordinates.
 """
 
@@ -151,19 +154,31 @@ class MediaPipeLandmarker:
         self._last_ts = timestamp_ms
         h, w = frame.shape[:2]
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
-        result = landmarker.detect_for_video(image, int(timestamp_ms))
-        faces = []
-        for k, lms in enumerate(result.face_landmarks):
-            mesh = np.array([(p.x * w, p.y * h, p.z * w) for p in lms], np.float32)
-            lm68 = mesh[MEDIAPIPE_TO_68, :2].copy()
-            bs = None
-            if result.face_blendshapes:
-                bs = np.array([c.score for c in result.face_blendshapes[k]], np.float32)
-            tf = None
-            if result.facial_transformation_matrixes:
-                tf = np.asarray(result.facial_transformation_matrixes[k], np.float32)
-            faces.append(Face(lm68, _bbox(mesh[:, :2]), 1.0, mesh, bs, tf))
-        return faces
+        return faces_from_result(landmarker.detect_for_video(image, int(timestamp_ms)), w, h)
+
+
+def faces_from_result(result: Any, width: int, height: int, scale: float = 1.0,
+                      offset: tuple[float, float] = (0.0, 0.0)) -> list[Face]:
+    """:class:`Face` objects from a FaceLandmarker result on an image of ``width`` x ``height``.
+
+    ``scale`` and ``offset`` map that image's pixels into a larger frame (``frame = image * scale +
+    offset``; z is scaled like x), for results computed on a resized crop of the frame.
+    """
+    faces = []
+    shift = np.array([offset[0], offset[1], 0.0], np.float32)
+    for k, lms in enumerate(result.face_landmarks):
+        mesh = np.array([(p.x * width, p.y * height, p.z * width) for p in lms], np.float32)
+        if scale != 1.0 or offset != (0.0, 0.0):
+            mesh = mesh * np.float32(scale) + shift
+        lm68 = mesh[MEDIAPIPE_TO_68, :2].copy()
+        bs = None
+        if result.face_blendshapes:
+            bs = np.array([c.score for c in result.face_blendshapes[k]], np.float32)
+        tf = None
+        if result.facial_transformation_matrixes:
+            tf = np.asarray(result.facial_transformation_matrixes[k], np.float32)
+        faces.append(Face(lm68, _bbox(mesh[:, :2]), 1.0, mesh, bs, tf))
+    return faces
 
 
 class FanLandmarker:
@@ -236,19 +251,6 @@ class FanLandmarker:
         return faces
 
 
-def make_backend(name: str, max_faces: int = 1, **kwargs) -> LandmarkBackend:
-    """A landmark backend by name (``mediapipe`` or ``fan``).
-
-    Raises:
-        ValueError: unknown backend name.
-    """
-    if name == "mediapipe":
-        return MediaPipeLandmarker(max_faces=max_faces, **kwargs)
-    if name == "fan":
-        return FanLandmarker(max_faces=max_faces, **kwargs)
-    raise ValueError(f"unknown landmark backend '{name}' (choose 'mediapipe' or 'fan')")
-
-
 @dataclass
 class _Track:
     tid: int
@@ -298,3 +300,31 @@ class FaceTracker:
             t.hits += 1
             t.frames.append(frame_index)
         return ids
+
+
+def select_people(per_frame: list[list[tuple[int, Face]]], n: int, most: int, min_track_fraction: float,
+                  min_face_fraction: float) -> tuple[list[int], int]:
+    """The track ids of a clip kept as people (at most ``most``, the most visible), ordered left to right, and how
+    many more people there were.
+
+    A face seen in under ``min_track_fraction`` of the ``n`` frames (a passer-by), or smaller than
+    ``min_face_fraction`` of the largest person's face (a poster, a photo, a screen behind the people), is not a
+    person.
+
+    Args:
+        per_frame: per frame, the (track id, face) pairs of :class:`FaceTracker`.
+    """
+    counts: dict[int, int] = {}
+    xs: dict[int, list[float]] = {}
+    sizes: dict[int, list[float]] = {}
+    for faces in per_frame:
+        for tid, f in faces:
+            counts[tid] = counts.get(tid, 0) + 1
+            xs.setdefault(tid, []).append(float(f.bbox[0] + f.bbox[2]) / 2)
+            sizes.setdefault(tid, []).append(float(max(f.bbox[2] - f.bbox[0], f.bbox[3] - f.bbox[1])))
+    keep = [t for t, c in counts.items() if c >= max(1, min_track_fraction * n)]
+    if keep:
+        largest = max(float(np.median(sizes[t])) for t in keep)
+        keep = [t for t in keep if np.median(sizes[t]) >= min_face_fraction * largest]
+    ranked = sorted(keep, key=lambda t: -counts[t])
+    return sorted(ranked[:most], key=lambda t: float(np.median(xs[t]))), max(len(ranked) - most, 0)

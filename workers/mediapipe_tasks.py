@@ -29,6 +29,9 @@ NOTICES = re.compile(
     r"Created TensorFlow Lite XNNPACK delegate|Feedback manager requires a model with a single signature"
     r"|Logging before InitGoogle\(\) is written to STDERR|acceleration to xnnpack by default"
     r"|All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|Sparsity tensors may not yet be fully supported|Creating LiteRT environment|RegisterAccelerator"
+    r"|accelerator registered|Flatbuffer model initialized directly|Input tensor memory is not aligned"
+    r"|DestroyAccelerator"
 )
 """Informational lines of MediaPipe's native code at task creation; anything else is passed through."""
 

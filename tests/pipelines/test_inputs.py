@@ -188,3 +188,43 @@ def test_credentials_reach_only_workers_on_this_machine(monkeypatch):
     assert "AWS_SECRET_ACCESS_KEY" not in env and "AWS_ACCESS_KEY_ID" not in env
     monkeypatch.setenv(ray_env.FORWARD_CREDENTIALS, "1")
     assert ray_env.forwarded_env()["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
+
+
+def test_manifest_names_the_people_of_a_clip_left_to_right(tmp_path):
+    a = touch(tmp_path / "talk.mp4")
+    m = tmp_path / "m.csv"
+    m.write_text("source_uri,identity\ntalk.mp4,anchor|guest\n")
+    assert list_inputs(str(m)) == [ClipSpec(str(a), "anchor|guest")]
+    m.write_text("source_uri,identity\ntalk.mp4,anchor|bad name\n")
+    with pytest.raises(InputError, match=r"m.csv:2: identity 'bad name' must match .*joined by '\|'"):
+        list_inputs(str(m))
+    m.write_text("source_uri,identity\ntalk.mp4,anchor|anchor\n")
+    with pytest.raises(InputError, match="names one person twice"):
+        list_inputs(str(m))
+
+
+def test_roles_file_goes_with_its_clips_and_a_change_rebuilds_them(tmp_path, caplog):
+    import json
+
+    a = touch(tmp_path / "clips" / "talk.mp4")
+    touch(tmp_path / "clips" / "solo.mp4")
+    roles = tmp_path / "roles.csv"
+    roles.write_text("source_uri,start_s,end_s,speaker\nclips/talk.mp4,0,2.5,guest\nclips/talk.mp4,2.5,4,none\n"
+                     "clips/elsewhere.mp4,0,1,p0\n")
+    specs = {s.identity: s for s in list_inputs(str(tmp_path / "clips"), roles=str(roles))}
+    assert json.loads(specs["talk"].roles) == [[0.0, 2.5, "guest"], [2.5, 4.0, "none"]]
+    assert specs["solo"].roles is None
+    assert "not listed" in caplog.text  # the row for a clip outside this build is reported, not fatal
+    cfg = clip_config_json(ClipConfig())
+    row = {"builder_version": BUILDER_VERSION, "config_json": cfg, "identity": "talk", "role": None,
+           "status": "ok", "role_overrides": specs["talk"].roles}
+    assert rebuild_reason(specs["talk"], row, cfg) is None
+    assert rebuild_reason(ClipSpec(str(a), "talk"), row, cfg) == "hand-checked roles changed"
+    for bad, why in [("clips/talk.mp4,2,1,guest", "empty or negative"), ("clips/talk.mp4,x,1,guest", "seconds"),
+                     (",0,1,guest", "empty source_uri")]:
+        roles.write_text(f"source_uri,start_s,end_s,speaker\n{bad}\n")
+        with pytest.raises(InputError, match=f"roles.csv:2: .*{why}"):
+            list_inputs(str(tmp_path / "clips"), roles=str(roles))
+    roles.write_text("source_uri,from,to,who\n")
+    with pytest.raises(InputError, match="needs the header source_uri,start_s,end_s,speaker"):
+        list_inputs(str(tmp_path / "clips"), roles=str(roles))

@@ -34,7 +34,14 @@ import cv2
 import numpy as np
 
 from workers import assets, mediapipe_tasks
-from workers.landmarks import Face, FanLandmarker, LandmarkBackend, MediaPipeLandmarker, faces_from_result
+from workers.landmarks import (
+    Face,
+    FanLandmarker,
+    LandmarkBackend,
+    MediaPipeLandmarker,
+    create_face_landmarker,
+    faces_from_result,
+)
 
 LOSS_GAP_MS = 200
 """Least time between two detector runs that a lost track asks for (a face that the detector sees but the
@@ -158,20 +165,7 @@ class FaceSearch:
     def _new_landmarker(self) -> Any:
         if self._idle:
             return self._idle.pop()
-        from mediapipe.tasks.python import BaseOptions, vision
-
-        opts = vision.FaceLandmarkerOptions(
-            base_options=BaseOptions(model_asset_path=self.model_path),
-            running_mode=vision.RunningMode.VIDEO,
-            num_faces=1,
-            min_face_detection_confidence=self.min_confidence,
-            min_face_presence_confidence=self.min_confidence,
-            min_tracking_confidence=self.min_confidence,
-            output_face_blendshapes=True,
-            output_facial_transformation_matrixes=True,
-        )
-        with mediapipe_tasks.quiet_native_logs():
-            return vision.FaceLandmarker.create_from_options(opts)
+        return create_face_landmarker(self.model_path, 1, self.min_confidence)
 
     def _release(self, landmarker: Any, clean: bool) -> None:
         """Keep a landmarker for the next track if its last frame had no face, else close it."""

@@ -99,6 +99,24 @@ def _bbox(points: np.ndarray) -> np.ndarray:
     return np.array([*points.min(0), *points.max(0)], np.float32)
 
 
+def create_face_landmarker(model_path: str, num_faces: int, min_confidence: float) -> Any:
+    """A MediaPipe Tasks FaceLandmarker in video mode with blendshapes and head transforms, created quietly."""
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    opts = vision.FaceLandmarkerOptions(
+        base_options=BaseOptions(model_asset_path=model_path),
+        running_mode=vision.RunningMode.VIDEO,
+        num_faces=num_faces,
+        min_face_detection_confidence=min_confidence,
+        min_face_presence_confidence=min_confidence,
+        min_tracking_confidence=min_confidence,
+        output_face_blendshapes=True,
+        output_facial_transformation_matrixes=True,
+    )
+    with mediapipe_tasks.quiet_native_logs():
+        return vision.FaceLandmarker.create_from_options(opts)
+
+
 class MediaPipeLandmarker:
     """MediaPipe FaceLandmarker in video mode (uses tracking between frames).
 
@@ -119,20 +137,7 @@ class MediaPipeLandmarker:
         mediapipe_tasks.close_at_exit(self)
 
     def _create(self):
-        from mediapipe.tasks.python import BaseOptions, vision
-
-        opts = vision.FaceLandmarkerOptions(
-            base_options=BaseOptions(model_asset_path=self.model_path),
-            running_mode=vision.RunningMode.VIDEO,
-            num_faces=self.max_faces,
-            min_face_detection_confidence=self.min_confidence,
-            min_face_presence_confidence=self.min_confidence,
-            min_tracking_confidence=self.min_confidence,
-            output_face_blendshapes=True,
-            output_facial_transformation_matrixes=True,
-        )
-        with mediapipe_tasks.quiet_native_logs():
-            return vision.FaceLandmarker.create_from_options(opts)
+        return create_face_landmarker(self.model_path, self.max_faces, self.min_confidence)
 
     def reset(self) -> None:
         """Start a new video stream (MediaPipe needs increasing timestamps per stream)."""

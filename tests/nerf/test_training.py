@@ -313,10 +313,12 @@ def test_bad_dataset_inputs(small_dataset, tmp_path):
 
 def test_nerf_imports_no_ray_mlflow_or_workers():
     """nerf/ reads pipelines.schema only: importing all of it loads no ray, mlflow, workers (but the parsing labels
-    the schema takes from the dependency-free workers.labels) or other pipelines."""
+    and the 6-D pose helpers the schema takes from the dependency-free workers.labels and workers.pose) or other
+    pipelines."""
     code = ("import sys, nerf.avatar, nerf.radnerf, nerf.trainer, nerf.metrics, nerf.kernels;"
             "bad = sorted(m for m in sys.modules if (m.split('.')[0] in ('ray', 'mlflow', 'workers') and "
-            "m not in ('workers', 'workers.labels')) or (m.startswith('pipelines.') and m != 'pipelines.schema'));"
+            "m not in ('workers', 'workers.labels', 'workers.pose')) or "
+            "(m.startswith('pipelines.') and m != 'pipelines.schema'));"
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -102,7 +102,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
     def progress(row: dict[str, Any]) -> None:
         done[0] += 1
-        what = (f"{row['n_frames']} frames, {row['n_people']} people" if row["status"] == "ok"
+        who = "person" if row["n_people"] == 1 else "people"
+        what = (f"{row['n_frames']} frames, {row['n_people']} {who}" if row["status"] == "ok"
                 else f"{row['error_kind']} error: {row['error']}")
         print(f"[{done[0]}] {row['status']:6s} {row['source_uri']} ({what}; {row['total_s']:.1f} s; "
               f"{time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)

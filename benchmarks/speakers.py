@@ -42,16 +42,20 @@ def speakers_of(result) -> np.ndarray:
     return out
 
 
-def labels_from_csv(path: Path, n: int, fps: float = 25.0) -> np.ndarray:
-    """Per-frame truth from a roles CSV (``start_s,end_s,speaker`` with speaker ``p<k>`` or ``none``)."""
+def labels_from_csv(path: Path, n: int, fps: float = 25.0, people: int = 2) -> np.ndarray:
+    """Per-frame truth from a roles CSV (``start_s,end_s,speaker`` with speaker ``p<k>`` or ``none``), read as the
+    build reads hand-checked roles (:func:`workers.speakers.override_frames`)."""
     import csv
 
+    from workers.speakers import RoleOverride, override_frames
+
     out = np.full(n, -1, np.int64)
+    names = [f"p{k}" for k in range(people)]
     with open(path) as f:
-        for row in csv.DictReader(line for line in f if not line.startswith("#")):
-            a, b = int(np.ceil(float(row["start_s"]) * fps - 1e-6)), int(np.ceil(float(row["end_s"]) * fps - 1e-6))
-            who = row["speaker"].strip()
-            out[a:b] = -1 if who in ("", "none") else int(who[1:])
+        for row in csv.DictReader(f):
+            o = RoleOverride(float(row["start_s"]), float(row["end_s"]), row["speaker"].strip())
+            a, b, who = override_frames(o, names, fps)
+            out[a:b] = who
     return out
 
 

@@ -109,6 +109,27 @@ class RoleOverride:
     left), or None / ``none`` for nobody."""
 
 
+def override_frames(override: RoleOverride, names: list[str], fps: float) -> tuple[int, int, int]:
+    """An override as frames [start, end) and the index of its speaker (:data:`NOBODY` for nobody).
+
+    Raises:
+        ValueError: it names nobody of the clip, or its range is empty.
+    """
+    o = override
+    if not o.end_s > o.start_s >= 0:
+        raise ValueError(f"role override {o.start_s}-{o.end_s} s: the range is empty or negative")
+    if o.speaker in (None, "", "none"):
+        who = NOBODY
+    elif o.speaker in names:
+        who = names.index(o.speaker)
+    elif o.speaker.startswith("p") and o.speaker[1:].isdigit() and int(o.speaker[1:]) < len(names):
+        who = int(o.speaker[1:])
+    else:
+        raise ValueError(f"role override {o.start_s}-{o.end_s} s names {o.speaker!r}, who is not in this clip "
+                         f"(people: {', '.join(names)}; or p0..p{len(names) - 1}, or none)")
+    return int(np.ceil(o.start_s * fps - 1e-6)), int(np.ceil(o.end_s * fps - 1e-6)), who
+
+
 def apply_overrides(track: SpeakerTrack, overrides: list[RoleOverride], names: list[str],
                     fps: float) -> SpeakerTrack:
     """The track with each override's frames [start_s, end_s) given to its speaker at confidence 1.
@@ -117,18 +138,7 @@ def apply_overrides(track: SpeakerTrack, overrides: list[RoleOverride], names: l
         ValueError: an override names nobody of the clip, or its range is empty.
     """
     for o in overrides:
-        if not o.end_s > o.start_s >= 0:
-            raise ValueError(f"role override {o.start_s}-{o.end_s} s: the range is empty or negative")
-        if o.speaker in (None, "", "none"):
-            who = NOBODY
-        elif o.speaker in names:
-            who = names.index(o.speaker)
-        elif o.speaker.startswith("p") and o.speaker[1:].isdigit() and int(o.speaker[1:]) < len(names):
-            who = int(o.speaker[1:])
-        else:
-            raise ValueError(f"role override {o.start_s}-{o.end_s} s names {o.speaker!r}, who is not in this clip "
-                             f"(people: {', '.join(names)}; or p0..p{len(names) - 1}, or none)")
-        a, b = int(np.ceil(o.start_s * fps - 1e-6)), int(np.ceil(o.end_s * fps - 1e-6))
+        a, b, who = override_frames(o, names, fps)
         track.speaker[a:b] = who
         track.confidence[a:b] = 1.0
     return track

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_args.add_evaluate_arguments(ev)
     rn = sub.add_parser("render", help="render a trained avatar speaking an audio file (mp4 with sound)")
     train_args.add_render_arguments(rn)
+    ta = sub.add_parser("train-audio", help="train the dataset-wide audio-lip models and the lip-sync scorer on Ray "
+                        "Train, tracked in MLflow and registered (audio-lip, lip-sync-scorer)")
+    train_args.add_train_audio_arguments(ta)
+    ss = sub.add_parser("sync-score", help="lip-sync score of a video: last line lse_c=<x> lse_d=<x> offset=<frames>")
+    train_args.add_sync_score_arguments(ss)
     return parser
 
 
@@ -128,6 +133,14 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from jobs import train as train_job
 
         return train_job.run_train_cli(args) if args.command == "train" else train_job.run_evaluate_cli(args)
+    if args.command == "train-audio":
+        from jobs.train_audio import run_cli as train_audio_cli
+
+        return train_audio_cli(args)
+    if args.command == "sync-score":
+        from jobs.sync_score import run_cli as sync_score_cli
+
+        return sync_score_cli(args)
     if args.command == "dataset":
         from jobs.dataset_check import run_cli as check_cli
 

@@ -19,7 +19,7 @@ import math
 import os
 import re
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,12 @@ ARTIFACT = "avatar"
 CHECKPOINT_IN_MODEL = "artifacts/checkpoint.pt"
 """Where :func:`jobs.pyfunc.save_model` puts the checkpoint inside the pyfunc model directory (MLflow names the file
 after its source, so it hands MLflow a file of this name), and the only file of a version parley downloads."""
-METRICS = ("psnr", "ssim", "lpips", "lmd", "render_s_per_frame")
-"""Held-out metrics copied onto each version as tags."""
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "lmd": False, "render_s_per_frame": False}
+METRICS = ("psnr", "ssim", "lpips", "lmd", "render_s_per_frame", "offset_acc", "lse_c", "retrieval_top1", "swap_l1")
+"""Held-out metrics copied onto each version as tags (the last four: the dataset-wide audio-lip models')."""
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "lmd": False, "render_s_per_frame": False,
+                    "offset_acc": True, "lse_c": True, "retrieval_top1": True, "swap_l1": False}
+DATASET_MODELS = ("audio-lip", "lip-sync-scorer")
+"""Registered models trained over a whole dataset (``parley train-audio``), not per identity."""
 
 
 class RegistryError(LookupError):
@@ -135,7 +138,7 @@ def list_models(uri: str) -> list[dict[str, Any]]:
     c = client(uri)
     rows = []
     for m in c.search_registered_models():
-        if not (is_avatar_name(m.name) or METHOD_TAG in (m.tags or {})):
+        if not (is_avatar_name(m.name) or METHOD_TAG in (m.tags or {}) or m.name in DATASET_MODELS):
             continue
         vs = versions(uri, m.name)
         champ = next((v for v in vs if CHAMPION in v.aliases), None)
@@ -154,12 +157,13 @@ def best_version(vs: list[VersionInfo], metric: str = "psnr") -> VersionInfo | N
 
 
 def promote(uri: str, identity: str | None = None, version: int | None = None, metric: str = "psnr",
-            alias: str = CHAMPION, method: str = DEFAULT_METHOD) -> dict[str, int]:
+            alias: str = CHAMPION, method: str = DEFAULT_METHOD, name: str | None = None) -> dict[str, int]:
     """Move the ``champion`` alias.
 
     With no identity: for every avatar model (:func:`list_models`), to its best version by ``metric``. An
     identity names the model of its ``method``. With an identity and a
-    version: to that version. With only an identity: to that model's best version.
+    version: to that version. With only an identity: to that model's best version. ``name`` names a model
+    directly (``lip-sync-scorer``) in place of an identity.
 
     Returns:
         model name -> the version now holding the alias.
@@ -168,9 +172,10 @@ def promote(uri: str, identity: str | None = None, version: int | None = None, m
         RegistryError: unknown model or version, or no version has the metric.
     """
     c = client(uri)
-    if version is not None and identity is None:
-        raise ValueError("--version needs --identity")
-    names = [model_name(identity, method)] if identity else [m["name"] for m in list_models(uri)]
+    if version is not None and identity is None and name is None:
+        raise ValueError("--version needs --identity or --model")
+    names = [name] if name else [model_name(identity, method)] if identity else \
+        [m["name"] for m in list_models(uri) if m["name"] not in DATASET_MODELS]
     if not names:
         raise RegistryError("no registered avatar models to promote; train some with `parley train`")
     moved = {}
@@ -302,7 +307,8 @@ def _no_progress_bar() -> Iterator[None]:
             os.environ[key] = before
 
 
-def fetch_checkpoint(uri: str, model_uri: str, dst_dir: str | Path) -> tuple[Path, VersionInfo]:
+def fetch_checkpoint(uri: str, model_uri: str, dst_dir: str | Path,
+                     reader: Callable[[Path], object] | None = None) -> tuple[Path, VersionInfo]:
     """Download a registered version's checkpoint (tensors only) and check that it reads as one.
 
     Nothing else of the version is fetched, unpickled or imported: not its ``python_model.pkl``, code or
@@ -312,6 +318,8 @@ def fetch_checkpoint(uri: str, model_uri: str, dst_dir: str | Path) -> tuple[Pat
         uri: tracking / registry URI.
         model_uri: ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or ``models:/<name>`` (the newest).
         dst_dir: local directory to download into (created if missing; the caller removes it).
+        reader: what checks the file reads (default :func:`nerf.checkpoint.load_checkpoint`; the audio-lip models
+            pass their own); it raises ``ValueError`` for a file it does not read.
 
     Returns:
         The local checkpoint path (read it with :func:`nerf.checkpoint.load_checkpoint`) and the version.
@@ -339,8 +347,8 @@ def fetch_checkpoint(uri: str, model_uri: str, dst_dir: str | Path) -> tuple[Pat
                             "of a registered model: log the checkpoint with jobs.pyfunc.log_model (as `parley "
                             "train` does) and register that") from None
     try:
-        load_checkpoint(path)
-    except CheckpointError as exc:
+        (reader or load_checkpoint)(path)
+    except (CheckpointError, ValueError) as exc:
         # one line without the temporary path, torch's colours, or its advice to load the file with weights_only=False
         reason = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).removeprefix(f"{path}: ").split()).split(". ")[0]
         reason += ")" * (reason.count("(") - reason.count(")"))

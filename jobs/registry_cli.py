@@ -8,6 +8,7 @@ from typing import Any
 
 from jobs.registry import (
     CHAMPION,
+    DATASET_MODELS,
     RegistryError,
     fetch_checkpoint,
     is_avatar_name,
@@ -55,13 +56,15 @@ def run_cli(args) -> int:  # noqa: ANN001
                 print(f"{r['name']:<32} {r['versions']} version(s), latest v{r['latest']}, {aliases}; champion: "
                       f"{_fmt_metrics(r['champion_metrics'])}")
         elif args.registry_command == "show":
-            name = args.model if is_avatar_name(args.model) else model_name(args.model, args.method)
+            name = args.model if is_avatar_name(args.model) or args.model in DATASET_MODELS else \
+                model_name(args.model, args.method)
             for v in versions(uri, name):
                 aliases = " ".join(f"@{a}" for a in v.aliases)
                 print(f"{name} v{v.version} {aliases:<12} run {v.run_id} {_fmt_metrics(v.metrics)} "
                       f"dataset_version={v.tags.get('dataset_version', '-')} git={v.tags.get('git_commit', '-')}")
         else:
-            moved = promote(uri, args.identity, args.version, args.metric, method=args.method)
+            moved = promote(uri, args.identity, args.version, args.metric, method=args.method,
+                            name=getattr(args, "model", None))
             for name, version in moved.items():
                 print(f"{name}@{CHAMPION} -> version {version}")
     except (RegistryError, ValueError, tracking.TrackingError) as exc:

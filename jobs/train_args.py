@@ -1,4 +1,5 @@
-"""Arguments of ``parley train`` / ``sweep`` / ``evaluate`` / ``render`` / ``registry`` (light: no torch,
+"""Arguments of ``parley train`` / ``sweep`` / ``evaluate`` / ``render`` / ``registry`` / ``train-audio`` /
+``sync-score`` (light: no torch,
 ray or mlflow import)."""
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def add_registry_arguments(p: argparse.ArgumentParser) -> None:
             q.add_argument("model", help="avatar-<identity> (or the identity, with --method for other methods)")
         if name == "promote":
             q.add_argument("--identity", default=None, help="only this identity")
-            q.add_argument("--version", type=int, default=None, help="this version (with --identity)")
+            q.add_argument("--model", default=None, help="a dataset-wide model by name (audio-lip, lip-sync-scorer)")
+            q.add_argument("--version", type=int, default=None, help="this version (with --identity or --model)")
             q.add_argument("--metric", default="psnr", help="held-out metric to rank by (default psnr)")
         if name in ("show", "promote"):
             q.add_argument("--method", default="radnerf", help="the method whose model an identity names "
@@ -129,3 +131,34 @@ def add_render_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"longest audio accepted, checked before rendering (default {MAX_RENDER_SECONDS:g}; 0: no "
                         "limit)")
     p.add_argument("--device", default="cpu")
+
+
+def add_train_audio_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", "-d", required=True, help="dataset root (directory or s3://...)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default parley/<dataset name>)")
+    p.add_argument("--exclude", action="append", default=[], metavar="IDENTITY",
+                   help="leave an identity out of training (repeatable): the avatars the models will be measured on")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of clips held out for the metrics")
+    p.add_argument("--preset", default="default", help="default, or tiny (seconds; for tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=1, help="data-parallel Ray Train workers")
+    p.add_argument("--cpus-per-worker", type=float, default=None, help="default: the cluster's CPUs shared out")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
+    p.add_argument("--storage", default=None, help="Ray Train storage (default ~/ray_results)")
+    p.add_argument("--cache-dir", default=None, help="cache of the decoded frames (default ~/.cache/parley/audio_lip)")
+    p.add_argument("--no-register", action="store_true", help="log the models but do not register them")
+    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
+
+
+def add_sync_score_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="the video to score (any file ffmpeg reads, with a visible face)")
+    p.add_argument("--audio", "-a", default=None, help="score against this audio instead of the video's own track")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", "-m", default=None,
+                     help="a registered scorer (default models:/lip-sync-scorer@champion)")
+    src.add_argument("--checkpoint", "-c", default=None, help="a scorer file (sync_scorer.pt) instead of the registry")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the score, distances and protocol here")

@@ -1,0 +1,108 @@
+"""``parley train-audio`` on Ray Train with a real ``mlflow server``, then ``parley sync-score`` from the registry.
+
+Real throughout: the session's local Ray cluster, an ``mlflow server`` subprocess, a dataset of the three shared
+clips (60 frames each: two train, one is held out by the split), the ``tiny`` preset (seconds of training, so the
+scores themselves mean nothing here; ``benchmarks/sync.py`` measures them).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from jobs import registry, tracking
+from jobs.cli import main
+from jobs.train_audio import AUDIO_LIP_MODEL, SCORER_MODEL
+from nerf.audio_lip.checkpoint import load_audio_lip, load_scorer
+from tests.conftest import SHARED, build_small_dataset
+from tests.services import mlflow_server
+
+pytestmark = pytest.mark.timeout(900)
+CLIP = SHARED / "data" / "clips" / "RD_Radio2_000.mp4"
+LAST_LINE = re.compile(r"^lse_c=-?\d+\.\d{4} lse_d=\d+\.\d{4} offset=-?\d+$")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-audio")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return build_small_dataset(tmp_path_factory.mktemp("audio_ds") / "ds",
+                               ["RD_Radio2_000", "WDA_BobMenendez_000", "WDA_AlexandriaOcasioCortez_000"], 60)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, server, ray_local, tmp_path_factory):
+    work = tmp_path_factory.mktemp("train_audio")
+    args = ["train-audio", "--dataset", str(dataset), "--tracking-uri", server.url, "--preset", "tiny",
+            "--cpus-per-worker", "1", "--storage", str(work / "ray"), "--cache-dir", str(work / "cache"),
+            "--val-fraction", "0.3"]
+    rc = main(args)
+    return rc, args, work
+
+
+def test_train_audio_tracks_registers_and_makes_the_first_versions_champion(trained, server, capsys):
+    rc, _, _ = trained
+    assert rc == 0
+    c = tracking.client(server.url)
+    for name in (AUDIO_LIP_MODEL, SCORER_MODEL):
+        vs = registry.versions(server.url, name)
+        assert [v.version for v in vs] == [1] and vs[0].aliases == [registry.CHAMPION], vs
+        run = c.get_run(vs[0].run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["parley.kind"] == "audio-lip"
+        assert run.data.params["preset"] == "tiny" and len(run.data.params["dataset_version"]) == 12
+    run_id = registry.versions(server.url, SCORER_MODEL)[0].run_id
+    m = c.get_run(run_id).data.metrics
+    # losses per epoch, held-out metrics of all three models, and the time each took
+    assert {"lae_loss", "encoder_loss", "scorer_loss", "swap_l1", "retrieval_top1", "lae_s", "scorer_s"} <= set(m)
+    assert 0 <= m["retrieval_top1"] <= 1 and m["swap_l1"] > 0
+    assert len(c.get_metric_history(run_id, "lae_loss")) == 3  # the tiny preset's 3 epochs
+    split = c.download_artifacts(run_id, "split.json")
+    assert "val_clips" in Path(split).read_text()
+    # both files are the checkpoints a render or an evaluation reads (tensors only)
+    dst = server.artifacts.parent / "fetched"
+    path, info = registry.fetch_checkpoint(server.url, f"models:/{AUDIO_LIP_MODEL}@champion", dst,
+                                           reader=load_audio_lip)
+    assert load_audio_lip(path).template.shape == (68, 2) and info.version == 1
+    spath, _ = registry.fetch_checkpoint(server.url, f"models:/{SCORER_MODEL}/1", dst / "s", reader=load_scorer)
+    assert load_scorer(spath)[1]["val_clips"]
+
+
+def test_sync_score_uses_the_champion_right_after_training(trained, server, capsys):
+    assert trained[0] == 0
+    capsys.readouterr()
+    assert main(["sync-score", str(CLIP), "--tracking-uri", server.url]) == 0
+    out, err = capsys.readouterr()
+    assert LAST_LINE.match(out.strip().splitlines()[-1]), out
+    assert "lip-sync-scorer version 1" in err
+
+
+def test_a_second_training_run_adds_versions_without_moving_the_champion(trained, server, capsys):
+    rc, args, _ = trained
+    assert rc == 0 and main(args) == 0
+    vs = registry.versions(server.url, SCORER_MODEL)
+    assert [v.version for v in vs] == [2, 1] and vs[1].aliases == [registry.CHAMPION] and not vs[0].aliases
+    assert main(["registry", "promote", "--model", SCORER_MODEL, "--version", "2", "--tracking-uri",
+                 server.url]) == 0
+    assert registry.versions(server.url, SCORER_MODEL)[0].aliases == [registry.CHAMPION]
+    listed = {r["name"] for r in registry.list_models(server.url)}
+    assert {AUDIO_LIP_MODEL, SCORER_MODEL} <= listed
+
+
+def test_sync_score_errors_name_the_fix(tmp_path, capsys, trained):
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert main(["sync-score", str(CLIP), "--tracking-uri", empty]) == 2
+    assert "parley train-audio" in capsys.readouterr().err
+    assert main(["sync-score", str(tmp_path / "missing.mp4"), "--tracking-uri", empty]) == 2
+    assert "missing.mp4: no such file" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"x")
+    assert main(["sync-score", str(CLIP), "--checkpoint", str(junk)]) == 2
+    assert "junk.pt: not a readable checkpoint" in capsys.readouterr().err
+    assert main(["train-audio", "--dataset", str(tmp_path / "nothing"), "--tracking-uri", empty]) == 2
+    assert "nothing" in capsys.readouterr().err

@@ -163,6 +163,11 @@ def run_fanout(job: FanoutJob, kind: str = "train", resume: bool = False) -> dic
     uri = tracking.resolve_tracking_uri(job.tracking_uri)
     tracking.check_store_location(uri, defaulted=tracking.is_default_store(job.tracking_uri))
     tracking.check_tracking(uri)
+    if job.audio_source:  # a missing audio-lip version fails here, not in every trial
+        try:
+            registry.resolve(uri, job.audio_source)
+        except (registry.RegistryError, ValueError) as exc:
+            raise FanoutError(f"--audio-source: {exc}") from None
     storage_path, storage_fs = storage_location(job)
 
     import ray

@@ -32,6 +32,8 @@ class FanoutJob:
     """The method's preset (None: its default)."""
     steps_scale: float = 1.0
     max_frames: int | None = None
+    audio_source: str | None = None
+    """A registered ``audio-lip`` version whose encoder is every avatar's audio net (``model.head.audio.source``)."""
     tracking_uri: str | None = None
     experiment: str | None = None
     """MLflow experiment name (default ``parley/<dataset name>``)."""
@@ -172,7 +174,7 @@ def job_from_args(args, sweep: dict[str, Any] | None = None) -> FanoutJob:  # no
                     register=not args.no_register, ray_address=args.address, s3_endpoint=args.s3_endpoint,
                     work_root=args.work_root)
     job = replace(job, **{k: v for k, v in doc.items() if k != "identities" or not ids or ids == ["all"]})
-    for attr in ("method", "preset", "steps_scale", "max_frames", "memory_per_trial_gb"):
+    for attr in ("method", "preset", "steps_scale", "max_frames", "memory_per_trial_gb", "audio_source"):
         if getattr(args, attr) is not None:
             job = replace(job, **{attr: getattr(args, attr)})
     return job

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from jobs import learnt_audio
 from jobs.errors import fail
+from jobs.eval_sync import SyncEvaluator, resolve_scorer
 from nerf import methods
 from nerf.avatar import EvalResult, evaluate, side_by_side
 from nerf.checkpoint import CheckpointError, load_checkpoint, require_method
@@ -61,6 +63,10 @@ class TrainJob:
     """Use only the first frames of the identity."""
     threads: int | None = None
     """torch threads (default: torch's)."""
+    tracking_uri: str | None = None
+    """Where a recipe's ``model.head.audio.source`` (a registered ``audio-lip`` version) is looked up."""
+    audio_source: str | None = None
+    """Sets ``model.head.audio.source``: the avatar's audio net is that registered ``audio-lip`` version's encoder."""
 
 
 def recipe(job: TrainJob) -> ExperimentConfig:
@@ -70,6 +76,10 @@ def recipe(job: TrainJob) -> ExperimentConfig:
         KeyError: an unknown method or preset (the known ones are named).
     """
     cfg = methods.preset(job.preset, job.method)
+    if job.audio_source:
+        if not learnt_audio.audio_source_settable(cfg):
+            raise ValueError(f"--audio-source: the {job.method} method has no audio net to replace")
+        cfg = learnt_audio.with_source(cfg, job.audio_source)
     tc = cfg.trainer
     if job.steps_scale != 1.0:
         tc = tc.scaled(job.steps_scale)
@@ -153,14 +163,19 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
 
     if job.threads:
         torch.set_num_threads(job.threads)
-    cfg = config or recipe(job)
-    data = load_identity(job.dataset, job.identity, cfg.trainer.size, job.s3_endpoint, cfg.trainer.max_frames)
-    lips = lpips_module() if methods.get(cfg.method).model.needs_lpips(cfg) or job.evaluate else None
-    trainer = Trainer(cfg, data, device=job.device, lpips=lips)
+    cfg, pinned = learnt_audio.pin(config or recipe(job), job.tracking_uri)
     out = Path(job.output)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = out / CHECKPOINT
     resumed = ckpt.exists()
+    model_cls = methods.get(cfg.method).model
+    pretrained = learnt_audio.weights(cfg, job.tracking_uri, str(model_cls.audio_net_key)) \
+        if pinned and not resumed and model_cls.audio_net_key else None
+    if pinned and not model_cls.audio_net_key:
+        raise ValueError(f"the {cfg.method} method takes no learnt audio encoder (model.head.audio.source)")
+    data = load_identity(job.dataset, job.identity, cfg.trainer.size, job.s3_endpoint, cfg.trainer.max_frames)
+    lips = lpips_module() if model_cls.needs_lpips(cfg) or job.evaluate else None
+    trainer = Trainer(cfg, data, device=job.device, lpips=lips, pretrained=pretrained)
+    out.mkdir(parents=True, exist_ok=True)
     if resumed:
         trainer.load_checkpoint(ckpt)
     (out / "config.json").write_text(json.dumps(json.loads(config_to_json(cfg)), indent=2))
@@ -177,7 +192,7 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
                 on_checkpoint(path, trainer)
 
         trainer.train(ckpt, on_step=step, on_checkpoint=checkpointed, should_stop=should_stop)
-    result: dict[str, Any] = {"checkpoint": str(ckpt), "config": config_to_json(cfg), "resumed": resumed,
+    result: dict[str, Any] = {"checkpoint": str(ckpt), "config": config_to_json(cfg), "resumed": resumed, **pinned,
                               "steps": trainer.global_step, "seconds": time.perf_counter() - t0,
                               "identity": job.identity, "n_train": data.n_train, "n_val": len(data.val_ids)}
     if not trainer.done:
@@ -189,12 +204,15 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
     return result
 
 
-def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path, align_poses: bool = False) -> EvalResult:
+def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path, align_poses: bool = False,
+              sync: SyncEvaluator | None = None) -> EvalResult:
     import cv2
 
     from workers.video_writer import VideoWriter
 
+    sync = sync or SyncEvaluator()
     detect_pred, detect_gt, close = landmark_fn()
+    detect_pred, detect_gt = sync.wrap(detect_pred, detect_gt)
     s = trainer.data.size
     even = s + (s % 2)
     val = trainer.data.val_ids
@@ -203,6 +221,7 @@ def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path, align_poses: bool
     try:
         with VideoWriter(out / EVAL_VIDEO, fps=25.0, size=(2 * even, even)) as video:
             def frame(f: int, pred: np.ndarray, gt: np.ndarray) -> None:
+                sync.on_frame(f, pred, gt)
                 img = side_by_side(pred, gt)
                 video.write(np.pad(img, ((0, even - s), (0, 2 * even - 2 * s), (0, 0))))
                 if f in qc_frames:
@@ -212,18 +231,24 @@ def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path, align_poses: bool
                            align_poses=align_poses)
     finally:
         close()
-    (out / EVAL_JSON).write_text(json.dumps({"identity": trainer.data.identity, "metrics": res.metrics,
-                                             "frames": res.per_frame}, indent=2))
+    d = trainer.data
+    clip_of_row = np.unique(np.asarray(d.clip_ids), return_inverse=True)[1] if len(d.clip_ids) == len(d.audio) \
+        else np.zeros(len(d.audio), np.int64)
+    res.metrics.update(sync.metrics(d.audio, clip_of_row))
+    (out / EVAL_JSON).write_text(json.dumps({"identity": d.identity, "metrics": res.metrics, "frames": res.per_frame,
+                                             "protocol": sync.protocol(d.size, len(res.per_frame))}, indent=2))
     return res
 
 
 def evaluate_checkpoint(checkpoint: str | Path, dataset: str, output: str | Path, s3_endpoint: str | None = None,
-                        device: str = "cpu", align_poses: bool = False, method: str | None = None) -> EvalResult:
+                        device: str = "cpu", align_poses: bool = False, method: str | None = None,
+                        sync: SyncEvaluator | None = None) -> EvalResult:
     """Evaluate a checkpoint on its identity's held-out frames: ``eval.json`` and the side-by-side video
     (``align_poses``: also the PSNR under test-time aligned head poses, :func:`nerf.avatar.evaluate`).
 
     Args:
         method: the method the checkpoint must be of (None: whichever it names).
+        sync: carries the lip-sync scorer (:mod:`jobs.eval_sync`); without one, only CPBD is added.
 
     Raises:
         CheckpointError, KeyError, DataError: see :func:`load_checkpoint` and :func:`load_identity`.
@@ -237,7 +262,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, output: str | Path
     trainer.load_checkpoint(checkpoint)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    return _evaluate(trainer, lips, out, align_poses)
+    return _evaluate(trainer, lips, out, align_poses, sync)
 
 
 # CLI -----------------------------------------------------------------------------------------------------------
@@ -251,10 +276,11 @@ def run_train_cli(args: argparse.Namespace) -> int:
                    preset=args.preset, method=args.method or DEFAULT_METHOD, device=args.device,
                    s3_endpoint=args.s3_endpoint,
                    steps_scale=args.steps_scale if args.steps_scale is not None else 1.0,
-                   evaluate=not args.no_eval, max_frames=args.max_frames, threads=args.threads)
+                   evaluate=not args.no_eval, max_frames=args.max_frames, threads=args.threads,
+                   audio_source=args.audio_source, tracking_uri=args.tracking_uri)
     try:
         n_total = recipe(job).trainer.total_steps()
-    except KeyError as exc:
+    except (KeyError, ValueError) as exc:
         return fail("train", exc)
     last = [0.0]
 
@@ -267,7 +293,7 @@ def run_train_cli(args: argparse.Namespace) -> int:
 
     try:
         result = train_identity(job, on_step=progress)
-    except (KeyError, DataError, FileNotFoundError, CheckpointError, ValueError) as exc:
+    except (LookupError, DataError, FileNotFoundError, CheckpointError, ValueError) as exc:
         return fail("train", exc)
     print(f"trained {job.identity}: {result['steps']} steps in {result['seconds']:.0f} s -> {result['checkpoint']}")
     if "metrics" in result:
@@ -285,8 +311,12 @@ def run_evaluate_cli(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="parley-model-") as tmp:
             checkpoint = registered_checkpoint("evaluate", args, tmp) if args.model else args.checkpoint
+            scorer, source = (None, "") if args.no_sync else resolve_scorer(
+                args.sync_model, args.sync_checkpoint, args.tracking_uri,
+                required=bool(args.sync_model or args.sync_checkpoint))
             res = evaluate_checkpoint(checkpoint, args.dataset, args.output, args.s3_endpoint, args.device,
-                                      align_poses=args.align_poses, method=args.method)
+                                      align_poses=args.align_poses, method=args.method,
+                                      sync=SyncEvaluator(scorer, source))
     except (LookupError, DataError, FileNotFoundError, CheckpointError, ValueError, RuntimeError) as exc:
         return fail("evaluate", exc)
     print(json.dumps(res.metrics, indent=2))

@@ -11,6 +11,8 @@ MAX_RENDER_SECONDS = 600.0
 CPU, and a mistaken input (a whole podcast) should be a clear error, not a job that runs until it is killed."""
 METHOD_HELP = ("avatar method: radnerf (default; more come with later releases, and packages may add their own "
                "through the parley.methods entry point)")
+AUDIO_SOURCE_HELP = ("drive the avatar's audio with a registered audio-lip encoder (models:/audio-lip@champion; "
+                     "`parley train-audio` trains it) instead of an audio net learnt from this identity alone")
 PRESET_HELP = "training recipe of the method (radnerf: cpu (default), debug, paper)"
 
 
@@ -30,6 +32,7 @@ def add_fanout_arguments(p: argparse.ArgumentParser, local: bool) -> None:
         p.add_argument("--preset", default=None, help=PRESET_HELP)
         p.add_argument("--steps-scale", type=float, default=None, help="multiply every stage's steps")
         p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames of each identity")
+        p.add_argument("--audio-source", default=None, metavar="MODEL_URI", help=AUDIO_SOURCE_HELP)
         p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
     p.add_argument("--identities", default="all", help="comma-separated identities, or all (default)")
     p.add_argument("--gpus-per-trial", type=float, default=1.0, help="GPUs per trial when the cluster has GPUs")
@@ -69,6 +72,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames of the identity")
     p.add_argument("--no-eval", action="store_true", help="local mode: skip the held-out evaluation")
     p.add_argument("--threads", type=int, default=None, help="local mode: torch threads")
+    p.add_argument("--audio-source", default=None, metavar="MODEL_URI", help=AUDIO_SOURCE_HELP)
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
     add_fanout_arguments(p, local=True)
 
@@ -113,6 +117,12 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     _add_model_arguments(p)
+    sync = p.add_mutually_exclusive_group()
+    sync.add_argument("--sync-model", default=None, help="lip-sync scorer to score prediction and ground truth with "
+                      "(default: models:/lip-sync-scorer@champion when one is registered; none: the sync metrics "
+                      "are left out with a note)")
+    sync.add_argument("--sync-checkpoint", default=None, help="a scorer file (sync_scorer.pt) instead")
+    sync.add_argument("--no-sync", action="store_true", help="no lip-sync score")
     p.add_argument("--dataset", "-d", required=True, help="the dataset it was trained on")
     p.add_argument("--output", "-o", required=True, help="directory for eval.json and the side-by-side video")
     p.add_argument("--align-poses", action="store_true",

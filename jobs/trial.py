@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs import pyfunc, tracking
+from jobs import learnt_audio, pyfunc, tracking
 from jobs.fanout_config import FanoutJob, apply_overrides
 from jobs.tracking import KIND_TAG, TRIAL_TAG, flatten
 
@@ -65,8 +65,9 @@ def trial_main(config: dict[str, Any], job: dict[str, Any], run: dict[str, Any])
     tjob = TrainJob(dataset=fj.dataset, identity=identity, output=work, preset=fj.preset, method=fj.method,
                     device=device,
                     s3_endpoint=fj.s3_endpoint, steps_scale=fj.steps_scale, max_frames=fj.max_frames,
-                    threads=max(1, int(fj.cpus_per_trial)))
-    cfg = apply_overrides(recipe(tjob), overrides)
+                    audio_source=fj.audio_source,
+                    threads=max(1, int(fj.cpus_per_trial)), tracking_uri=run_info["tracking_uri"])
+    cfg, pinned = learnt_audio.pin(apply_overrides(recipe(tjob), overrides), run_info["tracking_uri"])
     cfg_json = json.loads(config_to_json(cfg))
 
     uri = run_info["tracking_uri"]
@@ -84,6 +85,8 @@ def trial_main(config: dict[str, Any], job: dict[str, Any], run: dict[str, Any])
                     "device": device, "overrides": overrides or "none"})
     if not trun.resumed:
         trun.log_dict(cfg_json, "config.json")
+    if pinned:  # the audio-lip version this avatar's audio net came from
+        trun.set_tags({"parley.audio_lip": pinned["audio_lip_model"]})
     if resumed_step:
         trun.set_tags({"parley.resumed_from_step": resumed_step})
     stage_state: dict[str, Any] = {"stage": None, "t0": time.perf_counter(), "loss": None, "samples": 0, "s": 0.0}

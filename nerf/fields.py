@@ -54,6 +54,11 @@ class AudioEncoderConfig:
     """Convolution channels."""
     out_dim: int = 32
     """Audio feature dimension."""
+    source: str = ""
+    """Empty: the net is the method's own, trained from scratch on the identity's frames. Otherwise the registered
+    ``audio-lip`` version whose contrastive encoder (:class:`nerf.audio_lip.models.AudioLipEncoder`, 64-d,
+    learnt over a whole dataset) replaces it, e.g. ``models:/audio-lip@champion``; ``parley train`` pins an alias
+    to the version it loaded (``models:/audio-lip/3``). ``channels`` and ``out_dim`` do not apply then."""
 
 
 class AudioEncoder(nn.Module):

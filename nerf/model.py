@@ -102,6 +102,8 @@ class AvatarModel(nn.Module):
 
     audio_shape: tuple[int, int] | None = None
     """(window, n_mels) of the audio features the model is driven by; None: it takes no audio."""
+    audio_net_key: str | None = None
+    """State-dict prefix of the audio net a learnt ``audio-lip`` encoder replaces (``model.head.audio.source``)."""
 
     # building ----------------------------------------------------------------------------------------------------
     @classmethod

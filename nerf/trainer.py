@@ -80,10 +80,12 @@ class Trainer:
         device: where to train.
         lpips: a module mapping ``pred, target [B, 3, H, W]`` in [0, 1] to per-image LPIPS ``[B]``
             (:class:`nerf.metrics.LPIPS`); required when the method's losses need one with this config.
+        pretrained: weights of parts trained elsewhere (e.g. a dataset-wide audio encoder), by the model's state-dict
+            key, loaded into the new model before its averages are taken; a resumed checkpoint replaces them.
     """
 
     def __init__(self, config: ExperimentConfig, data: IdentityFrames, device: str | torch.device = "cpu",
-                 lpips: torch.nn.Module | None = None):
+                 lpips: torch.nn.Module | None = None, pretrained: dict[str, Tensor] | None = None):
         self.config = config
         self.method = methods.get(config.method)
         self.tc = config.trainer
@@ -99,6 +101,11 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # the initial weights from the seed, the global RNG left as it was
             torch.default_generator.manual_seed(self.tc.seed)  # (the model is built on the CPU, then moved)
             model = self.method.model.for_training(config, data, self.store)
+        if pretrained:
+            unknown = sorted(set(pretrained) - set(model.state_dict()))
+            if unknown:
+                raise KeyError(f"pretrained weights for keys the {config.method} model lacks: {unknown[:3]}")
+            model.load_state_dict(pretrained, strict=False)
         self.model: AvatarModel = model.to(self.device)
         self.lpips = lpips.to(self.device) if lpips is not None else None
         if self.lpips is None and self.method.model.needs_lpips(config):

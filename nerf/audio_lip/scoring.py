@@ -46,16 +46,20 @@ class SyncScore:
 
 
 @torch.no_grad()
-def embed(scorer: SyncScorer, crops: np.ndarray, mel: np.ndarray, centres: np.ndarray,
-          batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Visual and audio embeddings [len(centres), dim] of the windows centred on some frames."""
+def embed_video(scorer: SyncScorer, crops: np.ndarray, centres: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """Unit visual codes [len(centres), dim] of the 5-frame windows centred on some frames."""
     scorer.eval()
-    vs, aus = [], []
-    for s in range(0, len(centres), batch):
-        c = centres[s : s + batch]
-        vs.append(scorer.embed_video(torch.from_numpy(video_windows(crops, c, scorer.config.frames))))
-        aus.append(scorer.embed_audio(torch.from_numpy(np.ascontiguousarray(mel[c][:, SCORER_AUDIO]))))
-    return torch.cat(vs), torch.cat(aus)
+    return torch.cat([scorer.embed_video(torch.from_numpy(video_windows(crops, centres[s : s + batch],
+                                                                        scorer.config.frames)))
+                      for s in range(0, len(centres), batch)])
+
+
+@torch.no_grad()
+def embed_audio(scorer: SyncScorer, mel: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """Unit audio codes [A, dim] of audio windows [A, 16, 80] (their centre 0.2 s)."""
+    scorer.eval()
+    return torch.cat([scorer.embed_audio(torch.from_numpy(np.ascontiguousarray(mel[s : s + batch][:, SCORER_AUDIO])))
+                      for s in range(0, len(mel), batch)])
 
 
 def offset_distances(v: torch.Tensor, a: torch.Tensor, valid: np.ndarray,
@@ -85,13 +89,65 @@ def sync_score(scorer: SyncScorer, crops: np.ndarray, mel: np.ndarray, valid: np
     if n < 2 * max_offset + min_frames:
         raise SyncScoreError(f"{n} frames: the lip-sync score needs at least {2 * max_offset + min_frames} "
                              f"({(2 * max_offset + min_frames) / 25:.1f} s at 25 fps)")
-    v, a = embed(scorer, crops, mel, np.arange(n))
+    v, a = embed_video(scorer, crops, np.arange(n)), embed_audio(scorer, mel)
     dist, used = offset_distances(v, a, valid, max_offset)
     if used < min_frames:
         raise SyncScoreError(f"only {used} frames show a mouth and have audio at every offset (need {min_frames})")
     best = int(dist.argmin())
     return SyncScore(lse_c=float(np.median(dist) - dist[best]), lse_d=float(dist[best]), offset=best - max_offset,
                      frames=used, distances=[float(x) for x in dist])
+
+
+def stretch_sync_score(scorer: SyncScorer, crops: np.ndarray, valid: np.ndarray, mel: np.ndarray,
+                       audio_rows: np.ndarray, audio_valid: np.ndarray, max_offset: int = MAX_OFFSET,
+                       min_frames: int = 5, frame_clip: np.ndarray | None = None,
+                       audio_clip: np.ndarray | None = None) -> SyncScore:
+    """The score of a short stretch of frames (e.g. an avatar's held-out frames) inside a longer audio track.
+
+    Frame t's visual window is scored against the audio rows ``audio_rows[t] + o``; rows outside the track or not
+    ``audio_valid`` are skipped, so each offset's mean runs over the frames that have audio there (the published
+    protocol pads with zeros instead, which on unit codes would favour the far offsets). ``frames`` is the fewest
+    frames any offset was averaged over.
+
+    Args:
+        crops: uint8 [T, h, w] mouth crops of the stretch (its 5-frame windows repeat the edge frames).
+        valid: bool [T] frames with a mouth.
+        mel: [A, 16, 80] the track's audio windows.
+        audio_rows: int [T] the row of ``mel`` under each frame.
+        audio_valid: bool [A].
+        frame_clip, audio_clip: the clip of each frame and audio row: a frame is never scored against another
+            clip's audio (an identity's timeline joins its clips end to end).
+
+    Raises:
+        SyncScoreError: some offset has fewer than ``min_frames`` frames.
+    """
+    t = np.flatnonzero(valid)
+    if len(t) < min_frames:
+        raise SyncScoreError(f"only {len(t)} frames show a mouth (need {min_frames})")
+    v = embed_video(scorer, crops, t)
+    lo = max(0, int(audio_rows[t].min()) - max_offset)
+    hi = min(len(mel), int(audio_rows[t].max()) + max_offset + 1)
+    a = embed_audio(scorer, mel[lo:hi])
+    dist, counts = [], []
+    for o in range(-max_offset, max_offset + 1):
+        rows = audio_rows[t] + o
+        ok = (rows >= lo) & (rows < hi)
+        ok[ok] &= audio_valid[rows[ok]]
+        if frame_clip is not None and audio_clip is not None:
+            ok[ok] &= audio_clip[rows[ok]] == frame_clip[t[ok]]
+        counts.append(int(ok.sum()))
+        if not ok.any():
+            dist.append(float("inf"))
+            continue
+        dist.append(torch.linalg.vector_norm(v[torch.from_numpy(np.flatnonzero(ok))]
+                                             - a[torch.from_numpy(rows[ok] - lo)], dim=1).mean().item())
+    if min(counts) < min_frames:
+        raise SyncScoreError(f"some offsets have audio under only {min(counts)} of {len(t)} frames (need "
+                             f"{min_frames}): the stretch lies too close to the end of its audio")
+    d = np.asarray(dist)
+    best = int(d.argmin())
+    return SyncScore(lse_c=float(np.median(d) - d[best]), lse_d=float(d[best]), offset=best - max_offset,
+                     frames=min(counts), distances=[float(x) for x in d])
 
 
 @torch.no_grad()

@@ -120,6 +120,9 @@ class RadNerfStage(StageConfig):
     """Learning rate of MLPs and latents."""
     lr_pose: float = 5e-4
     """Learning rate of the head pose corrections (only with :attr:`RadNerfConfig.pose_refine`)."""
+    lr_audio: float = 5e-6
+    """Learning rate of a learnt audio-lip encoder (``model.head.audio.source``) fine-tuned with the head (JEAN's
+    rate, supp. 8.4.3); 0 keeps it frozen. The head's own audio net is in ``net``."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from nerf.audio_lip.models import AudioLipConfig, AudioLipEncoder
 from nerf.encoders import (
     FrequencyEncoder,
     FrequencyEncoderConfig,
@@ -92,14 +93,16 @@ class HeadField(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.audio_net = AudioEncoder(c.audio)
+        self.audio_net: nn.Module = AudioEncoder(c.audio) if not c.audio.source else \
+            AudioLipEncoder(AudioLipConfig(n_mels=c.audio.n_mels, window=c.audio.window))
+        self.audio_dim = int(self.audio_net.out_dim)  # type: ignore[arg-type]
         cond_dim = (1 if c.use_eye else 0) + (c.latent_dim if c.latent_in_density else 0)  # density's per-frame
         self.spatial: PlaneEncoder | FrequencyEncoder
         if c.audio_gate > 0:
             self.register_buffer("mouth_centre", torch.zeros(3))  # world position, set from the data
         if c.backbone == "grid":
             self.spatial = PlaneEncoder(3, c.spatial)
-            self.audio_coord_net = mlp(self.spatial.out_dim + self.audio_net.out_dim, c.audio_coord_dim, c.hidden, 3)
+            self.audio_coord_net = mlp(self.spatial.out_dim + self.audio_dim, c.audio_coord_dim, c.hidden, 3)
             # x_a in 1-3 dims: a 2D grid (1 dim: its v = 0 line) or, for 3 dims, a tri-plane.
             self.audio_grid: PlaneEncoder | None = PlaneEncoder(3 if c.audio_coord_dim == 3 else 2, c.audio_grid)
             h_in = self.spatial.out_dim + self.audio_grid.out_dim + cond_dim
@@ -109,7 +112,7 @@ class HeadField(nn.Module):
             self.spatial = FrequencyEncoder(3, c.frequency)
             self.audio_coord_net = None  # type: ignore[assignment]
             self.audio_grid = None
-            h_in = self.spatial.out_dim + self.audio_net.out_dim + cond_dim
+            h_in = self.spatial.out_dim + self.audio_dim + cond_dim
             self.sigma_net = mlp(h_in, 1 + c.geo_feat_dim, c.mlp_hidden, c.mlp_layers)
             self.color_net = mlp(c.geo_feat_dim + c.latent_dim + c.view_degree**2, 3, c.mlp_hidden // 2, 2)
         else:
@@ -120,8 +123,12 @@ class HeadField(nn.Module):
         return x / self.config.bound
 
     def encode_audio(self, audio: Tensor) -> Tensor:
-        """``[B, window, n_mels]`` -> audio features ``[B, A]``."""
-        return self.audio_net(audio)
+        """``[B, window, n_mels]`` -> audio features ``[B, A]``. A learnt audio-lip encoder's code is compared by
+        angle in its training, so only its direction is passed on (unit length, scaled to about 1 per dimension)."""
+        x = self.audio_net(audio)
+        if self.config.audio.source:
+            x = torch.nn.functional.normalize(x, dim=-1) * self.audio_dim**0.5
+        return x
 
     def _audio_lookup(self, x_a: Tensor) -> Tensor:
         assert self.audio_grid is not None

@@ -51,6 +51,8 @@ class FrameConditions:
 class RadNerf(AvatarModel):
     """Head and torso of one identity, with a latent per training frame."""
 
+    audio_net_key = "head.audio_net"
+
     pose_mean: Tensor
     """[12] mean training pose (3x4), subtracted from the torso's pose input."""
     n_train: Tensor
@@ -288,10 +290,13 @@ class RadNerf(AvatarModel):
         module: nn.Module = self.torso if stage == "torso" else self.head
         latents = self.torso_latents if stage == "torso" else self.head_latents
         grids = [p for m in module.modules() if isinstance(m, PlaneEncoder) for p in m.parameters()]
-        ids = {id(p) for p in grids}
+        learnt = list(self.head.audio_net.parameters()) if stage != "torso" and self.config.head.audio.source else []
+        ids = {id(p) for p in grids + learnt}
         nets = [p for p in module.parameters() if id(p) not in ids] + [latents]
         groups: list[dict[str, Any]] = [{"name": "grid", "params": grids, "eps": 1e-15},
                                         {"name": "net", "params": nets, "weight_decay": 0.0}]
+        if learnt:  # a dataset-wide encoder: fine-tuned slowly (lr_audio), or frozen at 0
+            groups.append({"name": "audio", "params": learnt, "weight_decay": 0.0})
         if self.pose_deltas is not None and stage != "torso":
             groups.append({"name": "pose", "params": [self.pose_deltas]})
         return groups

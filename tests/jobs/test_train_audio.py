@@ -7,6 +7,7 @@ scores themselves mean nothing here; ``benchmarks/sync.py`` measures them).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -106,3 +107,61 @@ def test_sync_score_errors_name_the_fix(tmp_path, capsys, trained):
     assert "junk.pt: not a readable checkpoint" in capsys.readouterr().err
     assert main(["train-audio", "--dataset", str(tmp_path / "nothing"), "--tracking-uri", empty]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_evaluate_scores_prediction_and_ground_truth_with_the_registered_scorer(dataset, trained, server, tmp_path,
+                                                                               capsys):
+    from jobs.train import TrainJob, train_identity
+
+    assert trained[0] == 0
+    run = tmp_path / "run"
+    train_identity(TrainJob(dataset=str(dataset), identity="RD_Radio2_000", output=run, preset="debug",
+                            evaluate=False))
+    out = tmp_path / "eval"
+    assert main(["evaluate", "-c", str(run / "checkpoint.pt"), "-d", str(dataset), "-o", str(out),
+                 "--sync-model", f"models:/{SCORER_MODEL}/1", "--tracking-uri", server.url]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    m = ev["metrics"]
+    # six held-out frames: the ground truth is scored at offsets -3..3; the debug preset's 22 steps at 64 px
+    # rarely render a face MediaPipe finds, and then the prediction's score is left out with a note, not invented
+    assert {"lse_c_gt", "lse_d_gt", "sync_offset_gt", "cpbd", "cpbd_gt"} <= set(m)
+    assert m["sync_max_offset"] == 3 and abs(m["sync_offset_gt"]) <= 3 and 0 <= m["cpbd_gt"] <= 1
+    err = capsys.readouterr().err
+    assert "lse_c" in m or "no lip-sync score of the pred frames (only 0 frames show a mouth" in err
+    assert f"{SCORER_MODEL} version 1" in ev["protocol"]["sync_scorer"] and ev["protocol"]["doc"]
+    # asking for a scorer that is not there is an error, not a silent omission
+    assert main(["evaluate", "-c", str(run / "checkpoint.pt"), "-d", str(dataset), "-o", str(tmp_path / "e2"),
+                 "--sync-model", f"models:/{SCORER_MODEL}/9", "--tracking-uri", server.url]) == 2
+    assert "has no version 9" in capsys.readouterr().err
+
+
+def test_radnerf_takes_the_registered_audio_encoder_and_records_its_version(dataset, trained, server, tmp_path,
+                                                                           capsys):
+    import torch
+
+    from jobs.train import TrainJob, train_identity
+    from nerf.checkpoint import load_checkpoint
+    from nerf.config import config_from_json
+
+    assert trained[0] == 0
+    out = tmp_path / "run"
+    result = train_identity(TrainJob(dataset=str(dataset), identity="RD_Radio2_000", output=out, preset="debug",
+                                     evaluate=False, audio_source=f"models:/{AUDIO_LIP_MODEL}@champion",
+                                     tracking_uri=server.url))
+    # the alias is pinned to the version used, in the result and in the checkpoint's recipe
+    assert result["audio_lip_model"] == f"models:/{AUDIO_LIP_MODEL}/1"
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert config_from_json(ckpt["config"]).model.head.audio.source == f"models:/{AUDIO_LIP_MODEL}/1"
+    # the head's audio net is the registered encoder, fine-tuned at lr_audio (5e-6): 22 steps barely move it
+    path, _ = registry.fetch_checkpoint(server.url, f"models:/{AUDIO_LIP_MODEL}/1", tmp_path / "al",
+                                        reader=load_audio_lip)
+    enc = load_audio_lip(path).encoder.state_dict()
+    got = {k.removeprefix("head.audio_net."): v for k, v in ckpt["model"].items() if k.startswith("head.audio_net.")}
+    assert set(got) == set(enc)
+    assert max(float((got[k] - enc[k]).abs().max()) for k in enc) < 1e-3
+    assert any(not torch.equal(got[k], enc[k]) for k in enc)  # trained, not only copied
+    # an unknown version is a clear error from the command line, before any training
+    rc = main(["train", "-d", str(dataset), "--identity", "RD_Radio2_000", "--output", str(tmp_path / "r2"),
+               "--preset", "debug", "--audio-source", f"models:/{AUDIO_LIP_MODEL}/7", "--tracking-uri", server.url])
+    assert rc == 2 and "has no version 7" in capsys.readouterr().err
+    assert not (tmp_path / "r2" / "checkpoint.pt").exists()

@@ -126,27 +126,30 @@ class SyncScorer(nn.Module):
         super().__init__()
         self.config = config
         self.visual = nn.Sequential(  # 48x96 -> 24x48 -> 12x24 -> 6x12 -> 3x6
-            *_conv(config.frames, 32, 1), *_conv(32, 32, 2), *_conv(32, 64, 2), *_conv(64, 128, 2),
-            *_conv(128, 128, 2), nn.Flatten(), nn.Linear(128 * 3 * 6, 256), nn.ReLU(inplace=True),
-            nn.Linear(256, config.dim))
+            *_conv(config.frames, 32, 2), *_conv(32, 64, 2), *_conv(64, 128, 2), *_conv(128, 128, 2),
+            nn.Flatten(), nn.Linear(128 * 3 * 6, 256), nn.ReLU(inplace=True), nn.Linear(256, config.dim))
         self.audio = nn.Sequential(  # [1, 80 mels, 10 frames] -> 40x10 -> 20x5 -> 10x3 -> 5x2
             *_conv(1, 32, 1), *_conv(32, 32, (2, 1)), *_conv(32, 64, 2), *_conv(64, 128, 2), *_conv(128, 128, 2),
             nn.Flatten(), nn.Linear(128 * 5 * 2, 256), nn.ReLU(inplace=True), nn.Linear(256, config.dim))
 
     @staticmethod
-    def _standardise(crops: Tensor) -> Tensor:
-        """uint8-range crops -> zero mean, unit variance per window (lighting and skin tone drop out)."""
+    def _dynamics(crops: Tensor) -> Tensor:
+        """uint8-range crops [B, 5, h, w] -> each frame minus the window's mean frame, over the window's spread.
+
+        Only what changes within the 0.2 s remains: lip shape, beard, skin and light, which tell people (and clips)
+        apart and would let the scorer match faces to voices instead of lips, cancel out."""
         x = crops.float()
-        mean = x.mean((1, 2, 3), keepdim=True)
-        return (x - mean) / x.std((1, 2, 3), keepdim=True).clamp_min(1.0)
+        return (x - x.mean(1, keepdim=True)) / x.std((1, 2, 3), keepdim=True).clamp_min(1.0)
 
     def embed_video(self, crops: Tensor) -> Tensor:
         """``[B, 5, 48, 96]`` mouth crops (0-255) -> unit ``[B, 128]``."""
-        return F.normalize(self.visual(self._standardise(crops)), dim=1)
+        return F.normalize(self.visual(self._dynamics(crops)), dim=1)
 
     def embed_audio(self, mel: Tensor) -> Tensor:
-        """``[B, 10, 80]`` log-mel (0-1) -> unit ``[B, 128]``."""
-        return F.normalize(self.audio((mel.transpose(1, 2)[:, None] - 0.5) * 4.0), dim=1)
+        """``[B, 10, 80]`` log-mel (0-1) -> unit ``[B, 128]``; each band's mean over the window is taken out (the
+        voice's timbre and the room's colour, which are constant over 0.2 s), its changes are kept."""
+        x = (mel - mel.mean(1, keepdim=True)) * 10.0
+        return F.normalize(self.audio(x.transpose(1, 2)[:, None]), dim=1)
 
 
 def swap_targets(a: Tensor, b: Tensor, swapped: Tensor) -> tuple[Tensor, Tensor]:

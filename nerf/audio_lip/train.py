@@ -58,13 +58,17 @@ class AudioLipTrain:
     """Frames within this distance of the positive are neither positive nor negative (their mouths look alike)."""
     identity_negatives: bool = True
     """Add one negative per row from another clip of the same identity (JEAN's negative), when there is one."""
+    cross_clip_negatives: bool = False
+    """Also use the batch's other clips as negatives. Off: they are told apart by voice and face, which a network
+    of a few dozen people learns instead of lips (held-out sync fell to chance with them on)."""
     augment: MelAugment = field(default_factory=MelAugment)
     model: AudioLipConfig = field(default_factory=AudioLipConfig)
 
 
 @dataclass(frozen=True)
 class ScorerTrain:
-    epochs: int = 30
+    epochs: int = 60
+    """On its dynamics-only inputs it learns slowly: about 23 s an epoch of ten thousand frames on 2 cores."""
     clips_per_batch: int = 8
     frames_per_clip: int = 32
     """Contiguous stretches: same-clip windows 3..31 frames away are the offset negatives."""
@@ -73,6 +77,14 @@ class ScorerTrain:
     tau: float = 0.07
     near: int = 2
     """Offsets within this many frames are masked (neither positive nor negative)."""
+    cross_clip_negatives: bool = True
+    """Also use the batch's other clips as negatives. On: with same-clip negatives only the scorer collapsed from
+    the start; its inputs keep only what changes within the 0.2 s (:class:`SyncScorer`), so other clips cannot be
+    told apart by face or voice alone."""
+    flip: float = 0.5
+    """Chance a visual window is mirrored left-right (a mouth's mirror image speaks the same sound)."""
+    shift: int = 3
+    """Largest random shift of a visual window (px), so the crop's exact placement is not learnt."""
     augment: MelAugment = field(default_factory=lambda: MelAugment(time_mask=1))
     model: SyncScorerConfig = field(default_factory=SyncScorerConfig)
 
@@ -141,16 +153,18 @@ def stretches(starts: np.ndarray, data: AudioLipData, clips: int, length: int,
     return (np.asarray(firsts)[:, None] + np.arange(length)[None, :]).reshape(-1)
 
 
-def _mask(rows: np.ndarray, data: AudioLipData, near: int) -> Tensor:
-    """[B, B] True where row j is too close in time to row i of the same clip to be a negative (i != j)."""
+def _mask(rows: np.ndarray, data: AudioLipData, near: int, cross_clip: bool) -> Tensor:
+    """[B, B] True where row j may not be a negative of row i (i != j): too close in time within one clip, or, unless
+    ``cross_clip``, of another clip (another voice and face tell those apart, not the lips)."""
     c, f = data.clip[rows], data.frame[rows]
-    close = (c[:, None] == c[None, :]) & (np.abs(f[:, None] - f[None, :]) <= near)
-    np.fill_diagonal(close, False)
-    return torch.from_numpy(close)
+    same = c[:, None] == c[None, :]
+    masked = (same & (np.abs(f[:, None] - f[None, :]) <= near)) | (~same if not cross_clip else False)
+    np.fill_diagonal(masked, False)
+    return torch.from_numpy(masked)
 
 
 def other_clip_rows(rows: np.ndarray, data: AudioLipData, rng: np.random.Generator) -> np.ndarray:
-    """For each row, a random valid row of another clip of the same identity (else of any other clip)."""
+    """For each row, a random row of another clip of the same identity (else of any other clip)."""
     spans = data.spans()
     ident = np.asarray(data.clip_identity)
     out = np.empty(len(rows), np.int64)
@@ -191,7 +205,14 @@ def train_audio_encoder(lae: LandmarkAE, canonical: np.ndarray, data: AudioLipDa
             audio = augment_mel(mel[np.concatenate([rows, extra])], cfg.augment, gen)
             e_a = F.normalize(model(audio), dim=1)
             logits = mouth[rows] @ e_a.T / cfg.tau  # [B, B + extra]
-            logits[:, : len(rows)] = logits[:, : len(rows)].masked_fill(_mask(rows, data, cfg.near), -1e4)
+            masked = _mask(rows, data, cfg.near, cfg.cross_clip_negatives)
+            if len(extra):  # row i's extra negative is its own: same person, other clip (JEAN); others' are masked
+                ident = np.asarray(data.clip_identity)
+                own = ident[data.clip[extra]] == ident[data.clip[rows]]
+                extra_mask = ~torch.eye(len(rows), dtype=torch.bool) | ~torch.from_numpy(own)[:, None]
+                masked = torch.cat([masked, extra_mask if not cfg.cross_clip_negatives else
+                                    torch.zeros_like(extra_mask)], 1)
+            logits = logits.masked_fill(masked, -1e4)
             target = torch.arange(len(rows))
             loss = F.cross_entropy(logits, target)
             opt.zero_grad(set_to_none=True)
@@ -211,6 +232,19 @@ def scorer_loss(v: Tensor, a: Tensor, masked: Tensor, tau: float) -> tuple[Tenso
     target = torch.arange(len(v), device=v.device)
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
     return loss, (logits.argmax(1) == target).float().mean()
+
+
+def jitter(crops: Tensor, flip: float, shift: int, gen: torch.Generator) -> Tensor:
+    """Mirror some windows left-right and shift each by up to ``shift`` px (edges repeated), all its frames alike."""
+    b = crops.shape[0]
+    flipped = torch.rand(b, generator=gen) < flip
+    crops = torch.where(flipped[:, None, None, None], crops.flip(-1), crops)
+    if shift:
+        pad = F.pad(crops.float(), (shift, shift, shift, shift), mode="replicate")
+        dx, dy = (torch.randint(0, 2 * shift + 1, (2, b), generator=gen)).tolist()
+        h, w = crops.shape[-2:]
+        crops = torch.stack([p[:, y : y + h, x : x + w] for p, x, y in zip(pad, dx, dy, strict=True)])
+    return crops
 
 
 class _Towers(nn.Module):
@@ -246,9 +280,9 @@ def train_scorer(data: AudioLipData, cfg: ScorerTrain, seed: int = 0, on_epoch: 
         total = acc = 0.0
         for _ in range(steps):
             rows = stretches(starts, data, cfg.clips_per_batch, cfg.frames_per_clip, rng)
-            crops = torch.from_numpy(video_windows(data.crops, rows, frames))
+            crops = jitter(torch.from_numpy(video_windows(data.crops, rows, frames)), cfg.flip, cfg.shift, gen)
             v, a = model(crops, augment_mel(mel[rows], cfg.augment, gen))
-            loss, batch_acc = scorer_loss(v, a, _mask(rows, data, cfg.near), cfg.tau)
+            loss, batch_acc = scorer_loss(v, a, _mask(rows, data, cfg.near, cfg.cross_clip_negatives), cfg.tau)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -65,8 +65,6 @@ def train_all(data: AudioLipData, job: dict[str, Any], rank: int = 0, world: int
     Returns:
         held-out metrics, the clip split and the seconds each model took.
     """
-    import torch
-
     from nerf.audio_lip import checkpoint as ck
     from nerf.audio_lip import train as T
     from nerf.audio_lip.data import canonical_landmarks, rigid_template
@@ -81,27 +79,25 @@ def train_all(data: AudioLipData, job: dict[str, Any], rank: int = 0, world: int
     wrap = _wrap(world)
     step = {"n": 0}
 
-    def epoch_cb(prefix: str):  # noqa: ANN202
-        def cb(epoch: int, m: dict[str, float]) -> None:
-            step["n"] += 1
-            if on_metrics:
-                on_metrics({**m, "epoch": epoch}, step["n"])
-        return cb
+    def epoch_cb(epoch: int, m: dict[str, float]) -> None:  # one step per epoch of any of the three models
+        step["n"] += 1
+        if on_metrics:
+            on_metrics(m, step["n"])
 
     metrics: dict[str, float] = {}
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    lae = T.train_landmark_ae(ctr, tr, cfg["lae"], seed, epoch_cb("lae"), wrap)
+    lae = T.train_landmark_ae(ctr, tr, cfg["lae"], seed, epoch_cb, wrap)
     seconds["lae_s"] = time.perf_counter() - t
     if len(va):
         metrics.update(swap_error(lae, cva, va.spans(), va.valid))
     t = time.perf_counter()
-    enc = T.train_audio_encoder(lae, ctr, tr, cfg["encoder"], seed, epoch_cb("encoder"), wrap)
+    enc = T.train_audio_encoder(lae, ctr, tr, cfg["encoder"], seed, epoch_cb, wrap)
     seconds["encoder_s"] = time.perf_counter() - t
     if len(va):
         metrics["retrieval_top1"] = retrieval_top1(lae, enc, cva, va.mel, va.spans())
     t = time.perf_counter()
-    scorer = T.train_scorer(tr, cfg["scorer"], seed, epoch_cb("scorer"), wrap)
+    scorer = T.train_scorer(tr, cfg["scorer"], seed, epoch_cb, wrap)
     seconds["scorer_s"] = time.perf_counter() - t
     if len(va):
         acc, conf, n = offset_accuracy(scorer, va.crops, va.mel, va.valid, va.spans())
@@ -113,7 +109,6 @@ def train_all(data: AudioLipData, job: dict[str, Any], rank: int = 0, world: int
     if out_dir is not None and rank == 0:
         ck.save(ck.AudioLipBundle(lae, enc, template, meta).state(), out_dir / AUDIO_LIP_FILE)
         ck.save(ck.scorer_state(scorer, meta), out_dir / SCORER_FILE)
-    torch.set_grad_enabled(True)
     return {"metrics": metrics, "seconds": seconds, "train_clips": train_ids, "val_clips": val_ids,
             "frames": int(tr.valid.sum())}
 

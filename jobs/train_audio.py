@@ -31,6 +31,10 @@ _VERSION_METRICS = {AUDIO_LIP_MODEL: ("swap_l1", "recon_l1", "retrieval_top1"),
                     SCORER_MODEL: ("offset_acc", "lse_c", "scored_clips")}
 
 
+class AudioTrainError(RuntimeError):
+    """The training job failed on its workers (the worker's own error, in one line)."""
+
+
 @dataclass
 class AudioTrainJob:
     dataset: str
@@ -139,9 +143,13 @@ def run_train_audio(job: AudioTrainJob) -> dict[str, Any]:
             scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=gpu,
                                          resources_per_worker={"CPU": cpus}),
             run_config=RunConfig(name=f"train-audio-{run_id[:8]}", storage_path=job.storage))
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
+        try:
+            result = trainer.fit()
+            if result.error is not None:
+                raise result.error
+        except Exception as exc:  # noqa: BLE001 (Ray wraps the worker's error in its own types)
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            raise AudioTrainError(f"training failed: {lines[-1] if lines else type(exc).__name__}") from exc
         metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
         c.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items() if k in METRICS or k.endswith("_s")
                                      or k in ("recon_l1", "scored_clips", "frames")])
@@ -174,7 +182,7 @@ def run_cli(args: argparse.Namespace) -> int:
                         cache_dir=args.cache_dir, register=not args.no_register)
     try:
         out = run_train_audio(job)
-    except (tracking.TrackingError, FileNotFoundError, ValueError) as exc:
+    except (tracking.TrackingError, FileNotFoundError, ValueError, AudioTrainError) as exc:
         print(f"train-audio: {exc}", file=sys.stderr)
         return 2
     for name, v in out["versions"].items():

@@ -119,6 +119,8 @@ class SwapLoss(nn.Module):
 def train_landmark_ae(canonical: np.ndarray, data: AudioLipData, cfg: LandmarkAETrain, seed: int = 0,
                       on_epoch: OnEpoch | None = None, wrap: Wrap | None = None) -> LandmarkAE:
     """Train the swap autoencoder on pose-free landmarks [N, 51, 2] (rows as in ``data``)."""
+    if not data.valid.any():
+        raise ValueError("the landmark autoencoder needs frames showing a face; this dataset has none")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     lae = LandmarkAE(cfg.model)
@@ -141,6 +143,13 @@ def train_landmark_ae(canonical: np.ndarray, data: AudioLipData, cfg: LandmarkAE
         if on_epoch:
             on_epoch(epoch, {"lae_loss": total / steps})
     return lae.eval()
+
+
+def require_windows(starts: np.ndarray, length: int, what: str) -> None:
+    """Raises ValueError when no clip has ``length`` consecutive frames with a face and audio."""
+    if len(starts) == 0:
+        raise ValueError(f"the {what} needs clips with {length} consecutive frames showing a face with audio "
+                         f"({length / 25:.1f} s); this dataset has none")
 
 
 def stretches(starts: np.ndarray, data: AudioLipData, clips: int, length: int,
@@ -195,6 +204,7 @@ def train_audio_encoder(lae: LandmarkAE, canonical: np.ndarray, data: AudioLipDa
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = _decay(opt, cfg.lr, cfg.final_lr, steps * cfg.epochs)
     starts = window_starts(data, cfg.frames_per_clip)
+    require_windows(starts, cfg.frames_per_clip, "audio encoder")
     mel = torch.from_numpy(data.mel)
     for epoch in range(cfg.epochs):
         model.train()
@@ -273,7 +283,9 @@ def train_scorer(data: AudioLipData, cfg: ScorerTrain, seed: int = 0, on_epoch: 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = _decay(opt, cfg.lr, cfg.final_lr, steps * cfg.epochs)
     half = frames // 2
-    starts = window_starts(data, cfg.frames_per_clip + 2 * half) + half  # the visual windows stay inside
+    starts = window_starts(data, cfg.frames_per_clip + 2 * half)
+    require_windows(starts, cfg.frames_per_clip + 2 * half, "lip-sync scorer")
+    starts = starts + half  # the visual windows stay inside
     mel = torch.from_numpy(np.ascontiguousarray(data.mel[:, SCORER_AUDIO]))
     for epoch in range(cfg.epochs):
         model.train()

@@ -59,7 +59,7 @@ def _wrap(world: int):  # noqa: ANN202
 
 
 def train_all(data: AudioLipData, job: dict[str, Any], rank: int = 0, world: int = 1,
-              on_metrics=None, out_dir: Path | None = None) -> dict[str, Any]:  # noqa: ANN001
+              on_metrics=None, out_dir: Path | None = None, device: Any = "cpu") -> dict[str, Any]:  # noqa: ANN001
     """Train the three models on ``data`` (held-out clips chosen by :func:`split_clips`) and write their files.
 
     Returns:
@@ -87,17 +87,17 @@ def train_all(data: AudioLipData, job: dict[str, Any], rank: int = 0, world: int
     metrics: dict[str, float] = {}
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    lae = T.train_landmark_ae(ctr, tr, cfg["lae"], seed, epoch_cb, wrap)
+    lae = T.train_landmark_ae(ctr, tr, cfg["lae"], seed, epoch_cb, wrap, device)
     seconds["lae_s"] = time.perf_counter() - t
     if len(va):
         metrics.update(swap_error(lae, cva, va.spans(), va.valid))
     t = time.perf_counter()
-    enc = T.train_audio_encoder(lae, ctr, tr, cfg["encoder"], seed, epoch_cb, wrap)
+    enc = T.train_audio_encoder(lae, ctr, tr, cfg["encoder"], seed, epoch_cb, wrap, device)
     seconds["encoder_s"] = time.perf_counter() - t
     if len(va):
         metrics["retrieval_top1"] = retrieval_top1(lae, enc, cva, va.mel, va.spans())
     t = time.perf_counter()
-    scorer = T.train_scorer(tr, cfg["scorer"], seed, epoch_cb, wrap)
+    scorer = T.train_scorer(tr, cfg["scorer"], seed, epoch_cb, wrap, device)
     seconds["scorer_s"] = time.perf_counter() - t
     if len(va):
         acc, conf, n = offset_accuracy(scorer, va.crops, va.mel, va.valid, va.spans())
@@ -116,6 +116,7 @@ def train_all(data: AudioLipData, job: dict[str, Any], rank: int = 0, world: int
 def worker_loop(config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``: load the dataset, train, report the checkpoint (rank 0)."""
     import ray.train
+    import ray.train.torch
     import torch
 
     from jobs.audio_lip_data import load_audio_lip_data
@@ -140,7 +141,8 @@ def worker_loop(config: dict[str, Any]) -> None:
             mlflow.log_batch(run["run_id"], metrics=[Metric(k, float(v), ts, step) for k, v in m.items()])
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = train_all(data, job, rank, world, log_metrics, Path(tmp))
+        device = ray.train.torch.get_device() if job.get("use_gpu") else "cpu"
+        result = train_all(data, job, rank, world, log_metrics, Path(tmp), device)
         flat = {**result["metrics"], **result["seconds"], "frames": result["frames"]}
         if rank == 0:
             mlflow.log_dict(run["run_id"], {"train_clips": result["train_clips"],  # type: ignore[union-attr]

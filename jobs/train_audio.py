@@ -136,7 +136,7 @@ def run_train_audio(job: AudioTrainJob) -> dict[str, Any]:
             env["PARLEY_ASSETS"] = str(Path(env["PARLEY_ASSETS"]).expanduser().resolve())
         cache = job.cache_dir or str(Path("~/.cache/parley/audio_lip").expanduser())
         job_dict = {**asdict(job), "dataset": dataset, "dataset_version": version, "cache_dir": cache,
-                    "threads": int(cpus)}
+                    "threads": int(cpus), "use_gpu": gpu}
         trainer = TorchTrainer(
             worker_loop,
             train_loop_config={"job": job_dict, "run": {"tracking_uri": uri, "run_id": run_id}, "env": env},

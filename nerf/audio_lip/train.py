@@ -117,7 +117,8 @@ class SwapLoss(nn.Module):
 
 
 def train_landmark_ae(canonical: np.ndarray, data: AudioLipData, cfg: LandmarkAETrain, seed: int = 0,
-                      on_epoch: OnEpoch | None = None, wrap: Wrap | None = None) -> LandmarkAE:
+                      on_epoch: OnEpoch | None = None, wrap: Wrap | None = None,
+                      device: str | torch.device = "cpu") -> LandmarkAE:
     """Train the swap autoencoder on pose-free landmarks [N, 51, 2] (rows as in ``data``)."""
     if not data.valid.any():
         raise ValueError("the landmark autoencoder needs frames showing a face; this dataset has none")
@@ -125,6 +126,7 @@ def train_landmark_ae(canonical: np.ndarray, data: AudioLipData, cfg: LandmarkAE
     rng = np.random.default_rng(seed)
     lae = LandmarkAE(cfg.model)
     lae.set_normalisation(torch.from_numpy(canonical[data.valid]))
+    lae.to(device)
     model = wrap(SwapLoss(lae)) if wrap else SwapLoss(lae)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     spans, x = data.spans(), torch.from_numpy(canonical)
@@ -135,14 +137,14 @@ def train_landmark_ae(canonical: np.ndarray, data: AudioLipData, cfg: LandmarkAE
         for _ in range(steps):
             ia, ib = lae_pairs(spans, data.valid, cfg.batch, rng)
             swapped = torch.from_numpy(rng.random(cfg.batch) < cfg.swap)
-            loss = model(x[ia], x[ib], swapped)
+            loss = model(x[ia].to(device), x[ib].to(device), swapped.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item()
         if on_epoch:
             on_epoch(epoch, {"lae_loss": total / steps})
-    return lae.eval()
+    return lae.cpu().eval()
 
 
 def require_windows(starts: np.ndarray, length: int, what: str) -> None:
@@ -187,7 +189,8 @@ def other_clip_rows(rows: np.ndarray, data: AudioLipData, rng: np.random.Generat
 
 
 def train_audio_encoder(lae: LandmarkAE, canonical: np.ndarray, data: AudioLipData, cfg: AudioLipTrain,
-                        seed: int = 0, on_epoch: OnEpoch | None = None, wrap: Wrap | None = None) -> AudioLipEncoder:
+                        seed: int = 0, on_epoch: OnEpoch | None = None, wrap: Wrap | None = None,
+                        device: str | torch.device = "cpu") -> AudioLipEncoder:
     """InfoNCE of audio windows against the frozen mouth codes (JEAN Eq. 2, with in-batch and same-identity
     negatives)."""
     torch.manual_seed(seed)
@@ -197,7 +200,8 @@ def train_audio_encoder(lae: LandmarkAE, canonical: np.ndarray, data: AudioLipDa
     with torch.no_grad():
         mouth = F.normalize(torch.cat([lae.encode(torch.from_numpy(canonical[s : s + 4096]))[1]
                                        for s in range(0, len(canonical), 4096)]), dim=1)
-    enc = AudioLipEncoder(cfg.model)
+    mouth = mouth.to(device)
+    enc = AudioLipEncoder(cfg.model).to(device)
     model = wrap(enc) if wrap else enc
     batch = cfg.clips_per_batch * cfg.frames_per_clip
     steps = steps_per_epoch(int(data.valid.sum()), batch)
@@ -213,7 +217,7 @@ def train_audio_encoder(lae: LandmarkAE, canonical: np.ndarray, data: AudioLipDa
             rows = stretches(starts, data, cfg.clips_per_batch, cfg.frames_per_clip, rng)
             extra = other_clip_rows(rows, data, rng) if cfg.identity_negatives else rows[:0]
             audio = augment_mel(mel[np.concatenate([rows, extra])], cfg.augment, gen)
-            e_a = F.normalize(model(audio), dim=1)
+            e_a = F.normalize(model(audio.to(device)), dim=1)
             logits = mouth[rows] @ e_a.T / cfg.tau  # [B, B + extra]
             masked = _mask(rows, data, cfg.near, cfg.cross_clip_negatives)
             if len(extra):  # row i's extra negative is its own: same person, other clip (JEAN); others' are masked
@@ -222,8 +226,8 @@ def train_audio_encoder(lae: LandmarkAE, canonical: np.ndarray, data: AudioLipDa
                 extra_mask = ~torch.eye(len(rows), dtype=torch.bool) | ~torch.from_numpy(own)[:, None]
                 masked = torch.cat([masked, extra_mask if not cfg.cross_clip_negatives else
                                     torch.zeros_like(extra_mask)], 1)
-            logits = logits.masked_fill(masked, -1e4)
-            target = torch.arange(len(rows))
+            logits = logits.masked_fill(masked.to(device), -1e4)
+            target = torch.arange(len(rows), device=device)
             loss = F.cross_entropy(logits, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -233,7 +237,7 @@ def train_audio_encoder(lae: LandmarkAE, canonical: np.ndarray, data: AudioLipDa
             acc += (logits.argmax(1) == target).float().mean().item()
         if on_epoch:
             on_epoch(epoch, {"encoder_loss": total / steps, "encoder_batch_acc": acc / steps})
-    return enc.eval()
+    return enc.cpu().eval()
 
 
 def scorer_loss(v: Tensor, a: Tensor, masked: Tensor, tau: float) -> tuple[Tensor, Tensor]:
@@ -269,13 +273,14 @@ class _Towers(nn.Module):
 
 
 def train_scorer(data: AudioLipData, cfg: ScorerTrain, seed: int = 0, on_epoch: OnEpoch | None = None,
-                 wrap: Wrap | None = None) -> SyncScorer:
+                 wrap: Wrap | None = None, device: str | torch.device = "cpu") -> SyncScorer:
     """The lip-sync scorer: in-sync 5-frame mouth windows and 0.2 s of audio against every other pairing of the
     batch (other clips, and the same clip 3..31 frames off)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     scorer = SyncScorer(cfg.model)
+    scorer.to(device)
     model = wrap(_Towers(scorer)) if wrap else _Towers(scorer)
     frames = cfg.model.frames
     batch = cfg.clips_per_batch * cfg.frames_per_clip
@@ -293,8 +298,9 @@ def train_scorer(data: AudioLipData, cfg: ScorerTrain, seed: int = 0, on_epoch: 
         for _ in range(steps):
             rows = stretches(starts, data, cfg.clips_per_batch, cfg.frames_per_clip, rng)
             crops = jitter(torch.from_numpy(video_windows(data.crops, rows, frames)), cfg.flip, cfg.shift, gen)
-            v, a = model(crops, augment_mel(mel[rows], cfg.augment, gen))
-            loss, batch_acc = scorer_loss(v, a, _mask(rows, data, cfg.near, cfg.cross_clip_negatives), cfg.tau)
+            v, a = model(crops.to(device), augment_mel(mel[rows], cfg.augment, gen).to(device))
+            loss, batch_acc = scorer_loss(v, a, _mask(rows, data, cfg.near, cfg.cross_clip_negatives).to(device),
+                                          cfg.tau)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -303,4 +309,4 @@ def train_scorer(data: AudioLipData, cfg: ScorerTrain, seed: int = 0, on_epoch: 
             acc += batch_acc.item()
         if on_epoch:
             on_epoch(epoch, {"scorer_loss": total / steps, "scorer_batch_acc": acc / steps})
-    return scorer.eval()
+    return scorer.cpu().eval()

@@ -12,7 +12,8 @@ What is measured:
   its wall-clock.
 * The held-out clips are cut into ``--segment-s`` segments (4 s, 100 frames). On each, with the registered scorer:
   ``offset_acc`` = share whose detected offset with the true audio is within +-1 frame; ``shift_acc`` = share of
-  (segment, k) whose audio delayed by k frames (k = +-5..12, every k) is detected at k +-1; ``conf_vs_other`` =
+  (segment, k) whose audio delayed by k frames (k = +-5..12, every k) is detected at k +-1 (``shift_rel_acc``: at
+  the segment's own detected offset + k +-1, which leaves out the clip's own AV offset); ``conf_vs_other`` =
   share of ordered pairs of segments of different people where the true audio's LSE-C beats the other person's
   audio laid over the same video (same length). With the audio encoder: ``retrieval_top1`` = share of held-out
   frames whose mouth code picks its own audio window among 32 of the same clip (chance 1/32). A no-swap
@@ -112,7 +113,8 @@ def main() -> int:
     segs = segments(held.spans(), int(round(args.segment_s * 25)))
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    gt, shifted, confs = [], [], {}
+    offsets: list[int] = []
+    gt, shifted, relative, confs = [], [], [], {}
     for i, (_c, s, e) in enumerate(segs):
         idx = np.arange(s, e)
         try:
@@ -120,12 +122,14 @@ def main() -> int:
         except SyncScoreError:
             continue
         gt.append(abs(r.offset) <= 1)
+        offsets.append(r.offset)
         confs[i] = r.lse_c
         for k in SHIFTS:
             src = idx - k  # frame t hears what was said at t - k
             ok = (src >= s) & (src < e)
             r2 = sync_score(scorer, held.crops[idx], held.mel[np.clip(src, s, e - 1)], held.valid[idx] & ok)
             shifted.append(abs(r2.offset - k) <= 1)
+            relative.append(abs(r2.offset - r.offset - k) <= 1)  # the shift tracked from the clip's own offset
     wins = []
     for i, (ci, si, ei) in enumerate(segs):
         for j, (cj, sj, ej) in enumerate(segs):
@@ -150,6 +154,7 @@ def main() -> int:
                                  T.LandmarkAETrain(swap=0.0))
     swap_noswap = swap_error(noswap, canon, held.spans(), held.valid)
     result = {"offset_acc": float(np.mean(gt)), "shift_acc": float(np.mean(shifted)),
+              "shift_rel_acc": float(np.mean(relative)), "offsets": offsets,
               "conf_vs_other": float(np.mean(wins)), "retrieval_top1": retrieval, "retrieval_chance": 1 / 32,
               "train_min": train_min, "swap_l1": swap["swap_l1"], "swap_l1_noswap": swap_noswap["swap_l1"],
               "recon_l1": swap["recon_l1"], "segments": len(gt), "shift_trials": len(shifted), "pairs": len(wins),
@@ -158,6 +163,7 @@ def main() -> int:
                                     text=True).stdout.strip()}
     (args.work / "sync_benchmark.json").write_text(json.dumps(result, indent=2))
     print(f"segments={len(gt)} shift_trials={len(shifted)} pairs={len(wins)} retrieval_chance={1 / 32:.4f} "
+          f"shift_rel_acc={result['shift_rel_acc']:.4f} offsets={offsets} "
           f"swap_l1={swap['swap_l1']:.5f} swap_l1_noswap={swap_noswap['swap_l1']:.5f}")
     print(" ".join(f"{k}={result[k]:.4f}" if k != "train_min" else f"{k}={result[k]:.2f}"
                    for k in ("offset_acc", "shift_acc", "conf_vs_other", "retrieval_top1", "train_min")))

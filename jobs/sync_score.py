@@ -68,7 +68,10 @@ def run_cli(args: argparse.Namespace) -> int:
             scorer, meta = load_registered_scorer(args.tracking_uri, args.model or DEFAULT_SCORER)
             source = f"{meta['name']} version {meta['version']}"
         print(f"sync-score: scorer {source}", file=sys.stderr)
-        out = score_video(args.video, scorer, args.audio)
+        try:
+            out = score_video(args.video, scorer, args.audio)
+        except SyncScoreError as exc:
+            raise SyncScoreError(f"{args.video}: {exc}") from None
     except (FileNotFoundError, RegistryError, tracking.TrackingError, AudioLipCheckpointError, CheckpointError,
             SyncScoreError, ParleyError, ValueError) as exc:
         print(f"sync-score: {exc}", file=sys.stderr)

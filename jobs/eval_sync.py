@@ -122,7 +122,7 @@ def resolve_scorer(model_uri: str | None, checkpoint: str | None, tracking_uri: 
         return None, ""
     try:
         scorer, meta = load_registered_scorer(tracking_uri, model_uri or DEFAULT_SCORER)
-    except RegistryError as exc:
+    except (RegistryError, tracking.TrackingError) as exc:  # only the default was looked for: a note, not a failure
         if required:
             raise
         print(f"evaluate: no lip-sync score ({exc})", file=sys.stderr)

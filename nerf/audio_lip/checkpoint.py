@@ -22,6 +22,7 @@ from nerf.audio_lip.models import (
     SyncScorer,
     SyncScorerConfig,
 )
+from nerf.checkpoint import save_checkpoint
 
 AUDIO_LIP_FORMAT = "parley-audio-lip/1"
 SCORER_FORMAT = "parley-sync-scorer/1"
@@ -68,13 +69,9 @@ def _read(path: str | Path, fmt: str) -> dict[str, Any]:
 
 
 def save(state: dict[str, Any], path: str | Path) -> Path:
-    """Write a bundle's or scorer's state (:meth:`AudioLipBundle.state`, :func:`scorer_state`)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(p)
-    return p
+    """Write a bundle's or scorer's state (:meth:`AudioLipBundle.state`, :func:`scorer_state`) atomically, as every
+    parley checkpoint is written (:func:`nerf.checkpoint.save_checkpoint`)."""
+    return save_checkpoint(state, path)
 
 
 def load_audio_lip(path: str | Path) -> AudioLipBundle:

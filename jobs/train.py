@@ -89,8 +89,9 @@ def recipe(job: TrainJob) -> ExperimentConfig:
 
 
 def load_identity(dataset: str, identity: str, size: int, s3_endpoint: str | None = None,
-                  max_frames: int | None = None) -> IdentityFrames:
-    """Read one identity's frames from a dataset at a training size.
+                  max_frames: int | None = None, holdout: float | None = None) -> IdentityFrames:
+    """Read one identity's frames from a dataset at a training size (``holdout``: the fraction of its last frames
+    held out, default :data:`pipelines.schema.HOLDOUT_FRACTION`).
 
     Raises:
         KeyError: the identity is not in the dataset (the known ones are named).
@@ -100,7 +101,8 @@ def load_identity(dataset: str, identity: str, size: int, s3_endpoint: str | Non
     ds = Dataset(dataset, S3Options(endpoint_url=s3_endpoint)).require()
     ds.identity_clips(identity)  # KeyError naming the known identities, before identities/ is read
     data = IdentityFrames.from_batches(lambda columns: ds.iter_frames(identity, columns), ds.identity(identity),
-                                       size, max_frames=max_frames)
+                                       size, max_frames=max_frames,
+                                       **({"holdout": holdout} if holdout is not None else {}))
     data.version = ds.identity_version(identity)
     # Arrow's allocator keeps the read buffers for reuse; training allocates through torch, which cannot use them
     # (~250 MB at 2,000 frames)

@@ -28,7 +28,7 @@ CROP_RULE = f"mouth/{MOUTH_SIZE[0]}x{MOUTH_SIZE[1]}/{MOUTH_SPAN}/{MOUTH_DROP}"
 """Changes when the mouth crop changes, so cached arrays are rebuilt."""
 
 
-def _stack(col: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> np.ndarray:
+def stack_column(col: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> np.ndarray:
     """A list column (null where there was no face) -> float32 [N, *shape], zeros for nulls."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     present = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
@@ -41,8 +41,8 @@ def _stack(col: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> np.ndarra
 def _read_identity(ds: Dataset, identity: str) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("landmarks", "mel", "crops", "clip", "frame", "valid")}
     for batch in ds.iter_frames(identity, COLUMNS, batch_rows=256):
-        lms = _stack(batch.column("landmarks_2d"), (68, 2))
-        mel = _stack(batch.column("audio_features"), (AUDIO_WINDOW, AUDIO_MELS))
+        lms = stack_column(batch.column("landmarks_2d"), (68, 2))
+        mel = stack_column(batch.column("audio_features"), (AUDIO_WINDOW, AUDIO_MELS))
         found = np.asarray(batch.column("face_found").fill_null(False).to_numpy(zero_copy_only=False), bool)
         audio = np.asarray(batch.column("audio_valid").fill_null(False).to_numpy(zero_copy_only=False), bool)
         crops = np.zeros((len(lms), MOUTH_SIZE[1], MOUTH_SIZE[0]), np.uint8)

@@ -14,12 +14,17 @@ audio-anchored swap on every clip but the last, with each feature set; the audio
   Low is what the swap is for: the expression part should not say what the mouth says;
 * ``upper_share``: the same for the upper face (brows, eye squint and wide, cheek squint, nose sneer) and the
   smile/frown shapes: high means e_e holds the expression;
-* ``mouth_in_expr`` / ``upper_in_expr``: the reverse probes, e_e -> shapes (mean R^2 per shape). They find a shape
-  even in a direction of e_e with tiny variance, so they bound what e_e holds rather than what a network sees;
+* ``mouth_in_expr`` / ``upper_in_expr``: the reverse probes, e_e -> shapes (R^2 pooled over the shapes; a shape
+  nearly constant in the held-out clip made a per-shape mean meaningless). They find a shape even in a direction
+  of e_e with tiny variance, so they bound what e_e holds rather than what a network sees;
 * ``mouth_in_audio``: e_e's counterpart for the audio's lip part g(e_a), for scale.
 
-All targets are MediaPipe blendshapes of the frames, whatever the feature set. The last line is ``name=value``
-pairs, per feature set ``<set>_mouth_share``, ``<set>_upper_share`` and ``<set>_swap`` (means over identities).
+Every probe runs on values centred per clip (codes and shapes): a clip's mean expression differs from another's
+(another day, light, mood), and what is asked is whether e_e follows the mouth from moment to moment, not
+whether it tells clips apart. All targets are MediaPipe blendshapes of the frames, whatever the feature set.
+
+The last line is ``name=value`` pairs, per feature set ``<set>_mouth_share``, ``<set>_upper_share`` and
+``<set>_swap`` (means over identities).
 """
 
 from __future__ import annotations
@@ -64,6 +69,14 @@ def audio_codes(mel: np.ndarray, tracking_uri: str) -> np.ndarray:
     return torch.nn.functional.normalize(codes, dim=-1).numpy()
 
 
+def centred(values: np.ndarray, clips: np.ndarray) -> np.ndarray:
+    """``values`` minus their clip's mean."""
+    out = values.astype(np.float64).copy()
+    for c in np.unique(clips):
+        out[clips == c] -= out[clips == c].mean(0)
+    return out
+
+
 def main() -> int:
     from jobs.jean_data import FEATURE_SETS, blendshape_index, expression_features
     from nerf.jean import expression_train as xt
@@ -88,8 +101,8 @@ def main() -> int:
         codes = audio_codes(d["mel"], args.tracking_uri)
         clips = d["clip"]
         test = clips == clips[-1]
-        mouth = np.concatenate([d["blendshapes"][:, mouth_idx], d["mouth_opening"][:, None]], 1)
-        upper = d["blendshapes"][:, upper_idx]
+        mouth = centred(np.concatenate([d["blendshapes"][:, mouth_idx], d["mouth_opening"][:, None]], 1), clips)
+        upper = centred(d["blendshapes"][:, upper_idx], clips)
         for name in args.features:
             feats = expression_features(d, name)
             t = time.perf_counter()
@@ -106,15 +119,19 @@ def main() -> int:
             with torch.no_grad():
                 recon = float(xt.expression_losses(model, x, a, starts, near, cfg, swap=False)["recon"])
                 swap = float(xt.expression_losses(model, x, a, starts, near, cfg, swap=True)["recon"])
+            e_train, e_test, g_train, g_test = (centred(v, c) for v, c in ((e_train, clips[~test]),
+                                                                             (e_test, clips[test]),
+                                                                             (g_train, clips[~test]),
+                                                                             (g_test, clips[test])))
             row = {"identity": identity, "features": name, "dims": int(feats.shape[1]),
                    "train_frames": int((~test).sum()), "test_frames": int(test.sum()), "train_s": train_s,
                    "recon": recon, "swap": swap,
                    "mouth_share": xt.probe_r2(mouth[~test], e_train, mouth[test], e_test, pooled=True),
                    "upper_share": xt.probe_r2(upper[~test], e_train, upper[test], e_test, pooled=True),
-                   "mouth_in_expr": xt.probe_r2(e_train, mouth[~test], e_test, mouth[test]),
-                   "upper_in_expr": xt.probe_r2(e_train, upper[~test], e_test, upper[test]),
-                   "mouth_in_audio": xt.probe_r2(g_train, mouth[~test], g_test, mouth[test]),
-                   "upper_in_audio": xt.probe_r2(g_train, upper[~test], g_test, upper[test])}
+                   "mouth_in_expr": xt.probe_r2(e_train, mouth[~test], e_test, mouth[test], pooled=True),
+                   "upper_in_expr": xt.probe_r2(e_train, upper[~test], e_test, upper[test], pooled=True),
+                   "mouth_in_audio": xt.probe_r2(g_train, mouth[~test], g_test, mouth[test], pooled=True),
+                   "upper_in_audio": xt.probe_r2(g_train, upper[~test], g_test, upper[test], pooled=True)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.write_text(json.dumps(rows, indent=2))

@@ -150,6 +150,14 @@ def run_one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any
     return row
 
 
+def one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`run_one`, a missing model version or unreadable data stopping with its one-line reason."""
+    try:
+        return run_one(clip, variant, args)
+    except (LookupError, ValueError) as exc:  # RegistryError, AudioLipCheckpointError, DataError
+        raise SystemExit(f"audio_source.py: {clip.name} ({variant}): {exc}") from exc
+
+
 def report_path(work: Path, clip: Path, variant: str) -> Path:
     return work / f"audio_source_{clip.stem}_{variant}.json"
 
@@ -171,7 +179,7 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     if args.one:
         clip, variant = Path(args.one[0]), args.one[1]
-        report_path(args.work, clip, variant).write_text(json.dumps(run_one(clip, variant, args), indent=2,
+        report_path(args.work, clip, variant).write_text(json.dumps(one(clip, variant, args), indent=2,
                                                                     default=float))
         return 0
     rows = []
@@ -190,7 +198,7 @@ def main() -> int:
             rows += [json.loads(report_path(args.work, clip, v).read_text()) for v in VARIANTS]
         else:
             for v in VARIANTS:
-                row = run_one(clip, v, args)
+                row = one(clip, v, args)
                 report_path(args.work, clip, v).write_text(json.dumps(row, indent=2, default=float))
                 rows.append(row)
     (args.work / "audio_source.json").write_text(json.dumps(rows, indent=2, default=float))

@@ -97,13 +97,18 @@ def main() -> int:
     mouth_idx, upper_idx = blendshape_index(MOUTH), blendshape_index(UPPER)
     rows = []
     for identity in args.identities:
-        d = load(args.dataset, identity)
-        codes = audio_codes(d["mel"], args.tracking_uri)
+        try:
+            d = load(args.dataset, identity)
+            codes = audio_codes(d["mel"], args.tracking_uri)
+        except (LookupError, ValueError, FileNotFoundError) as exc:  # no such identity, dataset or model version
+            raise SystemExit(f"expression.py: {identity}: {exc}") from exc
         clips = d["clip"]
         test = clips == clips[-1]
         mouth = centred(np.concatenate([d["blendshapes"][:, mouth_idx], d["mouth_opening"][:, None]], 1), clips)
         upper = centred(d["blendshapes"][:, upper_idx], clips)
         for name in args.features:
+            if name not in FEATURE_SETS:
+                raise SystemExit(f"expression.py: unknown --features {name!r} (known: {', '.join(FEATURE_SETS)})")
             feats = expression_features(d, name)
             t = time.perf_counter()
             model = xt.train_expression(feats[~test], codes[~test], clips[~test],

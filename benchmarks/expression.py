@@ -115,7 +115,7 @@ def main() -> int:
                                      ExpressionTransformerConfig(features=feats.shape[1]), cfg)
             train_s = time.perf_counter() - t
             x, a = torch.from_numpy(feats), torch.from_numpy(codes)
-            e_train = model.expression_codes(x[~test]).numpy()
+            e_train = model.expression_codes(x[~test], torch.from_numpy(clips[~test])).numpy()
             e_test = model.expression_codes(x[test]).numpy()
             g_train = model.lip_from_audio(a[~test]).detach().numpy()
             g_test = model.lip_from_audio(a[test]).detach().numpy()

@@ -134,12 +134,25 @@ class ExpressionTransformer(nn.Module):
         return self.anchor(audio)
 
     @torch.no_grad()
-    def expression_codes(self, features: Tensor, batch: int = 512) -> Tensor:
-        """e_e of every frame of a sequence [N, F]: the centre frame's of the window around it (JEAN supp. 8.4.2;
-        the sequence's ends are padded with its first and last frames) -> [N, width / 2]."""
+    def expression_codes(self, features: Tensor, clip_of_row: Tensor | None = None, batch: int = 512) -> Tensor:
+        """e_e of every frame of a sequence [N, F]: the centre frame's of the window around it (JEAN supp. 8.4.2)
+        -> [N, width / 2]. A window never crosses from one clip into another (``clip_of_row`` [N], rows of a clip
+        consecutive; default one clip): at a clip's ends it repeats the clip's first or last frame."""
         w, n = self.config.window, features.shape[0]
         half = w // 2
-        idx = (torch.arange(n)[:, None] + torch.arange(-half, w - half)[None]).clamp(0, n - 1)
+        rows = torch.arange(n)
+        if clip_of_row is None:
+            first, last = torch.zeros(n, dtype=torch.long), torch.full((n,), n - 1)
+        else:
+            c = torch.as_tensor(clip_of_row)
+            new = torch.ones(n, dtype=torch.bool)
+            new[1:] = c[1:] != c[:-1]
+            first = torch.cummax(torch.where(new, rows, 0), 0).values
+            end = torch.ones(n, dtype=torch.bool)
+            end[:-1] = new[1:]
+            last = torch.flip(torch.cummin(torch.flip(torch.where(end, rows, n), [0]), 0).values, [0])
+        idx = torch.maximum(torch.minimum(rows[:, None] + torch.arange(-half, w - half)[None], last[:, None]),
+                            first[:, None])
         out = []
         for k in range(0, n, batch):
             out.append(self.encode(features[idx[k:k + batch]])[1][:, half])

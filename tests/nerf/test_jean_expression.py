@@ -37,6 +37,14 @@ def test_shapes_and_codes_per_frame():
     moved[8] += 5.0
     changed = (m.expression_codes(moved) - codes).abs().sum(-1) > 1e-6
     assert changed[8] and changed[7] and not changed[:5].any()
+    # windows stay in their clip: moving the first clip's last frame leaves the second clip's codes alone
+    clips = torch.tensor([0] * 5 + [1] * 4)
+    per_clip = m.expression_codes(seq, clips)
+    moved = seq.clone()
+    moved[4] += 5.0
+    changed = (m.expression_codes(moved, clips) - per_clip).abs().sum(-1) > 1e-6
+    assert changed[4] and not changed[5:].any()
+    assert torch.allclose(per_clip[5:], m.expression_codes(seq[5:]))
 
 
 def test_decoder_runs_on_its_own_outputs():

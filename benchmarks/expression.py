@@ -49,12 +49,6 @@ UPPER = ["browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "bro
          "noseSneerRight", "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft", "mouthFrownRight"]
 
 
-def load(dataset: str, identity: str) -> dict[str, np.ndarray]:
-    from jobs.jean_data import read_expression_rows
-
-    return read_expression_rows(dataset, identity)
-
-
 def audio_codes(mel: np.ndarray, tracking_uri: str) -> np.ndarray:
     from jobs import tracking
     from jobs.registry import fetch_checkpoint
@@ -78,7 +72,7 @@ def centred(values: np.ndarray, clips: np.ndarray) -> np.ndarray:
 
 
 def main() -> int:
-    from jobs.jean_data import FEATURE_SETS, blendshape_index, expression_features
+    from jobs.jean_data import FEATURE_SETS, blendshape_index, expression_features, read_expression_rows
     from nerf.jean import expression_train as xt
     from nerf.jean.expression import ExpressionTransformerConfig
 
@@ -98,7 +92,7 @@ def main() -> int:
     rows = []
     for identity in args.identities:
         try:
-            d = load(args.dataset, identity)
+            d = read_expression_rows(args.dataset, identity)
             codes = audio_codes(d["mel"], args.tracking_uri)
         except (LookupError, ValueError, FileNotFoundError) as exc:  # no such identity, dataset or model version
             raise SystemExit(f"expression.py: {identity}: {exc}") from exc

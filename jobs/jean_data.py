@@ -74,3 +74,29 @@ def expression_features(rows: dict[str, np.ndarray], name: str = "geometric") ->
     else:
         raise ValueError(f"unknown expression features {name!r} (known: {', '.join(FEATURE_SETS)})")
     return np.concatenate(parts, 1).astype(np.float32)
+
+
+def frame_features(dataset: str, identity: str, clip_ids: list[str], frame_index: np.ndarray, feature_set: str,
+                   s3_endpoint: str | None = None) -> np.ndarray:
+    """One feature set of the identity's frames named by (clip, frame) pairs (e.g. a training set's frames, in its
+    order): float32 [N, F]. A frame without features (a face found but no blendshapes) takes the nearest earlier
+    one's of its clip, else the next one's.
+
+    Raises:
+        KeyError: no such identity; ValueError: a clip of ``clip_ids`` has no frame with features.
+    """
+    ds = Dataset(dataset, S3Options(endpoint_url=s3_endpoint)).require()
+    clips = ds.identity_clips(identity)
+    rows = read_expression_rows(dataset, identity, s3_endpoint)
+    feats = expression_features(rows, feature_set)
+    out = np.zeros((len(clip_ids), feats.shape[1]), np.float32)
+    for name in dict.fromkeys(clip_ids):
+        mine = np.nonzero(np.asarray(clip_ids) == name)[0]
+        have = np.nonzero(rows["clip"] == clips.index(name))[0] if name in clips else np.zeros(0, np.int64)
+        if have.size == 0:
+            raise ValueError(f"{identity}: clip {name} has no frame with expression features in {dataset}")
+        known = rows["frame"][have]  # sorted within the clip
+        want = np.asarray(frame_index)[mine].astype(np.int64)
+        pos = np.clip(np.searchsorted(known, want, side="right") - 1, 0, known.size - 1)
+        out[mine] = feats[have[pos]]
+    return out

@@ -25,9 +25,10 @@ class AvatarModel(PythonModel):
     """A trained avatar as an MLflow pyfunc model, for people who call MLflow themselves.
 
     ``predict(model_input, params)``: ``model_input`` is an audio path, a list of them, or a DataFrame with
-    an ``audio`` column (and optionally ``out``, the mp4 to write per row); ``params`` may hold ``out_dir``
-    (default: a new temporary directory), ``size`` (default: the size it was trained at) and ``device`` (default
-    ``cpu``), declared in the model's signature. Returns the list of mp4 paths.
+    an ``audio`` column (and optionally ``out``, the mp4 to write per row, and for JEAN ``expression``, a video of
+    the person whose expression and poses drive that row, as ``parley render --expression``); ``params`` may hold
+    ``out_dir`` (default: a new temporary directory), ``size`` (default: the size it was trained at) and
+    ``device`` (default ``cpu``), declared in the model's signature. Returns the list of mp4 paths.
 
     Trusted registries only: ``mlflow.pyfunc.load_model`` unpickles the version's ``python_model.pkl``, so it runs
     whatever code the version's author put there. ``parley render --model`` / ``parley evaluate --model`` do not
@@ -38,10 +39,11 @@ class AvatarModel(PythonModel):
         self.checkpoint = context.artifacts["checkpoint"]
 
     def render(self, audio: str, out: str, size: int | None = None, device: str = "cpu",
-               progress: bool = False) -> dict[str, Any]:
+               progress: bool = False, expression: str | None = None) -> dict[str, Any]:
         from jobs.render import render_audio
 
-        return render_audio(self.checkpoint, audio, out, size=size, device=device, progress=progress)
+        return render_audio(self.checkpoint, audio, out, size=size, device=device, progress=progress,
+                            expression=expression)
 
     # The hint is DataFrame because it is the one input type MLflow takes without inferring a schema from it (a
     # union is refused, no hint draws a warning at every save); paths and lists pass through unchanged, the model
@@ -60,8 +62,9 @@ class AvatarModel(PythonModel):
         videos = []
         for k, row in enumerate(rows):
             out = row.get("out") or str(out_dir / f"{Path(str(row['audio'])).stem}_{k}.mp4")
+            expr = row.get("expression")
             self.render(str(row["audio"]), str(out), size=int(size) if size else None,
-                        device=str(params.get("device", "cpu")))
+                        device=str(params.get("device", "cpu")), expression=str(expr) if expr else None)
             videos.append(str(out))
         return videos
 

@@ -4,6 +4,7 @@ unless the model comes from the registry)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 import tempfile
@@ -17,10 +18,13 @@ from nerf.avatar import AudioError, Avatar
 from nerf.checkpoint import CheckpointError, require_method
 from workers.errors import ClipError
 
+log = logging.getLogger(__name__)
+
 
 def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, size: int | None = None,
                  fps: float = 25.0, device: str = "cpu", progress: bool = False,
-                 max_seconds: float | None = MAX_RENDER_SECONDS, method: str | None = None) -> dict[str, Any]:
+                 max_seconds: float | None = MAX_RENDER_SECONDS, method: str | None = None,
+                 expression: str | Path | None = None, poses_from: str = "expression") -> dict[str, Any]:
     """Render an avatar speaking an audio file: an mp4 with the audio muxed in.
 
     Audio features are computed exactly as in the dataset build (:func:`workers.audio.frame_features`),
@@ -30,9 +34,15 @@ def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, siz
     Args:
         max_seconds: longest audio accepted (None: no limit).
         method: the method the checkpoint must be of (None: whichever it names).
+        expression: a video of the avatar's person whose expression drives the render (a method that takes one:
+            JEAN); its frames are matched to the audio's by time, and a source shorter than the audio plays back
+            and forth (:meth:`jobs.expression_source.ExpressionSource.frames_for`).
+        poses_from: with ``expression``, the head poses and eye openness of ``expression`` (the source video) or
+            ``training`` (the training frames walked back and forth, as without a source).
 
     Returns:
-        ``video``, ``frames``, ``seconds``, ``fps`` (rendered frames per second).
+        ``video``, ``frames``, ``seconds``, ``fps`` (rendered frames per second); with ``expression``, also
+        ``expression_frames`` and ``person_distance`` (:meth:`jobs.expression_source.ExpressionSource.person_distance`).
 
     Raises:
         CheckpointError: see :func:`nerf.checkpoint.load_checkpoint`; ClipError: the file has no decodable audio;
@@ -65,12 +75,13 @@ def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, siz
     size = size or int(avatar.kit["size"])
     if size % 2:
         raise ValueError(f"size must be even for H.264 video, got {size}")
+    drive, info = expression_drive(avatar, expression, n, fps, poses_from) if expression else ({}, {})
     # on a terminal one line updated every second; in a log (ray job logs, CI) a line every 10 s
     tty = sys.stderr.isatty()
     every, start, end = (1.0, "\r", "") if tty else (10.0, "", "\n")
     t0 = last = time.perf_counter()
     with VideoWriter(out, fps=fps, size=(size, size), audio=audio) as video:
-        for k, frame in enumerate(avatar.render(feats, size=size)):
+        for k, frame in enumerate(avatar.render(feats, size=size, **drive)):
             video.write(frame)
             done = k + 1
             if progress and (time.perf_counter() - last > every or done == n):
@@ -81,7 +92,41 @@ def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, siz
     if progress and tty:
         print(file=sys.stderr)
     secs = time.perf_counter() - t0
-    return {"video": str(out), "frames": n, "seconds": secs, "fps": n / secs if secs else float("inf")}
+    return {"video": str(out), "frames": n, "seconds": secs, "fps": n / secs if secs else float("inf"), **info}
+
+
+def expression_drive(avatar: Avatar, expression: str | Path, n: int, fps: float,
+                     poses_from: str = "expression") -> tuple[dict[str, Any], dict[str, Any]]:
+    """:meth:`nerf.avatar.Avatar.render` arguments for ``n`` frames driven by an expression video, and what to
+    report of it. Warns (log) when the video seems to show another person than the avatar's.
+
+    Raises:
+        ValueError: the method takes no expression source, or ``poses_from`` is unknown; ClipError: the video
+        cannot be read or shows no face.
+    """
+    import numpy as np
+    import torch
+
+    from jobs.expression_source import OTHER_PERSON, read_expression_source
+
+    if "expression_features" not in avatar.model.extra_inputs:
+        raise ValueError(f"--expression: the {avatar.method} method takes no expression source (jean does)")
+    if poses_from not in ("expression", "training"):
+        raise ValueError(f"--poses-from {poses_from!r}: expression or training")
+    src = read_expression_source(expression, str(avatar.config.model.features))
+    coeffs = avatar.kit.get("identity_coeffs")
+    dist = src.person_distance(None if coeffs is None else coeffs.numpy())
+    if dist > OTHER_PERSON:
+        log.warning("%s: the face looks like another person than the avatar's %s (identity distance %.2f > %.2f); "
+                    "JEAN moves one person's face by their own expressions, so another's may render wrongly",
+                    expression, avatar.identity, dist, OTHER_PERSON)
+    idx = src.frames_for(n, fps)
+    codes = avatar.model.driving_inputs({"expression_features": src.features})
+    drive: dict[str, Any] = {"extra": {k: v[torch.from_numpy(idx)] for k, v in codes.items()}}
+    if poses_from == "expression":
+        drive["poses"], drive["eye"] = src.poses[idx], src.eye[idx]
+    return drive, {"expression_frames": len(src), "person_distance": dist,
+                   "expression_loops": bool(n and int(np.round((n - 1) / fps * src.fps)) >= len(src))}
 
 
 def run_render_cli(args: argparse.Namespace) -> int:
@@ -92,8 +137,12 @@ def run_render_cli(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="parley-model-") as tmp:
             checkpoint = registered_checkpoint("render", args, tmp) if args.model else args.checkpoint
             r = render_audio(checkpoint, args.audio, args.out, size=args.size, device=args.device, progress=True,
-                             max_seconds=args.max_seconds if args.max_seconds > 0 else None, method=args.method)
+                             max_seconds=args.max_seconds if args.max_seconds > 0 else None, method=args.method,
+                             expression=args.expression, poses_from=args.poses_from)
     except (CheckpointError, ClipError, AudioError, ValueError, LookupError, RuntimeError) as exc:
         return fail("render", exc)
+    if "expression_frames" in r:
+        print(f"expression from {args.expression}: {r['expression_frames']} frames"
+              + (" (shorter than the audio: played back and forth)" if r["expression_loops"] else ""))
     print(f"rendered {r['frames']} frames in {r['seconds']:.1f} s ({r['fps']:.1f} frames/s) -> {r['video']}")
     return 0

@@ -175,6 +175,9 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
     if pinned and not model_cls.audio_net_key:
         raise ValueError(f"the {cfg.method} method takes no learnt audio encoder (model.head.audio.source)")
     data = load_identity(job.dataset, job.identity, cfg.trainer.size, job.s3_endpoint, cfg.trainer.max_frames)
+    if model_cls.extra_inputs and not resumed:  # parts a method trains before its field (JEAN's transformer)
+        inputs = {name: read_extra_input(name, job, cfg, data) for name in model_cls.extra_inputs}
+        pretrained = model_cls.prepare(cfg, data, inputs, pretrained or {})
     lips = lpips_module() if model_cls.needs_lpips(cfg) or job.evaluate else None
     trainer = Trainer(cfg, data, device=job.device, lpips=lips, pretrained=pretrained)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,6 +207,21 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
         res = _evaluate(trainer, lips, out)
         result["metrics"] = res.metrics
     return result
+
+
+def read_extra_input(name: str, job: TrainJob, cfg: ExperimentConfig, data: IdentityFrames) -> np.ndarray:
+    """A method's extra per-frame input (:attr:`nerf.model.AvatarModel.extra_inputs`), one row per frame of
+    ``data``.
+
+    Raises:
+        ValueError: an input this platform cannot read.
+    """
+    if name == "expression_features":
+        from jobs.jean_data import frame_features
+
+        return frame_features(job.dataset, job.identity, data.clip_ids, data.frame_index,
+                              str(cfg.model.features), job.s3_endpoint)
+    raise ValueError(f"the {cfg.method} method asks for a per-frame input {name!r} that parley cannot read")
 
 
 def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path, align_poses: bool = False,

@@ -137,6 +137,12 @@ def add_render_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", "-a", required=True, help="driving audio (wav, mp3, mp4, ...)")
     p.add_argument("--out", "-o", required=True, help="output mp4")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the training size)")
+    p.add_argument("--expression", default=None, metavar="VIDEO",
+                   help="jean: a video of the same person whose expression (and head poses) drive the render; a "
+                        "source shorter than the audio plays back and forth")
+    p.add_argument("--poses-from", choices=["expression", "training"], default="expression",
+                   help="with --expression: head poses and blinks from the source video (default) or the training "
+                        "frames")
     p.add_argument("--max-seconds", type=float, default=MAX_RENDER_SECONDS,
                    help=f"longest audio accepted, checked before rendering (default {MAX_RENDER_SECONDS:g}; 0: no "
                         "limit)")

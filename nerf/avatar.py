@@ -171,7 +171,8 @@ class Avatar:
 
     @torch.no_grad()
     def render(self, audio: np.ndarray, size: int | None = None, poses: np.ndarray | None = None,
-               eye: np.ndarray | None = None, chunk: int | None = None) -> Iterator[np.ndarray]:
+               eye: np.ndarray | None = None, chunk: int | None = None,
+               extra: dict[str, torch.Tensor] | None = None) -> Iterator[np.ndarray]:
         """Render one frame per audio window.
 
         Args:
@@ -181,6 +182,8 @@ class Avatar:
                 appearance of the training frame its pose comes from; given poses: the method's default).
             eye: [T] eye openness per frame (default: :meth:`driving_track`).
             chunk: rays per forward pass (default: :func:`nerf.rendering.default_chunk` of the device).
+            extra: method-specific conditions per frame, [T, ...] each (:meth:`nerf.model.AvatarModel.driving_inputs`,
+                e.g. JEAN's ``expression``).
 
         Yields:
             uint8 [size, size, 3] RGB frames.
@@ -190,6 +193,9 @@ class Avatar:
         """
         self.check_audio(audio)
         n = audio.shape[0]
+        short = {k: int(v.shape[0]) for k, v in (extra or {}).items() if v.shape[0] < n}
+        if short:
+            raise ValueError(f"driving conditions for fewer frames than the audio's {n}: {short}")
         track_poses, track_eye = self.driving_track(n)
         source = torch.from_numpy(self.driving_frames(n)).to(self.device) if poses is None else None
         poses = track_poses if poses is None else poses
@@ -208,7 +214,8 @@ class Avatar:
             o, d = pixel_rays(pose, intr.to(self.device), pix)
             drive = Driving(pose=pose[None], eye=torch.tensor([float(eye[t])], device=self.device),
                             audio=torch.from_numpy(np.asarray(audio[t : t + 1], np.float32)).to(self.device),
-                            source_frame=None if source is None else source[t : t + 1])
+                            source_frame=None if source is None else source[t : t + 1],
+                            extra={k: v[t : t + 1].to(self.device) for k, v in (extra or {}).items()})
             img = self.model.render_view(o, d, pix / scale, bg, drive, size=size, chunk=chunk)
             yield (img.cpu().numpy() * 255 + 0.5).astype(np.uint8)
 

@@ -25,7 +25,8 @@ class CheckpointError(ValueError):
 
 
 def render_kit(d: IdentityFrames) -> dict[str, Any]:
-    """What rendering needs from the dataset: background, per-frame poses, intrinsics and eye openness."""
+    """What rendering needs from the dataset: background, per-frame poses, intrinsics and eye openness (and the
+    identity's 3DMM shape coefficients, to check an expression source against)."""
     return {
         "size": d.size,
         "background": torch.from_numpy(d.background.copy()),
@@ -35,6 +36,7 @@ def render_kit(d: IdentityFrames) -> dict[str, Any]:
         "n_train": d.n_train,
         "near": d.near,
         "far": d.far,
+        **({} if d.identity_coeffs is None else {"identity_coeffs": torch.from_numpy(d.identity_coeffs.copy())}),
     }
 
 

@@ -77,6 +77,9 @@ class IdentityFrames:
     """Frames [0, n_train) train; [n_train, N) are held out."""
     open_eye: float
     """Eye aspect ratio that maps to 1.0 in :attr:`eye`."""
+    identity_coeffs: np.ndarray | None = None
+    """float32 [K] the identity's 3DMM shape coefficients (``identities/``), or None when the row has none: the
+    render checks an expression source against them."""
     version: str = ""
     """Which build of the dataset the frames came from (a fingerprint of the identity's clips, set by the reader;
     empty when unknown): a checkpoint records it, and resuming on other frames is refused."""
@@ -227,6 +230,8 @@ class IdentityFrames:
             near=float(identity.get("near") or 0.3), far=float(identity.get("far") or 1.0),
             clip_ids=clip_ids, frame_index=frame_index,
             n_train=train_count(n, holdout), open_eye=open_eye,
+            identity_coeffs=None if identity.get("identity_coeffs") is None
+            else np.asarray(identity["identity_coeffs"], np.float32),
         )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -104,6 +105,9 @@ class AvatarModel(nn.Module):
     """(window, n_mels) of the audio features the model is driven by; None: it takes no audio."""
     audio_net_key: str | None = None
     """State-dict prefix of the audio net a learnt ``audio-lip`` encoder replaces (``model.head.audio.source``)."""
+    extra_inputs: tuple[str, ...] = ()
+    """Per-frame inputs beyond :class:`nerf.data.IdentityFrames` that the caller reads from the dataset, aligned to
+    the frames, and hands to :meth:`prepare` (e.g. ``expression_features``; the caller knows how to read each)."""
 
     # building ----------------------------------------------------------------------------------------------------
     @classmethod
@@ -116,6 +120,25 @@ class AvatarModel(nn.Module):
         """An empty model shaped to load ``state`` (a checkpoint's weights), for rendering with ``kit``
         (:func:`nerf.checkpoint.render_kit`)."""
         raise NotImplementedError
+
+    @classmethod
+    def prepare(cls, config: ExperimentConfig, data: IdentityFrames, inputs: dict[str, np.ndarray],
+                pretrained: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Parts trained before the field from the :attr:`extra_inputs` (``inputs``, one row per frame of ``data``)
+        and the ``pretrained`` weights (e.g. JEAN's per-identity expression transformer): the weights the new model
+        starts from (default: ``pretrained`` as it is). Not called when a checkpoint is resumed."""
+        return pretrained
+
+    def driving_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, Tensor]:
+        """Per-frame :attr:`Driving.extra` conditions ([T, ...] each) from raw per-frame inputs of a driving source
+        (e.g. an expression video's features, ``expression_features`` [T, F]).
+
+        Raises:
+            ValueError: inputs the method does not take, or of the wrong shape.
+        """
+        if inputs:
+            raise ValueError(f"{type(self).__name__} takes no driving inputs (got {sorted(inputs)})")
+        return {}
 
     @classmethod
     def needs_lpips(cls, config: ExperimentConfig) -> bool:

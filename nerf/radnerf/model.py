@@ -119,6 +119,11 @@ class RadNerf(AvatarModel):
             delta = self.pose_deltas[prows].mean(0, keepdim=True).expand(b, -1)
         return FrameConditions(audio, eye, pose, head, torso, delta)
 
+    def frame_conditions(self, store: FrameStore, frame: int, novel: bool | None = None,
+                         audio_from: int | None = None, nearest: int = NEAREST_LATENTS) -> FrameConditions:
+        """One dataset frame's conditions (:func:`nerf.radnerf.steps.frame_conditions`)."""
+        return steps.frame_conditions(self, store, frame, novel, audio_from, nearest)
+
     def torso_pose(self, pose: Tensor) -> Tensor:
         """[B, 4, 4] -> the torso's pose input [B, 12] (3x4, centred on the training mean)."""
         return pose[:, :3, :4].reshape(-1, 12) - self.pose_mean
@@ -302,12 +307,16 @@ class RadNerf(AvatarModel):
         return groups
 
     # occupancy -------------------------------------------------------------------------------------------
+    def density_latents(self, n: int) -> Tensor:
+        """[n, latent_dim] the head latents of training frames [0, n), as the occupancy grid's update samples them."""
+        return self.head_latents[:n]
+
     @torch.no_grad()
     def update_grid(self, audio: Tensor, eye: Tensor, generator: torch.Generator) -> None:
         """Update the occupancy grid with random conditions drawn from the training frames' ``audio`` [N, W, M]
         and ``eye`` [N] (and their latents): the grid keeps the maximum density over them."""
         feats = self.head.encode_audio(audio)
-        latents = self.head_latents[:feats.shape[0]]
+        latents = self.density_latents(feats.shape[0])
 
         def density(x: Tensor) -> Tensor:
             pick = torch.randint(0, feats.shape[0], (x.shape[0],), generator=generator).to(x.device)

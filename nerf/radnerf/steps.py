@@ -112,7 +112,7 @@ def render_frame(model: RadNerf, store: FrameStore, frame: int, with_torso: bool
         [S, S, 3] float in [0, 1].
     """
     rays = store.frame_rays(frame, head_only=head_only)
-    cond = frame_conditions(model, store, frame, novel, audio_from, nearest)
+    cond = model.frame_conditions(store, frame, novel, audio_from, nearest)
     if pose_delta is not None:
         cond.pose_delta = pose_delta.detach().view(1, 6).to(store.device)
     return render_image(model, rays.origins, rays.directions, rays.pixels, cond, rays.background,
@@ -144,7 +144,7 @@ def align_pose(model: RadNerf, store: FrameStore, frame: int, steps: int = 60, n
         py, px = region // size, region % size
         region = region[(py >= y0) & (py <= y1) & (px >= x0) & (px <= x1)]
     g = torch.Generator().manual_seed(seed)
-    cond = frame_conditions(model, store, frame)
+    cond = model.frame_conditions(store, frame)
     start = (cond.pose_delta.detach().clone() if cond.pose_delta is not None
              else torch.zeros(1, 6, device=store.device))
     delta = start.clone().requires_grad_(True)

@@ -17,8 +17,7 @@ from jobs import registry, tracking
 from jobs.cli import main
 from jobs.train_audio import AUDIO_LIP_MODEL, SCORER_MODEL
 from nerf.audio_lip.checkpoint import load_audio_lip, load_scorer
-from tests.conftest import SHARED, build_small_dataset
-from tests.services import mlflow_server
+from tests.conftest import SHARED
 
 pytestmark = pytest.mark.timeout(900)
 CLIP = SHARED / "data" / "clips" / "RD_Radio2_000.mp4"
@@ -26,25 +25,18 @@ LAST_LINE = re.compile(r"^lse_c=-?\d+\.\d{4} lse_d=\d+\.\d{4} offset=-?\d+$")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow-audio")) as s:
-        yield s
+def server(audio_lip_server):
+    return audio_lip_server
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return build_small_dataset(tmp_path_factory.mktemp("audio_ds") / "ds",
-                               ["RD_Radio2_000", "WDA_BobMenendez_000", "WDA_AlexandriaOcasioCortez_000"], 60)
+def dataset(audio_lip_dataset):
+    return audio_lip_dataset
 
 
 @pytest.fixture(scope="module")
-def trained(dataset, server, ray_local, tmp_path_factory):
-    work = tmp_path_factory.mktemp("train_audio")
-    args = ["train-audio", "--dataset", str(dataset), "--tracking-uri", server.url, "--preset", "tiny",
-            "--cpus-per-worker", "1", "--storage", str(work / "ray"), "--cache-dir", str(work / "cache"),
-            "--val-fraction", "0.3"]
-    rc = main(args)
-    return rc, args, work
+def trained(audio_lip_trained):
+    return audio_lip_trained
 
 
 def test_train_audio_tracks_registers_and_makes_the_first_versions_champion(trained, server, capsys):

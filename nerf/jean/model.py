@@ -11,6 +11,7 @@ The head field is RAD-NeRF's (:class:`nerf.radnerf.fields.HeadField`); what chan
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -53,7 +54,7 @@ class Jean(RadNerf):
         super().__init__(config, n_frames, image_size, near, far)
         ec = config.expression
         if config.expression_mode == "transformer":
-            self.expression: ExpressionTransformer | None = ExpressionTransformer(ec)
+            self.expression: ExpressionTransformer | None = ExpressionTransformer(ec).eval()  # frozen (see train)
             self.expression_head: nn.Module = nn.Identity()
             width = ec.part
         else:  # the ablation without the transformer: a thin MLP on the features, trained with the field
@@ -63,6 +64,14 @@ class Jean(RadNerf):
         self.register_buffer("expression_inputs", torch.zeros(n_frames, width))
         self.register_buffer("feature_mean", torch.zeros(ec.features))
         self.register_buffer("feature_scale", torch.ones(ec.features))
+
+    def train(self, mode: bool = True) -> Jean:
+        """As :meth:`torch.nn.Module.train`, but the expression transformer stays in evaluation mode: it is trained
+        before the field and frozen, and its dropout must not move the codes of new expression sources."""
+        super().train(mode)
+        if self.expression is not None:
+            self.expression.eval()
+        return self
 
     # conditions ------------------------------------------------------------------------------------------
     def expression_of(self, frames: Tensor) -> Tensor:
@@ -86,11 +95,13 @@ class Jean(RadNerf):
         return cond
 
     def frame_conditions(self, store: FrameStore, frame: int, novel: bool | None = None,
-                         audio_from: int | None = None, nearest: int = NEAREST_LATENTS) -> FrameConditions:
-        """A dataset frame under its own expression code, held-out frames too: the frame is its own expression
-        source (its torso latent is borrowed as RAD-NeRF's is)."""
+                         audio_from: int | None = None, nearest: int = NEAREST_LATENTS,
+                         expression_from: int | None = None) -> FrameConditions:
+        """A dataset frame under its own expression code (or ``expression_from``'s), held-out frames too: the frame
+        is its own expression source (its torso latent is borrowed as RAD-NeRF's is)."""
         cond = super().frame_conditions(store, frame, novel, audio_from, nearest)
-        cond.head_latent = self.expression_of(torch.tensor([frame], device=store.device))
+        source = frame if expression_from is None else expression_from
+        cond.head_latent = self.expression_of(torch.tensor([source], device=store.device))
         return cond
 
     def density_latents(self, n: int) -> Tensor:
@@ -161,6 +172,26 @@ class Jean(RadNerf):
             if self.expression is not None:
                 return {"expression": self.expression.expression_codes(f)}
             return {"expression": (f - self.feature_mean) / self.feature_scale}
+
+    def render_frame(self, store: FrameStore, frame: int, reached: Sequence[str], chunk: int | None = None,
+                     novel: bool | None = None, head_only: bool = False, audio_from: int | None = None,
+                     pose_delta: Tensor | None = None, nearest: int = NEAREST_LATENTS,
+                     expression_from: int | None = None, **options: Any) -> Tensor:
+        """One dataset frame, as RAD-NeRF's (:func:`nerf.radnerf.steps.render_frame`), plus ``expression_from``:
+        another frame whose expression code it takes (cross-driving on dataset frames: the pose and eyes stay
+        ``frame``'s, ``audio_from`` picks the audio)."""
+        if expression_from is None:
+            return super().render_frame(store, frame, reached, chunk, novel=novel, head_only=head_only,
+                                        audio_from=audio_from, pose_delta=pose_delta, nearest=nearest, **options)
+        if options:
+            raise TypeError(f"jean render_frame: unknown options {sorted(options)}")
+        rays = store.frame_rays(frame, head_only=head_only)
+        cond = self.frame_conditions(store, frame, novel, audio_from, nearest, expression_from)
+        if pose_delta is not None:
+            cond.pose_delta = pose_delta.detach().view(1, 6).to(store.device)
+        torso = not head_only and "torso" in reached and self.with_torso
+        return steps.render_image(self, rays.origins, rays.directions, rays.pixels, cond, rays.background, torso,
+                                  store.size, chunk)
 
     def render_view(self, origins: Tensor, directions: Tensor, pixels: Tensor, background: Tensor,
                     drive: Driving, size: int, chunk: int | None = None) -> Tensor:

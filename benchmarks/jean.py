@@ -214,6 +214,27 @@ def report_path(work: Path, clip: Path, variant: str) -> Path:
     return work / f"jean_{clip.stem}_{variant}.json"
 
 
+def summary(rows: list[dict[str, Any]], minutes: float) -> None:
+    """The table of the variants and the last line."""
+    by = {r["variant"]: r["metrics"] for r in rows}
+
+    def get(variant: str, key: str) -> float:
+        return float(by.get(variant, {}).get(key, np.nan))
+
+    keys = ("psnr", "lpips", "lse_c", "lse_c_gt", "exp_diff", "lse_c_cross", "exp_diff_cross",
+            "exp_diff_cross_upper", "exp_diff_control_upper", "mouth_moved", "face_psnr_cross")
+    print(f"\n{'variant':<15} " + " ".join(f"{k:>22}" for k in keys))
+    for r in rows:
+        print(f"{r['variant']:<15} " + " ".join(f"{r['metrics'].get(k, np.nan):22.4f}" for k in keys))
+    print(f"psnr={get('jean', 'psnr'):.2f} lpips={get('jean', 'lpips'):.4f} lse_c={get('jean', 'lse_c'):.4f} "
+          f"lse_c_gt={get('jean', 'lse_c_gt'):.4f} exp_diff={get('jean', 'exp_diff_cross'):.5f} "
+          f"ablation_lse_c_no_ssl={get('no_ssl', 'lse_c'):.4f} "
+          f"ablation_exp_diff_no_transformer={get('no_transformer', 'exp_diff_cross'):.5f} "
+          f"radnerf_psnr={get('radnerf', 'psnr'):.2f} lse_c_cross={get('jean', 'lse_c_cross'):.4f} "
+          f"exp_diff_upper_cross={get('jean', 'exp_diff_cross_upper'):.5f} "
+          f"exp_diff_upper_control={get('jean', 'exp_diff_control_upper'):.5f} minutes={minutes:g}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
@@ -269,23 +290,7 @@ def main() -> int:
             report_path(args.work, clip, v).write_text(json.dumps(row, indent=2, default=float))
             rows.append(row)
     (args.work / "jean.json").write_text(json.dumps(rows, indent=2, default=float))
-    by = {r["variant"]: r["metrics"] for r in rows}
-
-    def get(variant: str, key: str) -> float:
-        return float(by.get(variant, {}).get(key, np.nan))
-
-    keys = ("psnr", "lpips", "lse_c", "lse_c_gt", "exp_diff", "lse_c_cross", "exp_diff_cross",
-            "exp_diff_cross_upper", "exp_diff_control_upper", "mouth_moved", "face_psnr_cross")
-    print(f"\n{'variant':<15} " + " ".join(f"{k:>22}" for k in keys))
-    for r in rows:
-        print(f"{r['variant']:<15} " + " ".join(f"{r['metrics'].get(k, np.nan):22.4f}" for k in keys))
-    print(f"psnr={get('jean', 'psnr'):.2f} lpips={get('jean', 'lpips'):.4f} lse_c={get('jean', 'lse_c'):.4f} "
-          f"lse_c_gt={get('jean', 'lse_c_gt'):.4f} exp_diff={get('jean', 'exp_diff_cross'):.5f} "
-          f"ablation_lse_c_no_ssl={get('no_ssl', 'lse_c'):.4f} "
-          f"ablation_exp_diff_no_transformer={get('no_transformer', 'exp_diff_cross'):.5f} "
-          f"radnerf_psnr={get('radnerf', 'psnr'):.2f} lse_c_cross={get('jean', 'lse_c_cross'):.4f} "
-          f"exp_diff_upper_cross={get('jean', 'exp_diff_cross_upper'):.5f} "
-          f"exp_diff_upper_control={get('jean', 'exp_diff_control_upper'):.5f} minutes={args.minutes:g}")
+    summary(rows, args.minutes)
     return 0
 
 

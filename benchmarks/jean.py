@@ -26,7 +26,11 @@
 Writes ``jean_<clip>_<variant>.json`` per run and ``jean.json`` in ``--work``. The last line:
 
     psnr= lpips= lse_c= lse_c_gt= exp_diff= ablation_lse_c_no_ssl= ablation_exp_diff_no_transformer=
-    radnerf_psnr= lse_c_cross= exp_diff_upper_cross= exp_diff_upper_control= minutes=
+    radnerf_psnr= lse_c_cross= exp_diff_upper_cross= exp_diff_upper_control= upper_gain_ci=[lo,hi] minutes=
+
+``upper_gain_ci`` is a bootstrap 95% interval of the mean per-frame gain of the upper-face Exp-Diff over the
+control: above 0 when the face follows B's expression rather than A's. ``--eval-only`` evaluates the checkpoints
+an earlier run left in ``--work`` again.
 """
 
 from __future__ import annotations
@@ -114,17 +118,57 @@ def audio_source_frames(data: Any) -> list[int]:
     return [f - len(val) for f in val]
 
 
+def train_variant(variant: str, identity: str, root: Path, uri: str, lips: Any,
+                  args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Train one variant to the budget (JEAN's transformer inside it); the trainer and what to report of the run."""
+    import torch
+
+    from benchmarks.train import SHARES, Run, budget_steps, replan_to_budget, seconds_per_step, train_with_curve
+    from jobs import learnt_audio
+    from jobs.jean_data import frame_features
+    from jobs.train import load_identity
+    from nerf import methods
+
+    cfg, pinned = learnt_audio.pin(recipe(variant, args.size), uri)
+    data = load_identity(str(root), identity, args.size, holdout=args.holdout)
+    t0 = time.perf_counter()
+    pretrained = learnt_audio.weights(cfg, uri, "head.audio_net") if pinned else {}
+    model_cls = methods.get(cfg.method).model
+    if model_cls.extra_inputs:
+        feats = frame_features(str(root), identity, data.clip_ids, data.frame_index, cfg.model.features)
+        pretrained = model_cls.prepare(cfg, data, {"expression_features": feats}, pretrained)
+    prepare_s = time.perf_counter() - t0
+    budget_s = max(args.minutes * 60.0 - prepare_s, 60.0)
+    per_step = {s: seconds_per_step(cfg, data, s, lips) for s in ("head", "lips", "torso")}
+    cap = {s: getattr(cfg.trainer, s).steps for s in ("head", "lips", "torso")}
+    steps = budget_steps(per_step, budget_s, SHARES, cap)
+    run = Run(variant, with_steps(cfg, steps["head"], steps["lips"], steps["torso"]))
+    print(f"[{identity}/{variant}] {data.n_train} train + {len(data.val_ids)} held-out frames, prepared in "
+          f"{prepare_s:.0f} s; " + ", ".join(f"{s} {per_step[s]:.2f} s/step x {n}" for s, n in steps.items()),
+          flush=True)
+    torch.manual_seed(0)
+    trainer = train_with_curve(run, data, lips, budget_s, replan_to_budget(per_step, budget_s, SHARES, cap),
+                               pretrained=pretrained or None)
+    trainer.save_checkpoint(args.work / f"jean_{identity}_{variant}.pt")
+    return trainer, {**pinned, "prepare_s": prepare_s, "train_s": run.train_s,
+                     "steps": {s: trainer.stage_config(s).steps for s in steps}}
+
+
 def run_one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate one variant; the report row."""
     import torch
 
-    from benchmarks.train import SHARES, Run, budget_steps, replan_to_budget, seconds_per_step, train_with_curve
-    from jobs import learnt_audio, tracking
-    from jobs.eval_expression import exp_diff_metrics, face_crop_metrics, fit_expressions
-    from jobs.jean_data import frame_features
+    from jobs import tracking
+    from jobs.eval_expression import (
+        coefficient_groups,
+        exp_diff_metrics,
+        face_crop_metrics,
+        fit_expressions,
+        paired,
+        per_frame_diff,
+    )
     from jobs.sync_score import load_registered_scorer
     from jobs.train import load_identity, lpips_module
-    from nerf import methods
     from workers.morphable import FaceModel
 
     if args.threads:
@@ -136,28 +180,24 @@ def run_one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any
     else:
         identity, root = clip.stem, build_dataset(clip, args.work)
     scorer, scorer_info = load_registered_scorer(uri)
-    cfg = recipe(variant, args.size)
-    cfg, pinned = learnt_audio.pin(cfg, uri)
-    data = load_identity(str(root), identity, args.size, holdout=args.holdout)
-    t0 = time.perf_counter()
-    pretrained = learnt_audio.weights(cfg, uri, "head.audio_net") if pinned else {}
-    model_cls = methods.get(cfg.method).model
-    if model_cls.extra_inputs:
-        feats = frame_features(str(root), identity, data.clip_ids, data.frame_index, cfg.model.features)
-        pretrained = model_cls.prepare(cfg, data, {"expression_features": feats}, pretrained)
-    prepare_s = time.perf_counter() - t0
     lips = lpips_module()
-    budget_s = max(args.minutes * 60.0 - prepare_s, 60.0)
-    per_step = {s: seconds_per_step(cfg, data, s, lips) for s in ("head", "lips", "torso")}
-    cap = {s: getattr(cfg.trainer, s).steps for s in ("head", "lips", "torso")}
-    steps = budget_steps(per_step, budget_s, SHARES, cap)
-    run = Run(variant, with_steps(cfg, steps["head"], steps["lips"], steps["torso"]))
-    print(f"[{identity}/{variant}] {data.n_train} train + {len(data.val_ids)} held-out frames, prepared in "
-          f"{prepare_s:.0f} s; " + ", ".join(f"{s} {per_step[s]:.2f} s/step x {n}" for s, n in steps.items()),
-          flush=True)
-    trainer = train_with_curve(run, data, lips, budget_s, replan_to_budget(per_step, budget_s, SHARES, cap),
-                               pretrained=pretrained or None)
-    trainer.save_checkpoint(args.work / f"jean_{identity}_{variant}.pt")
+    ckpt_path = args.work / f"jean_{identity}_{variant}.pt"
+    if args.eval_only:  # the trained checkpoint of an earlier run, evaluated again
+        from nerf.checkpoint import load_checkpoint
+        from nerf.config import config_from_json
+        from nerf.trainer import Trainer
+
+        if not ckpt_path.is_file():
+            raise ValueError(f"--eval-only: no {ckpt_path}")
+        cfg = config_from_json(load_checkpoint(ckpt_path)["config"])
+        data = load_identity(str(root), identity, args.size, holdout=args.holdout)
+        trainer = Trainer(cfg, data, lpips=lips)
+        trainer.load_checkpoint(ckpt_path)
+        old = report_path(args.work, clip, variant)
+        info = {k: v for k, v in json.loads(old.read_text()).items() if k != "metrics"} if old.is_file() else {}
+    else:
+        trainer, info = train_variant(variant, identity, root, uri, lips, args)
+    data = trainer.data
     t = time.perf_counter()
     val = data.val_ids.tolist()
     source = audio_source_frames(data)
@@ -180,8 +220,11 @@ def run_one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any
                                                torch.from_numpy(g).permute(2, 0, 1)[None].float() / 255)[0])
                                     for p, g in zip(own, gts, strict=True)]))
     m.update(sync_of(scorer, src, own, gts, val, data.audio))
+    # A's audio track laid under B's frames, neighbours included, so that every offset searched hears A
+    shift = np.arange(len(data.audio)) - val[0] + source[0]
+    inside = (shift >= 0) & (shift < len(data.audio))
     cross_audio = data.audio.copy()
-    cross_audio[val] = data.audio[source]
+    cross_audio[inside] = data.audio[shift[inside]]
     m.update({f"{k}_cross": v for k, v in sync_of(scorer, src, cross, gts, val, cross_audio).items()
               if not k.endswith("_gt")})
     names = FaceModel().exp_names
@@ -190,10 +233,13 @@ def run_one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any
     m.update(exp_diff_metrics(fit["cross"], fit["gt"], names, "exp_diff_cross"))
     m.update(exp_diff_metrics(fit["control"], fit["gt"], names, "exp_diff_control"))
     m["mouth_moved"] = exp_diff_metrics(fit["cross"], fit["own"], names, "x")["x_mouth"]
+    upper = coefficient_groups(names)["upper"]
+    if jean:  # does the face follow B's expression more than A's, frame by frame?
+        vs = paired(per_frame_diff(fit["cross"], fit["gt"], upper), per_frame_diff(fit["control"], fit["gt"], upper))
+        m.update({f"upper_vs_control_{k}": v for k, v in vs.items()})
     crops = [face_crop_metrics(p, g, data.face_rect[f], lips) for p, g, f in zip(cross, gts, val, strict=True)]
     m.update({f"{k}_cross": float(np.mean([c[k] for c in crops])) for k in crops[0]})
-    row = {"clip": str(clip), "identity": identity, "variant": variant, "minutes": args.minutes, **pinned,
-           "prepare_s": prepare_s, "train_s": run.train_s, "steps": {s: trainer.stage_config(s).steps for s in steps},
+    row = {**info, "clip": str(clip), "identity": identity, "variant": variant, "minutes": args.minutes,
            "threads": torch.get_num_threads(), "n_train": data.n_train, "n_val": len(val), "scorer": src,
            "eval_s": time.perf_counter() - t, "metrics": m}
     print(f"[{identity}/{variant}] PSNR {m['psnr']:.2f} LSE-C {m.get('lse_c', np.nan):.3f} (GT "
@@ -222,7 +268,8 @@ def summary(rows: list[dict[str, Any]], minutes: float) -> None:
         return float(by.get(variant, {}).get(key, np.nan))
 
     keys = ("psnr", "lpips", "lse_c", "lse_c_gt", "exp_diff", "lse_c_cross", "exp_diff_cross",
-            "exp_diff_cross_upper", "exp_diff_control_upper", "mouth_moved", "face_psnr_cross")
+            "exp_diff_cross_upper", "exp_diff_control_upper", "upper_vs_control_wins", "mouth_moved",
+            "face_psnr_cross")
     print(f"\n{'variant':<15} " + " ".join(f"{k:>22}" for k in keys))
     for r in rows:
         print(f"{r['variant']:<15} " + " ".join(f"{r['metrics'].get(k, np.nan):22.4f}" for k in keys))
@@ -232,7 +279,10 @@ def summary(rows: list[dict[str, Any]], minutes: float) -> None:
           f"ablation_exp_diff_no_transformer={get('no_transformer', 'exp_diff_cross'):.5f} "
           f"radnerf_psnr={get('radnerf', 'psnr'):.2f} lse_c_cross={get('jean', 'lse_c_cross'):.4f} "
           f"exp_diff_upper_cross={get('jean', 'exp_diff_cross_upper'):.5f} "
-          f"exp_diff_upper_control={get('jean', 'exp_diff_control_upper'):.5f} minutes={minutes:g}")
+          f"exp_diff_upper_control={get('jean', 'exp_diff_control_upper'):.5f} "
+          f"upper_gain_ci=[{get('jean', 'upper_vs_control_gain_lo'):.5f},"
+          f"{get('jean', 'upper_vs_control_gain_hi'):.5f}] "
+          f"minutes={minutes:g}")
 
 
 def main() -> int:
@@ -250,6 +300,7 @@ def main() -> int:
     ap.add_argument("--parallel", action="store_true", help="train two variants at a time")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run")
     ap.add_argument("--work", type=Path, default=Path("/tmp/parley_bench_jean"))
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the checkpoints of an earlier run in --work")
     ap.add_argument("--one", nargs=2, metavar=("CLIP", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("PARLEY_ASSETS", str(SHARED / "assets"))
@@ -275,7 +326,7 @@ def main() -> int:
         threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
         base = [sys.executable, __file__, "--tracking-uri", args.tracking_uri, "--minutes", str(args.minutes),
                 "--holdout", str(args.holdout), "--size", str(args.size), "--threads", str(threads),
-                "--work", str(args.work)]
+                "--work", str(args.work)] + (["--eval-only"] if args.eval_only else [])
         if args.dataset:
             base += ["--dataset", args.dataset, "--identity", args.identity]
         for k in range(0, len(args.variants), 2):

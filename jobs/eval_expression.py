@@ -66,12 +66,29 @@ def fit_expressions(frames: list[np.ndarray], fps: float = 25.0) -> np.ndarray:
     return out
 
 
+def per_frame_diff(pred: np.ndarray, target: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """[N] the MSE of the coefficients ``index`` per frame (NaN where either side has no fit)."""
+    out = np.mean((pred[:, index] - target[:, index]) ** 2, 1)
+    return np.where(np.isfinite(pred).all(1) & np.isfinite(target).all(1), out, np.nan)
+
+
 def exp_diff(pred: np.ndarray, target: np.ndarray, index: np.ndarray) -> float:
     """Mean over frames (both fitted) of the MSE of the coefficients ``index``; NaN when no frame has both."""
-    both = np.isfinite(pred).all(1) & np.isfinite(target).all(1)
-    if not both.any():
-        return float("nan")
-    return float(np.mean((pred[both][:, index] - target[both][:, index]) ** 2))
+    d = per_frame_diff(pred, target, index)
+    return float(np.nanmean(d)) if np.isfinite(d).any() else float("nan")
+
+
+def paired(better: np.ndarray, worse: np.ndarray, seed: int = 0, draws: int = 2000) -> dict[str, float]:
+    """How surely per-frame errors ``better`` are below ``worse`` (frames finite in both): the share of frames
+    where they are, and a bootstrap 95% interval of the mean of ``worse - better`` (frames resampled)."""
+    ok = np.isfinite(better) & np.isfinite(worse)
+    d = (worse - better)[ok]
+    if d.size == 0:
+        return {"wins": float("nan"), "gain": float("nan"), "gain_lo": float("nan"), "gain_hi": float("nan")}
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, (draws, d.size))].mean(1)
+    return {"wins": float((d > 0).mean()), "gain": float(d.mean()), "gain_lo": float(np.percentile(means, 2.5)),
+            "gain_hi": float(np.percentile(means, 97.5))}
 
 
 def exp_diff_metrics(pred: np.ndarray, target: np.ndarray, names: list[str], prefix: str = "exp_diff") -> dict:

@@ -85,6 +85,17 @@ def test_render_cross_drives_from_an_expression_video(fanned, audio_lip_server, 
     with caplog.at_level(logging.WARNING, logger="jobs.render"):
         assert main([*args[:-1], str(_cut(OTHER, tmp_path / "o.mp4", 1.0)), "--out", str(tmp_path / "y.mp4")]) == 0
     assert "another person than the avatar's" in caplog.text
+    # the pyfunc takes the expression source per row, as render does
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(audio_lip_server.url)
+    mlflow.set_registry_uri(audio_lip_server.url)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/jean-{IDENTITY}@champion")
+    rows = pd.DataFrame({"audio": [str(audio)], "expression": [str(same)], "out": [str(tmp_path / "pf.mp4")]})
+    assert pyfunc.predict(rows, params={"size": 32}) == [str(tmp_path / "pf.mp4")]
+    info = probe(str(tmp_path / "pf.mp4"))
+    assert info.has_audio and (info.width, info.height) == (32, 32) and abs(info.video_duration_s - 2.0) < 0.1
 
 
 def test_the_expression_code_and_the_audio_both_reach_the_head_field(fanned, audio_lip_server, tmp_path):

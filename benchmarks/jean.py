@@ -20,7 +20,8 @@
   ``lse_c_cross`` scores the mouth against A's audio; ``exp_diff_cross`` (and its ``_upper``/``_mouth`` parts)
   compares the face with B's; face-crop PSNR/SSIM/LPIPS against B. The control renders
   the same frames with A's expression too: ``exp_diff_upper_control`` must be above ``exp_diff_upper_cross`` if
-  the face follows the expression source; ``mouth_moved`` (Exp-Diff of the mouth between the cross-driven and
+  the face follows the expression source (``exp_diff_sources_upper``, A's real frames against B's, is the room there
+  is between the two); ``mouth_moved`` (Exp-Diff of the mouth between the cross-driven and
   self-driven renders) is above 0 when the new audio moves the mouth.
 
 Writes ``jean_<clip>_<variant>.json`` per run and ``jean.json`` in ``--work``. The last line:
@@ -228,7 +229,11 @@ def run_one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any
     m.update({f"{k}_cross": v for k, v in sync_of(scorer, src, cross, gts, val, cross_audio).items()
               if not k.endswith("_gt")})
     names = FaceModel().exp_names
-    fit = {k: fit_expressions(v) for k, v in (("gt", gts), ("own", own), ("cross", cross), ("control", control))}
+    srcs = [data.images[f] for f in source]
+    fit = {k: fit_expressions(v) for k, v in (("gt", gts), ("own", own), ("cross", cross), ("control", control),
+                                                ("source", srcs))}
+    # how far A's real expression is from B's: the room a render has to follow B rather than A
+    m.update(exp_diff_metrics(fit["source"], fit["gt"], names, "exp_diff_sources"))
     m.update(exp_diff_metrics(fit["own"], fit["gt"], names))
     m.update(exp_diff_metrics(fit["cross"], fit["gt"], names, "exp_diff_cross"))
     m.update(exp_diff_metrics(fit["control"], fit["gt"], names, "exp_diff_control"))
@@ -268,7 +273,8 @@ def summary(rows: list[dict[str, Any]], minutes: float) -> None:
         return float(by.get(variant, {}).get(key, np.nan))
 
     keys = ("psnr", "lpips", "lse_c", "lse_c_gt", "exp_diff", "lse_c_cross", "exp_diff_cross",
-            "exp_diff_cross_upper", "exp_diff_control_upper", "upper_vs_control_wins", "mouth_moved",
+            "exp_diff_cross_upper", "exp_diff_control_upper", "exp_diff_sources_upper", "upper_vs_control_wins",
+            "mouth_moved",
             "face_psnr_cross")
     print(f"\n{'variant':<15} " + " ".join(f"{k:>22}" for k in keys))
     for r in rows:

@@ -9,8 +9,8 @@ import argparse
 MAX_RENDER_SECONDS = 600.0
 """Longest audio ``parley render`` takes by default (``--max-seconds``): 10 minutes is 15,000 frames, hours on a
 CPU, and a mistaken input (a whole podcast) should be a clear error, not a job that runs until it is killed."""
-METHOD_HELP = ("avatar method: radnerf (default; more come with later releases, and packages may add their own "
-               "through the parley.methods entry point)")
+METHOD_HELP = ("avatar method: radnerf (default) or jean (audio code + expression code; needs the audio-lip "
+               "champion); packages may add their own through the parley.methods entry point")
 AUDIO_SOURCE_HELP = ("drive the avatar's audio with a registered audio-lip encoder (models:/audio-lip@champion; "
                      "`parley train-audio` trains it) instead of an audio net learnt from this identity alone")
 PRESET_HELP = "training recipe of the method (radnerf: cpu (default), debug, paper)"

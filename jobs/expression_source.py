@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.jean_data import expression_features
+from nerf.data import normalise_eye
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,13 @@ def read_expression_source(path: str | Path, feature_set: str) -> ExpressionSour
         return np.stack([np.asarray(r[key], np.float32).reshape(shape) for r in got])
 
     eye_raw = np.asarray([np.nan if r.get("eye_ratio") is None else r["eye_ratio"] for r in got], np.float32)
-    finite = eye_raw[np.isfinite(eye_raw)]
-    open_eye = float(np.percentile(finite, 90)) if finite.size else 0.3
+    eye, open_eye = normalise_eye(eye_raw)
     table = {"blendshapes": arr("blendshapes", (52,)), "expression": arr("expression", (57,)),
              "eye_ratio": np.nan_to_num(eye_raw, nan=open_eye),
              "mouth_opening": np.asarray([r.get("mouth_opening") or 0.0 for r in got], np.float32)}
     person = result.people[0] if result.people else None
     return ExpressionSource(
         path=str(path), features=expression_features(table, feature_set), poses=arr("pose_c2w", (4, 4)),
-        eye=np.nan_to_num(eye_raw / max(open_eye, 1e-3), nan=1.0).astype(np.float32),
+        eye=eye,
         fps=float(result.summary.get("fps") or 25.0),
         identity_coeffs=np.asarray(person.identity_coeffs if person else [], np.float32))

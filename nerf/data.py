@@ -221,9 +221,7 @@ class IdentityFrames:
                 audio[k] = a.reshape(audio.shape[1:]) if a.size == audio[k].size else 0.0
             if r["eye_ratio"] is not None:
                 eye_raw[k] = r["eye_ratio"]
-        finite = eye_raw[np.isfinite(eye_raw)]
-        open_eye = float(np.percentile(finite, 90)) if finite.size else 0.3
-        eye = np.nan_to_num(eye_raw / max(open_eye, 1e-3), nan=1.0).astype(np.float32)
+        eye, open_eye = normalise_eye(eye_raw)
         return cls(
             identity=name, size=size, images=images, labels=labels, poses=poses, intrinsics=intr, audio=audio,
             eye=eye, lips_rect=lips, face_rect=face, landmarks=lms, background=background,
@@ -233,6 +231,14 @@ class IdentityFrames:
             identity_coeffs=None if identity.get("identity_coeffs") is None
             else np.asarray(identity["identity_coeffs"], np.float32),
         )
+
+
+def normalise_eye(eye_raw: np.ndarray) -> tuple[np.ndarray, float]:
+    """Eye aspect ratios [N] (NaN where unknown) -> eye openness (~1 open, 1 where unknown) and the open-eye ratio
+    (the 90th percentile; 0.3 when none is known)."""
+    finite = eye_raw[np.isfinite(eye_raw)]
+    open_eye = float(np.percentile(finite, 90)) if finite.size else 0.3
+    return np.nan_to_num(eye_raw / max(open_eye, 1e-3), nan=1.0).astype(np.float32), open_eye
 
 
 def _scale_rect(rect: Any, s: float, size: int) -> np.ndarray:

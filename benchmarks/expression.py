@@ -1,11 +1,12 @@
 """Which per-frame expression features JEAN's expression transformer takes apart best (issue 38, item 1).
 
     PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/expression.py --dataset DIR --tracking-uri URI
-        [--identities obama feifei_li ...] [--features geometric blendshapes ict] [--steps 1500]
+        [--identities obama feifei_li ...] [--features geometric blendshapes ict crop] [--steps 1500]
 
 For each identity with several clips, the transformer (:mod:`nerf.jean.expression`) is trained with the
 audio-anchored swap on every clip but the last, with each feature set; the audio codes come from the registered
-``audio-lip`` champion. On the held-out clip:
+``audio-lip`` champion; the ``crop`` set's encoder (:mod:`nerf.jean.face_crops`) trains on the same clips first
+(``train_s`` includes it). On the held-out clip:
 
 * ``recon``: L1 of the plain reconstruction (normalised feature units); ``swap``: L1 of the reconstruction from the
   audio's lip part and the expression part of a window 0.3-2 s away;
@@ -75,6 +76,7 @@ def main() -> int:
     from jobs.jean_data import FEATURE_SETS, blendshape_index, expression_features, read_expression_rows
     from nerf.jean import expression_train as xt
     from nerf.jean.expression import ExpressionTransformerConfig
+    from nerf.jean.face_crops import CropEncoderConfig, train_crop_encoder
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True)
@@ -83,6 +85,7 @@ def main() -> int:
     ap.add_argument("--features", nargs="+", default=list(FEATURE_SETS))
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--crop-steps", type=int, default=CropEncoderConfig().steps)
     ap.add_argument("--out", type=Path, default=Path("/tmp/parley_bench_expression.json"))
     args = ap.parse_args()
     if args.threads:
@@ -92,7 +95,7 @@ def main() -> int:
     rows = []
     for identity in args.identities:
         try:
-            d = read_expression_rows(args.dataset, identity)
+            d = read_expression_rows(args.dataset, identity, crops="crop" in args.features)
             codes = audio_codes(d["mel"], args.tracking_uri)
         except (LookupError, ValueError, FileNotFoundError) as exc:  # no such identity, dataset or model version
             raise SystemExit(f"expression.py: {identity}: {exc}") from exc
@@ -103,8 +106,11 @@ def main() -> int:
         for name in args.features:
             if name not in FEATURE_SETS:
                 raise SystemExit(f"expression.py: unknown --features {name!r} (known: {', '.join(FEATURE_SETS)})")
-            feats = expression_features(d, name)
             t = time.perf_counter()
+            feats = expression_features(d, name)
+            if name == "crop":  # the self-supervised crop encoder, on the training clips' crops
+                enc = train_crop_encoder(feats[~test], CropEncoderConfig(steps=args.crop_steps))
+                feats = enc.encode(feats).numpy()
             model = xt.train_expression(feats[~test], codes[~test], clips[~test],
                                      ExpressionTransformerConfig(features=feats.shape[1]), cfg)
             train_s = time.perf_counter() - t

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.jean_data import expression_features
+from jobs.jean_data import expression_features, face_crops
 from nerf.data import normalise_eye
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ def read_expression_source(path: str | Path, feature_set: str) -> ExpressionSour
     table = {"blendshapes": arr("blendshapes", (52,)), "expression": arr("expression", (57,)),
              "eye_ratio": np.nan_to_num(eye_raw, nan=open_eye),
              "mouth_opening": np.asarray([r.get("mouth_opening") or 0.0 for r in got], np.float32)}
+    if feature_set == "crop":
+        table["crop"] = face_crops([r["image_jpeg"] for r in got], arr("landmarks_2d", (68, 2)))
     person = result.people[0] if result.people else None
     return ExpressionSource(
         path=str(path), features=expression_features(table, feature_set), poses=arr("pose_c2w", (4, 4)),

@@ -3,15 +3,19 @@ expression encoder trained before the field. The stages and their config are RAD
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal
 
 from nerf.jean.expression import ExpressionTransformerConfig
 from nerf.jean.expression_train import ExpressionTrain
+from nerf.jean.face_crops import CODE, CROP, CropEncoderConfig
 from nerf.radnerf.config import RadNerfConfig
 
-FEATURE_WIDTH = {"geometric": 111, "blendshapes": 52, "ict": 57}
-"""Per-frame expression features a recipe may name (read by :mod:`jobs.jean_data`) and their widths."""
+FEATURE_WIDTH = {"geometric": 111, "blendshapes": 52, "ict": 57, "crop": CODE}
+"""Per-frame expression features a recipe may name (read by :mod:`jobs.jean_data`) and their widths (``crop``: the
+width of the crop encoder's code; its input is the aligned crop, :data:`INPUT_WIDTH`)."""
+INPUT_WIDTH = {**FEATURE_WIDTH, "crop": CROP * CROP}
+"""Width of the per-frame input a feature set is read as (``expression_features``)."""
 
 
 @dataclass(frozen=True)
@@ -21,11 +25,14 @@ class JeanConfig(RadNerfConfig):
     (``head.latent_dim`` = the transformer's part width), so e_e reaches both the density and the colour net."""
 
     expression: ExpressionTransformerConfig = field(default_factory=ExpressionTransformerConfig)
-    """The expression transformer's shape (``features`` must match the width of :attr:`features`)."""
+    """The expression transformer's shape (its ``features`` width follows :attr:`features`)."""
     expression_train: ExpressionTrain = field(default_factory=ExpressionTrain)
     """How the per-identity transformer is trained before the field."""
-    features: Literal["geometric", "blendshapes", "ict"] = "geometric"
-    """Per-frame expression features (:data:`FEATURE_WIDTH`; docs/decisions.md, 'JEAN')."""
+    features: Literal["geometric", "blendshapes", "ict", "crop"] = "geometric"
+    """Per-frame expression features (:data:`FEATURE_WIDTH`; docs/decisions.md, 'JEAN'). ``crop``: the code of a
+    self-supervised encoder of aligned face crops (:mod:`nerf.jean.face_crops`), trained before the transformer."""
+    crop_encoder: CropEncoderConfig = field(default_factory=CropEncoderConfig)
+    """The ``crop`` features' encoder."""
     expression_mode: Literal["transformer", "features"] = "transformer"
     """``transformer``: e_e from the expression transformer (JEAN). ``features``: the raw features through a thin
     MLP trained with the field (the paper's Table 2 rows without the transformer: the ablation)."""
@@ -36,13 +43,17 @@ class JeanConfig(RadNerfConfig):
     """Hidden width of the ``features`` mode's thin MLP."""
     ABSENT_IN_OLD_CONFIGS: ClassVar[dict[str, object]] = {}
 
+    @property
+    def input_width(self) -> int:
+        """Width of a frame's ``expression_features`` input (:data:`INPUT_WIDTH`)."""
+        return INPUT_WIDTH[self.features]
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.features not in FEATURE_WIDTH:
             raise ValueError(f"jean: unknown features {self.features!r} (known: {', '.join(FEATURE_WIDTH)})")
-        if self.expression.features != FEATURE_WIDTH[self.features]:
-            raise ValueError(f"jean: expression.features={self.expression.features}, but the {self.features} "
-                             f"features are {FEATURE_WIDTH[self.features]} wide")
+        if self.expression.features != FEATURE_WIDTH[self.features]:  # derived: follows the feature set
+            object.__setattr__(self, "expression", replace(self.expression, features=FEATURE_WIDTH[self.features]))
         if self.expression_mode not in ("transformer", "features"):
             raise ValueError(f"jean: expression_mode {self.expression_mode!r} (transformer or features)")
         if self.head.latent_dim != self.expression.part:

@@ -27,6 +27,7 @@ from nerf.fields import mlp
 from nerf.jean.config import JeanConfig
 from nerf.jean.expression import ExpressionTransformer
 from nerf.jean.expression_train import train_expression
+from nerf.jean.face_crops import FaceCropEncoder, train_crop_encoder
 from nerf.model import Driving
 from nerf.radnerf import steps
 from nerf.radnerf.model import FrameConditions, RadNerf
@@ -61,16 +62,19 @@ class Jean(RadNerf):
             self.expression = None
             self.expression_head = mlp(ec.features, ec.part, config.thin_hidden, 2)
             width = ec.features
+        # ``crop`` features: the self-supervised crop encoder, trained in prepare and frozen like the transformer
+        self.crop_encoder = FaceCropEncoder(config.crop_encoder.width).eval() if config.features == "crop" else None
         self.register_buffer("expression_inputs", torch.zeros(n_frames, width))
         self.register_buffer("feature_mean", torch.zeros(ec.features))
         self.register_buffer("feature_scale", torch.ones(ec.features))
 
     def train(self, mode: bool = True) -> Jean:
-        """As :meth:`torch.nn.Module.train`, but the expression transformer stays in evaluation mode: it is trained
-        before the field and frozen, and its dropout must not move the codes of new expression sources."""
+        """As :meth:`torch.nn.Module.train`, but the expression transformer (and the crop encoder) stay in evaluation
+        mode: they are trained before the field and frozen, and dropout must not move a new source's codes."""
         super().train(mode)
-        if self.expression is not None:
-            self.expression.eval()
+        for frozen in (self.expression, self.crop_encoder):
+            if frozen is not None:
+                frozen.eval()
         return self
 
     # conditions ------------------------------------------------------------------------------------------
@@ -130,9 +134,9 @@ class Jean(RadNerf):
         mc = config.model
         assert isinstance(mc, JeanConfig)
         feats = np.asarray(inputs.get(EXPRESSION, np.zeros((0, 0))), np.float32)
-        if feats.shape != (data.n_frames, mc.expression.features):
+        if feats.shape != (data.n_frames, mc.input_width):
             raise ValueError(f"jean: expression features of shape {list(feats.shape)}, expected "
-                             f"[{data.n_frames}, {mc.expression.features}] (one row of {mc.features} features "
+                             f"[{data.n_frames}, {mc.input_width}] (one row of {mc.features} features "
                              "per frame)")
         enc_state = {k[len(AUDIO_KEY):]: v for k, v in pretrained.items() if k.startswith(AUDIO_KEY)}
         if not enc_state:
@@ -140,9 +144,14 @@ class Jean(RadNerf):
                              "version in model.head.audio.source (--audio-source models:/audio-lip@champion)")
         n = data.n_train
         clip_of_row = np.unique(np.asarray(data.clip_ids), return_inverse=True)[1].astype(np.int64)
+        out = {k: v for k, v in pretrained.items() if mc.ssl_audio or not k.startswith(AUDIO_KEY)}
+        if mc.features == "crop":  # the crops' own encoder first, on the training frames
+            with torch.random.fork_rng(devices=[]):
+                crop_enc = train_crop_encoder(feats[:n], mc.crop_encoder, seed=config.trainer.seed)
+            out.update({f"crop_encoder.{k}": v for k, v in crop_enc.state_dict().items()})
+            feats = crop_enc.encode(feats).numpy()
         x = torch.from_numpy(feats)
         mean, scale = x[:n].mean(0), x[:n].std(0).clamp_min(1e-4)
-        out = {k: v for k, v in pretrained.items() if mc.ssl_audio or not k.startswith(AUDIO_KEY)}
         out["feature_mean"], out["feature_scale"] = mean, scale
         if mc.expression_mode == "features":
             out["expression_inputs"] = (x - mean) / scale
@@ -164,11 +173,13 @@ class Jean(RadNerf):
         if EXPRESSION not in inputs:
             return {}
         f = torch.as_tensor(np.asarray(inputs[EXPRESSION], np.float32), device=self.feature_mean.device)
-        want = self.feature_mean.shape[0]
+        want = self.jean.input_width
         if f.ndim != 2 or f.shape[1] != want or f.shape[0] == 0:
             raise ValueError(f"expression features are {list(f.shape)}; the model takes [T>0, {want}] "
                              f"({self.jean.features})")
         with torch.no_grad():
+            if self.crop_encoder is not None:
+                f = self.crop_encoder.encode(f)
             if self.expression is not None:
                 return {"expression": self.expression.expression_codes(f)}
             return {"expression": (f - self.feature_mean) / self.feature_scale}

@@ -17,6 +17,7 @@ from nerf.encoders import FrequencyEncoderConfig
 from nerf.jean.config import JeanConfig
 from nerf.jean.expression import ExpressionTransformerConfig
 from nerf.jean.expression_train import ExpressionTrain
+from nerf.jean.face_crops import CropEncoderConfig
 from nerf.radnerf.config import RadNerfStage, RadNerfTrainerConfig
 from nerf.radnerf.presets import PRESETS as RADNERF
 
@@ -39,7 +40,8 @@ def _debug() -> ExperimentConfig:
     base = RADNERF["debug"]()
     tiny = ExpressionTransformerConfig(width=16, hidden=32, layers=1, heads=2, feedforward=32)
     return replace(base, method="jean", model=_jean(base, expression=tiny,
-                                                    expression_train=ExpressionTrain(steps=10, batch=8)))
+                                                    expression_train=ExpressionTrain(steps=10, batch=8),
+                                                    crop_encoder=CropEncoderConfig(width=4, steps=10, batch=16)))
 
 
 def _cpu() -> ExperimentConfig:

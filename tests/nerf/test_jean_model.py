@@ -103,3 +103,27 @@ def test_bad_inputs(frames):
         model.driving_inputs({"landmarks": feats})
     with pytest.raises(ValueError, match="head.latent_dim"):
         replace(cfg.model, head=replace(cfg.model.head, latent_dim=3))
+
+
+def test_crop_features_train_their_own_encoder_first(small_dataset, frames):
+    """``features=crop``: the aligned crops go through a self-supervised encoder trained in prepare, kept in the
+    model and applied to a driving source's crops the same way."""
+    data, _ = frames
+    crops = frame_features(str(small_dataset), SMALL_IDENTITY, data.clip_ids, data.frame_index, "crop")
+    assert crops.shape == (data.n_frames, 64 * 64) and crops.max() > 100  # grey values, not yet codes
+    base = recipe()
+    cfg = replace(base, model=replace(base.model, features="crop"))
+    assert cfg.model.expression.features == 64  # the transformer's width follows the feature set
+    state = Jean.prepare(cfg, data, {"expression_features": crops}, encoder_state())
+    assert any(k.startswith("crop_encoder.encoder.") for k in state)
+    assert state["feature_mean"].shape == (64,)
+    model = Trainer(cfg, data, pretrained=state).model
+    assert isinstance(model, Jean) and model.crop_encoder is not None
+    key = next(k for k in state if k.startswith("crop_encoder."))
+    assert torch.equal(model.state_dict()[key], state[key])
+    model.train()
+    assert not model.crop_encoder.training  # frozen like the transformer
+    drive = model.driving_inputs({"expression_features": crops})["expression"]
+    assert torch.allclose(drive, state["expression_inputs"], atol=1e-4)
+    with pytest.raises(ValueError, match=r"the model takes \[T>0, 4096\] \(crop\)"):
+        model.driving_inputs({"expression_features": crops[:, :111]})

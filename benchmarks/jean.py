@@ -2,6 +2,7 @@
 
     PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/jean.py [--clip CLIP] [--minutes 30]
         [--tracking-uri URI] [--holdout 0.25] [--parallel] [--work DIR] [--dataset D --identity X]
+        [--variants jean no_ssl no_transformer radnerf jean_crop] [--features geometric|crop|...]
 
 * A one-identity dataset of the whole clip (cached in ``--work``); its last ``--holdout`` share of frames is held
   out (the expression source and the poses of the cross-driving).
@@ -12,7 +13,8 @@
   ``benchmarks/train.py`` (JEAN's expression transformer trains inside that budget): ``radnerf`` (its own audio
   net), ``jean``, ``no_ssl`` (JEAN with RAD-NeRF's own audio net: Table 2 without the contrastive encoder) and
   ``no_transformer`` (JEAN with the raw features through a thin MLP: Table 2 without the transformer).
-  ``--parallel`` trains two at a time, half the CPUs each.
+  ``--parallel`` trains two at a time, half the CPUs each. ``jean_crop`` (run when named) is ``jean`` on the
+  self-supervised face-crop features; ``--features`` sets the features of every JEAN variant.
 * Self-driven held-out frames (their own audio, expression and pose): PSNR, SSIM, LPIPS, LSE-C beside the ground
   truth's, and Exp-Diff (``jobs.eval_expression``).
 * Cross-driven held-out frames: the audio of the stretch just before the held-out one (A; with ``--dataset`` and an
@@ -52,13 +54,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import DEFAULT_CLIP, SHARED, build_dataset, with_steps  # noqa: E402
 
 VARIANTS = ("jean", "no_ssl", "no_transformer", "radnerf")
+OPTIONAL = ("jean_crop",)
+"""Variants run only when named: ``jean_crop`` is JEAN on the self-supervised face-crop features."""
 SOURCE = "models:/audio-lip@champion"
 
 
-def recipe(variant: str, size: int) -> Any:
+def recipe(variant: str, size: int, features: str | None = None) -> Any:
     from nerf.methods import preset
 
     cfg = preset("cpu", "radnerf" if variant == "radnerf" else "jean")
+    if variant != "radnerf" and (features or variant == "jean_crop"):
+        cfg = replace(cfg, model=replace(cfg.model, features="crop" if variant == "jean_crop" else features))
     if variant == "no_ssl":
         cfg = replace(cfg, model=replace(cfg.model, ssl_audio=False))
     elif variant == "no_transformer":
@@ -130,7 +136,7 @@ def train_variant(variant: str, identity: str, root: Path, uri: str, lips: Any,
     from jobs.train import load_identity
     from nerf import methods
 
-    cfg, pinned = learnt_audio.pin(recipe(variant, args.size), uri)
+    cfg, pinned = learnt_audio.pin(recipe(variant, args.size, args.features), uri)
     data = load_identity(str(root), identity, args.size, holdout=args.holdout)
     t0 = time.perf_counter()
     pretrained = learnt_audio.weights(cfg, uri, "head.audio_net") if pinned else {}
@@ -302,7 +308,9 @@ def main() -> int:
     ap.add_argument("--identity", default=None, help="the identity of --dataset")
     ap.add_argument("--holdout", type=float, default=0.25, help="held-out share of the clip's last frames")
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS + OPTIONAL)
+    ap.add_argument("--features", default=None, choices=("geometric", "blendshapes", "ict", "crop"),
+                    help="the JEAN variants' expression features (default: the preset's, geometric)")
     ap.add_argument("--parallel", action="store_true", help="train two variants at a time")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run")
     ap.add_argument("--work", type=Path, default=Path("/tmp/parley_bench_jean"))
@@ -332,7 +340,8 @@ def main() -> int:
         threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
         base = [sys.executable, __file__, "--tracking-uri", args.tracking_uri, "--minutes", str(args.minutes),
                 "--holdout", str(args.holdout), "--size", str(args.size), "--threads", str(threads),
-                "--work", str(args.work)] + (["--eval-only"] if args.eval_only else [])
+                "--work", str(args.work)] + (["--eval-only"] if args.eval_only else []) \
+            + (["--features", args.features] if args.features else [])
         if args.dataset:
             base += ["--dataset", args.dataset, "--identity", args.identity]
         for k in range(0, len(args.variants), 2):

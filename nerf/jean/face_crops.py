@@ -61,7 +61,7 @@ class FaceCropEncoder(nn.Module):
             enc += [nn.Conv2d(a, b, 4, stride=2, padding=1), nn.GroupNorm(4, b), nn.SiLU()]
         self.encoder = nn.Sequential(*enc, nn.Flatten(), nn.Linear(w[-1] * 16, code))
         dec: list[nn.Module] = []
-        for a, b in zip(w[:0:-1], w[-2:0:-1], strict=True):
+        for a, b in zip(w[:1:-1], w[-2:0:-1], strict=True):
             dec += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.GroupNorm(4, b), nn.SiLU()]
         self.to_grid = nn.Linear(code, w[-1] * 16)
         self.decoder = nn.Sequential(*dec, nn.ConvTranspose2d(w[1], 1, 4, stride=2, padding=1))

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import SHARED, build_dataset, with_steps  # noqa: E402
+from benchmarks.common import SHARED, build_dataset, run_variants, with_steps  # noqa: E402
 
 VARIANTS = ("own", "learnt")
 CLIPS = sorted((SHARED / "data" / "clips").glob("*.mp4"))
@@ -150,18 +149,6 @@ def run_one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any
     return row
 
 
-def one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any]:
-    """:func:`run_one`, a missing model version or unreadable data stopping with its one-line reason."""
-    try:
-        return run_one(clip, variant, args)
-    except (LookupError, ValueError) as exc:  # RegistryError, AudioLipCheckpointError, DataError
-        raise SystemExit(f"audio_source.py: {clip.name} ({variant}): {exc}") from exc
-
-
-def report_path(work: Path, clip: Path, variant: str) -> Path:
-    return work / f"audio_source_{clip.stem}_{variant}.json"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tracking-uri", required=True, help="MLflow with the audio-lip and lip-sync-scorer champions")
@@ -179,28 +166,21 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     if args.one:
         clip, variant = Path(args.one[0]), args.one[1]
-        report_path(args.work, clip, variant).write_text(json.dumps(one(clip, variant, args), indent=2,
-                                                                    default=float))
+        run_variants(__file__, clip, [variant], args.work, lambda v: run_one(clip, v, args))
         return 0
     rows = []
     for clip in args.clips:
         if not clip.is_file():
             raise SystemExit(f"audio_source.py: {clip}: no such clip")
         build_dataset(clip, args.work)  # once, before two runs would race to build it
+        command = None
         if args.parallel:
             threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
-            base = [sys.executable, __file__, "--tracking-uri", args.tracking_uri, "--minutes", str(args.minutes),
-                    "--holdout", str(args.holdout), "--size", str(args.size), "--source", args.source,
-                    "--threads", str(threads), "--work", str(args.work)]
-            procs = [subprocess.Popen([*base, "--one", str(clip), v]) for v in VARIANTS]
-            if any(p.wait() for p in procs):
-                raise SystemExit(f"audio_source.py: a run on {clip.name} failed")
-            rows += [json.loads(report_path(args.work, clip, v).read_text()) for v in VARIANTS]
-        else:
-            for v in VARIANTS:
-                row = one(clip, v, args)
-                report_path(args.work, clip, v).write_text(json.dumps(row, indent=2, default=float))
-                rows.append(row)
+            command = [sys.executable, __file__, "--tracking-uri", args.tracking_uri, "--minutes", str(args.minutes),
+                       "--holdout", str(args.holdout), "--size", str(args.size), "--source", args.source,
+                       "--threads", str(threads), "--work", str(args.work)]
+        rows += run_variants(__file__, clip, list(VARIANTS), args.work,
+                             lambda v, clip=clip: run_one(clip, v, args), command)
     (args.work / "audio_source.json").write_text(json.dumps(rows, indent=2, default=float))
 
     def mean(variant: str, key: str) -> float:

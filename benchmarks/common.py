@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -96,3 +97,37 @@ def with_steps(cfg: ExperimentConfig, head: int, lips: int, torso: int) -> Exper
     tc = cfg.trainer
     return replace(cfg, trainer=replace(tc, head=replace(tc.head, steps=head), lips=replace(tc.lips, steps=lips),
                                         torso=replace(tc.torso, steps=torso)))
+
+
+def run_variants(script: str, clip: Path, variants: list[str], work: Path, run: Any,
+                 command: list[str] | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate each variant on ``clip``: ``run(variant)`` -> its report row, one after the other, or with
+    ``command`` (this script's command line, which ``--one CLIP VARIANT`` completes) two at a time in subprocesses.
+    Each row is also written to :func:`report_path`. A bad input (a missing model version, unreadable data) stops
+    with a one-line ``script: clip (variant): reason``."""
+    import json
+    import subprocess
+
+    rows: list[dict[str, Any]] = []
+    name = Path(script).name
+    if command is not None:
+        for k in range(0, len(variants), 2):
+            pair = variants[k:k + 2]
+            procs = [subprocess.Popen([*command, "--one", str(clip), v]) for v in pair]
+            if any(p.wait() for p in procs):
+                raise SystemExit(f"{name}: a run of {pair} on {clip.name} failed")
+            rows += [json.loads(report_path(work, script, clip, v).read_text()) for v in pair]
+        return rows
+    for v in variants:
+        try:
+            row = run(v)
+        except (LookupError, ValueError, FileNotFoundError) as exc:  # RegistryError, DataError, no dataset, ...
+            raise SystemExit(f"{name}: {clip.name} ({v}): {exc}") from exc
+        report_path(work, script, clip, v).write_text(json.dumps(row, indent=2, default=float))
+        rows.append(row)
+    return rows
+
+
+def report_path(work: Path, script: str, clip: Path, variant: str) -> Path:
+    """Where :func:`run_variants` leaves a variant's report row: ``<script stem>_<clip stem>_<variant>.json``."""
+    return work / f"{Path(script).stem}_{clip.stem}_{variant}.json"

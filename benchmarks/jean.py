@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import DEFAULT_CLIP, SHARED, build_dataset, with_steps  # noqa: E402
+from benchmarks.common import DEFAULT_CLIP, SHARED, build_dataset, report_path, run_variants, with_steps  # noqa: E402
 
 VARIANTS = ("jean", "no_ssl", "no_transformer", "radnerf")
 OPTIONAL = ("jean_crop",)
@@ -200,7 +200,7 @@ def run_one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any
         data = load_identity(str(root), identity, args.size, holdout=args.holdout)
         trainer = Trainer(cfg, data, lpips=lips)
         trainer.load_checkpoint(ckpt_path)
-        old = report_path(args.work, clip, variant)
+        old = report_path(args.work, __file__, clip, variant)
         info = {k: v for k, v in json.loads(old.read_text()).items() if k != "metrics"} if old.is_file() else {}
     else:
         trainer, info = train_variant(variant, identity, root, uri, lips, args)
@@ -259,18 +259,6 @@ def run_one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any
     return row
 
 
-def one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any]:
-    """:func:`run_one`, a missing model version or unreadable data stopping with its one-line reason."""
-    try:
-        return run_one(clip, variant, args)
-    except (LookupError, ValueError) as exc:  # RegistryError, DataError, ExpressionDataError
-        raise SystemExit(f"jean.py: {clip.name} ({variant}): {exc}") from exc
-
-
-def report_path(work: Path, clip: Path, variant: str) -> Path:
-    return work / f"jean_{clip.stem}_{variant}.json"
-
-
 def summary(rows: list[dict[str, Any]], minutes: float) -> None:
     """The table of the variants and the last line."""
     by = {r["variant"]: r["metrics"] for r in rows}
@@ -323,8 +311,7 @@ def main() -> int:
     clip = args.clip
     if args.one:
         clip, variant = Path(args.one[0]), args.one[1]
-        report_path(args.work, clip, variant).write_text(json.dumps(one(clip, variant, args), indent=2,
-                                                                    default=float))
+        run_variants(__file__, clip, [variant], args.work, lambda v: run_one(clip, v, args))
         return 0
     if args.dataset:
         if not args.identity:
@@ -335,26 +322,15 @@ def main() -> int:
         if not clip.is_file():
             raise SystemExit(f"jean.py: {clip}: no such clip")
         ensure_audio_models(args.tracking_uri, build_dataset(clip, args.work), args.work)
-    rows = []
+    command = None
     if args.parallel:
         threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
-        base = [sys.executable, __file__, "--tracking-uri", args.tracking_uri, "--minutes", str(args.minutes),
-                "--holdout", str(args.holdout), "--size", str(args.size), "--threads", str(threads),
-                "--work", str(args.work)] + (["--eval-only"] if args.eval_only else []) \
-            + (["--features", args.features] if args.features else [])
-        if args.dataset:
-            base += ["--dataset", args.dataset, "--identity", args.identity]
-        for k in range(0, len(args.variants), 2):
-            pair = args.variants[k:k + 2]
-            procs = [subprocess.Popen([*base, "--one", str(clip), v]) for v in pair]
-            if any(p.wait() for p in procs):
-                raise SystemExit(f"jean.py: a run of {pair} failed")
-            rows += [json.loads(report_path(args.work, clip, v).read_text()) for v in pair]
-    else:
-        for v in args.variants:
-            row = one(clip, v, args)
-            report_path(args.work, clip, v).write_text(json.dumps(row, indent=2, default=float))
-            rows.append(row)
+        command = [sys.executable, __file__, "--tracking-uri", args.tracking_uri, "--minutes", str(args.minutes),
+                   "--holdout", str(args.holdout), "--size", str(args.size), "--threads", str(threads),
+                   "--work", str(args.work)] + (["--eval-only"] if args.eval_only else []) \
+            + (["--features", args.features] if args.features else []) \
+            + (["--dataset", args.dataset, "--identity", args.identity] if args.dataset else [])
+    rows = run_variants(__file__, clip, args.variants, args.work, lambda v: run_one(clip, v, args), command)
     (args.work / "jean.json").write_text(json.dumps(rows, indent=2, default=float))
     summary(rows, args.minutes)
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.jean_data import expression_features, face_crops
+from jobs.jean_data import expression_features, face_crops, nearest_earlier
 from nerf.data import normalise_eye
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def read_expression_source(path: str | Path, feature_set: str) -> ExpressionSour
         from workers.errors import ClipError
 
         raise ClipError(str(path), "no frame with a face and expression features")
-    pick = np.asarray(have)[np.clip(np.searchsorted(have, np.arange(len(rows)), side="right") - 1, 0, None)]
+    pick = np.asarray(have)[nearest_earlier(np.asarray(have), np.arange(len(rows)))]
     got = [rows[k] for k in pick.tolist()]
 
     def arr(key: str, shape: tuple[int, ...]) -> np.ndarray:

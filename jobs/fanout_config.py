@@ -75,6 +75,23 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     return cfg
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items -> overrides (values read as YAML scalars: ``false``, ``0.01``, ``crop``).
+
+    Raises:
+        FanoutError: an item that is not KEY=VALUE.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FanoutError(f"--set {item!r}: expected KEY=VALUE (e.g. model.features=crop)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def _replace_path(obj: Any, path: list[str], value: Any, full: str) -> Any:
     if not is_dataclass(obj) or isinstance(obj, type):
         raise FanoutError(f"config key {full!r}: {type(obj).__name__} has no fields")
@@ -177,4 +194,7 @@ def job_from_args(args, sweep: dict[str, Any] | None = None) -> FanoutJob:  # no
     for attr in ("method", "preset", "steps_scale", "max_frames", "memory_per_trial_gb", "audio_source"):
         if getattr(args, attr) is not None:
             job = replace(job, **{attr: getattr(args, attr)})
+    sets = parse_sets(getattr(args, "overrides", None) or [])
+    if sets:  # constants of the search space: every trial takes them
+        job = replace(job, space={**job.space, **sets})
     return job

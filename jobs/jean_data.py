@@ -139,8 +139,12 @@ def frame_features(dataset: str, identity: str, clip_ids: list[str], frame_index
         have = np.nonzero(rows["clip"] == clips.index(name))[0] if name in clips else np.zeros(0, np.int64)
         if have.size == 0:
             raise ValueError(f"{identity}: clip {name} has no frame with expression features in {dataset}")
-        known = rows["frame"][have]  # sorted within the clip
-        want = np.asarray(frame_index)[mine].astype(np.int64)
-        pos = np.clip(np.searchsorted(known, want, side="right") - 1, 0, known.size - 1)
-        out[mine] = feats[have[pos]]
+        out[mine] = feats[have[nearest_earlier(rows["frame"][have], np.asarray(frame_index)[mine])]]
     return out
+
+
+def nearest_earlier(known: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """For each of ``want``'s frame numbers, the position in ``known`` (sorted frame numbers that have features) of
+    the nearest one at or before it, else the first one after it: int64 [len(want)]."""
+    pos = np.searchsorted(np.asarray(known), np.asarray(want, np.int64), side="right") - 1
+    return np.clip(pos, 0, len(known) - 1).astype(np.int64)

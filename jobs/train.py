@@ -11,7 +11,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pyarrow as pa
 from jobs import learnt_audio
 from jobs.errors import fail
 from jobs.eval_sync import SyncEvaluator, resolve_scorer
+from jobs.fanout_config import apply_overrides, parse_sets
 from nerf import methods
 from nerf.avatar import EvalResult, evaluate, side_by_side
 from nerf.checkpoint import CheckpointError, load_checkpoint, require_method
@@ -67,13 +68,16 @@ class TrainJob:
     """Where a recipe's ``model.head.audio.source`` (a registered ``audio-lip`` version) is looked up."""
     audio_source: str | None = None
     """Sets ``model.head.audio.source``: the avatar's audio net is that registered ``audio-lip`` version's encoder."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Config fields by dotted key (``--set model.features=crop``), applied last."""
 
 
 def recipe(job: TrainJob) -> ExperimentConfig:
     """The job's method and preset with its overrides applied.
 
     Raises:
-        KeyError: an unknown method or preset (the known ones are named).
+        KeyError: an unknown method or preset (the known ones are named); FanoutError (a ValueError): an override
+            of a field that does not exist, or a value it cannot take.
     """
     cfg = methods.preset(job.preset, job.method)
     if job.audio_source:
@@ -85,7 +89,7 @@ def recipe(job: TrainJob) -> ExperimentConfig:
         tc = tc.scaled(job.steps_scale)
     if job.max_frames is not None:
         tc = replace(tc, max_frames=job.max_frames)
-    return replace(cfg, trainer=tc)
+    return apply_overrides(replace(cfg, trainer=tc), job.overrides)
 
 
 def load_identity(dataset: str, identity: str, size: int, s3_endpoint: str | None = None,
@@ -299,6 +303,7 @@ def run_train_cli(args: argparse.Namespace) -> int:
                    evaluate=not args.no_eval, max_frames=args.max_frames, threads=args.threads,
                    audio_source=args.audio_source, tracking_uri=args.tracking_uri)
     try:
+        job = replace(job, overrides=parse_sets(args.overrides))
         n_total = recipe(job).trainer.total_steps()
     except (KeyError, ValueError) as exc:
         return fail("train", exc)

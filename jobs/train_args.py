@@ -34,6 +34,9 @@ def add_fanout_arguments(p: argparse.ArgumentParser, local: bool) -> None:
         p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames of each identity")
         p.add_argument("--audio-source", default=None, metavar="MODEL_URI", help=AUDIO_SOURCE_HELP)
         p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="set a training-config field by dotted key (model.features=crop, trainer.head.steps=2000); "
+                        "repeatable")
     p.add_argument("--identities", default="all", help="comma-separated identities, or all (default)")
     p.add_argument("--gpus-per-trial", type=float, default=1.0, help="GPUs per trial when the cluster has GPUs")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (also its torch threads)")

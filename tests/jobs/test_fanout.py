@@ -297,3 +297,29 @@ def test_bad_sweep_files_and_overrides_are_named(tmp_path):
     cfg = apply_overrides(preset("debug"), {"model.head.audio_coord_dim": 3.0, "trainer.head.lr_grid": "0.02"})
     assert cfg.model.head.audio_coord_dim == 3 and isinstance(cfg.model.head.audio_coord_dim, int)
     assert cfg.trainer.head.lr_grid == 0.02
+
+
+def test_set_overrides_reach_the_recipe_of_both_modes(tmp_path):
+    """``parley train --set KEY=VALUE``: a constant of every trial's search space on Ray, the recipe's field in
+    local mode; a malformed item or an unknown field is a clear error."""
+    import argparse
+
+    from jobs.fanout_config import job_from_args, parse_sets
+    from jobs.train import TrainJob, recipe
+    from jobs.train_args import add_train_arguments
+
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    args = p.parse_args(["-d", "D", "--method", "jean", "--set", "model.features=crop", "--set",
+                         "model.ssl_audio=false", "--set", "trainer.head.steps=7"])
+    job = job_from_args(args)
+    assert job.space == {"model.features": "crop", "model.ssl_audio": False, "trainer.head.steps": 7}
+    local = TrainJob(dataset="D", identity="x", output=tmp_path, method="jean", preset="debug",
+                     overrides=parse_sets(args.overrides))
+    cfg = recipe(local)
+    assert cfg.model.features == "crop" and cfg.model.ssl_audio is False and cfg.trainer.head.steps == 7
+    assert cfg.model.expression.features == 64  # the transformer's width follows the feature set
+    with pytest.raises(FanoutError, match="expected KEY=VALUE"):
+        parse_sets(["model.features"])
+    with pytest.raises(FanoutError, match="no field 'feature'"):
+        recipe(TrainJob(dataset="D", identity="x", output=tmp_path, method="jean", overrides={"model.feature": 1}))

@@ -2,6 +2,7 @@
 
     PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/expression.py --dataset DIR --tracking-uri URI
         [--identities obama feifei_li ...] [--features geometric blendshapes ict crop] [--steps 1500]
+        [--near LO HI] [--steady W] [--crop-steps 1500]
 
 For each identity with several clips, the transformer (:mod:`nerf.jean.expression`) is trained with the
 audio-anchored swap on every clip but the last, with each feature set; the audio codes come from the registered
@@ -86,11 +87,15 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--crop-steps", type=int, default=CropEncoderConfig().steps)
+    ap.add_argument("--near", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="frames between a window and its swap partner (default: the recipe's, 8 50)")
+    ap.add_argument("--steady", type=float, default=None, help="weight of the steadiness term (default 0.1)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/parley_bench_expression.json"))
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = xt.ExpressionTrain(steps=args.steps)
+    cfg = xt.ExpressionTrain(steps=args.steps, **({"near": tuple(args.near)} if args.near else {}),
+                             **({"steady": args.steady} if args.steady is not None else {}))
     mouth_idx, upper_idx = blendshape_index(MOUTH), blendshape_index(UPPER)
     rows = []
     for identity in args.identities:

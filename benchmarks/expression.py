@@ -19,7 +19,9 @@ audio-anchored swap on every clip but the last, with each feature set; the audio
 * ``mouth_in_expr`` / ``upper_in_expr``: the reverse probes, e_e -> shapes (R^2 pooled over the shapes; a shape
   nearly constant in the held-out clip made a per-shape mean meaningless). They find a shape even in a direction
   of e_e with tiny variance, so they bound what e_e holds rather than what a network sees;
-* ``mouth_in_audio``: e_e's counterpart for the audio's lip part g(e_a), for scale.
+* ``mouth_in_audio``: e_e's counterpart for the audio's lip part g(e_a), for scale;
+* ``upper_in_features`` / ``mouth_in_features``: the same reverse probes from the features themselves, before the
+  transformer (trivially high for the sets that hold the blendshapes; for ``crop``, what the crop encoder kept).
 
 Every probe runs on values centred per clip (codes and shapes): a clip's mean expression differs from another's
 (another day, light, mood), and what is asked is whether e_e follows the mouth from moment to moment, not
@@ -133,7 +135,10 @@ def main() -> int:
                                                                              (e_test, clips[test]),
                                                                              (g_train, clips[~test]),
                                                                              (g_test, clips[test])))
+            f_train, f_test = centred(feats[~test], clips[~test]), centred(feats[test], clips[test])
             row = {"identity": identity, "features": name, "dims": int(feats.shape[1]),
+                   "upper_in_features": xt.probe_r2(f_train, upper[~test], f_test, upper[test], pooled=True),
+                   "mouth_in_features": xt.probe_r2(f_train, mouth[~test], f_test, mouth[test], pooled=True),
                    "train_frames": int((~test).sum()), "test_frames": int(test.sum()), "train_s": train_s,
                    "recon": recon, "swap": swap,
                    "mouth_share": xt.probe_r2(mouth[~test], e_train, mouth[test], e_test, pooled=True),

@@ -262,6 +262,8 @@ def run_one(clip: Path, variant: str, args: argparse.Namespace) -> dict[str, Any
 def summary(rows: list[dict[str, Any]], minutes: float) -> None:
     """The table of the variants and the last line."""
     by = {r["variant"]: r["metrics"] for r in rows}
+    if "jean" not in by and "jean_crop" in by:  # the full model of this run is JEAN on the crop features
+        by["jean"] = by["jean_crop"]
 
     def get(variant: str, key: str) -> float:
         return float(by.get(variant, {}).get(key, np.nan))

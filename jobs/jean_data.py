@@ -114,6 +114,8 @@ def expression_features(rows: dict[str, np.ndarray], name: str = "geometric") ->
     elif name == "ict":
         parts = [rows["expression"]]
     elif name == "crop":
+        if "crop" not in rows:
+            raise ValueError("crop features: the rows hold no face crops (read them with crops=True)")
         parts = [rows["crop"]]
     else:
         raise ValueError(f"unknown expression features {name!r} (known: {', '.join(FEATURE_SETS)})")

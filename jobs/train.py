@@ -178,9 +178,10 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
         if pinned and not resumed and model_cls.audio_net_key else None
     if pinned and not model_cls.audio_net_key:
         raise ValueError(f"the {cfg.method} method takes no learnt audio encoder (model.head.audio.source)")
-    data = load_identity(job.dataset, job.identity, cfg.trainer.size, job.s3_endpoint, cfg.trainer.max_frames)
+    data = load_frames(cfg.method, job.dataset, job.identity, cfg.trainer.size, job.s3_endpoint,
+                       cfg.trainer.max_frames)
     if model_cls.extra_inputs and not resumed:  # parts a method trains before its field (JEAN's transformer)
-        inputs = {name: read_extra_input(name, job, cfg, data) for name in model_cls.extra_inputs}
+        inputs = read_extra_inputs(model_cls.extra_inputs, job, cfg, data)
         pretrained = model_cls.prepare(cfg, data, inputs, pretrained or {})
     lips = lpips_module() if model_cls.needs_lpips(cfg) or job.evaluate else None
     trainer = Trainer(cfg, data, device=job.device, lpips=lips, pretrained=pretrained)
@@ -213,19 +214,46 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
     return result
 
 
-def read_extra_input(name: str, job: TrainJob, cfg: ExperimentConfig, data: IdentityFrames) -> np.ndarray:
-    """A method's extra per-frame input (:attr:`nerf.model.AvatarModel.extra_inputs`), one row per frame of
-    ``data``.
+def load_frames(method: str, dataset: str, subject: str, size: int, s3_endpoint: str | None = None,
+                max_frames: int | None = None, holdout: float | None = None) -> IdentityFrames:
+    """What a method trains on: one identity's frames (:func:`load_identity`), or, for a method of several people
+    (:attr:`nerf.model.AvatarModel.several_people`), the merged frames of the people ``subject`` names (a
+    conversation, or identities joined by ``+``; :func:`jobs.dialogue_data.load_people`).
+
+    Raises:
+        KeyError, DataError, FileNotFoundError, ValueError: see the two loaders.
+    """
+    if not methods.get(method).model.several_people:
+        return load_identity(dataset, subject, size, s3_endpoint, max_frames, holdout)
+    from jobs.dialogue_data import load_people
+
+    return load_people(dataset, subject, lambda name: load_identity(dataset, name, size, s3_endpoint, max_frames,
+                                                                    holdout), s3_endpoint)
+
+
+def read_extra_inputs(names: tuple[str, ...], job: TrainJob, cfg: ExperimentConfig,
+                      data: IdentityFrames) -> dict[str, np.ndarray]:
+    """A method's extra per-frame inputs (:attr:`nerf.model.AvatarModel.extra_inputs`), one row per frame of
+    ``data`` each.
 
     Raises:
         ValueError: an input this platform cannot read.
     """
-    if name == "expression_features":
-        from jobs.jean_data import frame_features
+    from jobs import dialogue_data
 
-        return frame_features(job.dataset, job.identity, data.clip_ids, data.frame_index,
-                              str(cfg.model.features), job.s3_endpoint)
-    raise ValueError(f"the {cfg.method} method asks for a per-frame input {name!r} that parley cannot read")
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name == "expression_features":
+            from jobs.jean_data import frame_features
+
+            out[name] = frame_features(job.dataset, job.identity, data.clip_ids, data.frame_index,
+                                       str(cfg.model.features), job.s3_endpoint)
+        elif name in dialogue_data.INPUTS:
+            if name not in out:
+                out.update(dialogue_data.frame_inputs(job.dataset, data, job.s3_endpoint))
+        else:
+            raise ValueError(f"the {cfg.method} method asks for a per-frame input {name!r} that parley cannot read")
+    return {k: out[k] for k in names}
 
 
 def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path, align_poses: bool = False,
@@ -280,7 +308,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, output: str | Path
     ckpt = load_checkpoint(checkpoint)
     require_method(checkpoint, ckpt["method"], method)
     cfg = config_from_json(ckpt["config"])
-    data = load_identity(dataset, str(ckpt["identity"]), cfg.trainer.size, s3_endpoint, cfg.trainer.max_frames)
+    data = load_frames(cfg.method, dataset, str(ckpt["identity"]), cfg.trainer.size, s3_endpoint,
+                       cfg.trainer.max_frames)
     lips = lpips_module()
     trainer = Trainer(cfg, data, device=device, lpips=lips)
     trainer.load_checkpoint(checkpoint)

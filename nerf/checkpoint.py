@@ -26,7 +26,8 @@ class CheckpointError(ValueError):
 
 def render_kit(d: IdentityFrames) -> dict[str, Any]:
     """What rendering needs from the dataset: background, per-frame poses, intrinsics and eye openness (and the
-    identity's 3DMM shape coefficients, to check an expression source against)."""
+    identity's 3DMM shape coefficients, to check an expression source against; for frames of several people, their
+    names, each frame's person and each person's background)."""
     return {
         "size": d.size,
         "background": torch.from_numpy(d.background.copy()),
@@ -36,6 +37,8 @@ def render_kit(d: IdentityFrames) -> dict[str, Any]:
         "n_train": d.n_train,
         "near": d.near,
         "far": d.far,
+        **({} if d.person is None else {"people": list(d.people), "person": torch.from_numpy(d.person.copy()),
+                                        "backgrounds": torch.from_numpy(d.all_backgrounds().copy())}),
         **({} if d.identity_coeffs is None else {"identity_coeffs": torch.from_numpy(d.identity_coeffs.copy())}),
     }
 

@@ -83,6 +83,24 @@ class IdentityFrames:
     version: str = ""
     """Which build of the dataset the frames came from (a fingerprint of the identity's clips, set by the reader;
     empty when unknown): a checkpoint records it, and resuming on other frames is refused."""
+    people: tuple[str, ...] = ()
+    """The identities of the frames of several people (:func:`merge_people`); empty for one identity's frames."""
+    person: np.ndarray | None = None
+    """int64 [N] each frame's index into :attr:`people` (None: one identity, every frame its own)."""
+    backgrounds: np.ndarray | None = None
+    """uint8 [P, S, S, 3] each person's background (None: :attr:`background` for every frame)."""
+
+    @property
+    def n_people(self) -> int:
+        return max(len(self.people), 1)
+
+    def person_of(self) -> np.ndarray:
+        """int64 [N] each frame's person (zeros for one identity's frames)."""
+        return np.zeros(self.n_frames, np.int64) if self.person is None else self.person
+
+    def all_backgrounds(self) -> np.ndarray:
+        """uint8 [P, S, S, 3] the background of each person (one for one identity's frames)."""
+        return self.background[None] if self.backgrounds is None else self.backgrounds
 
     @property
     def n_frames(self) -> int:
@@ -231,6 +249,58 @@ class IdentityFrames:
             identity_coeffs=None if identity.get("identity_coeffs") is None
             else np.asarray(identity["identity_coeffs"], np.float32),
         )
+
+
+PERSON_SEP = "/"
+"""Joins a person's identity to its clip ids in frames of several people (``<identity>/<clip_id>``): a clip shared
+by two people (a conversation) is two sequences, so per-clip helpers (:meth:`IdentityFrames.nearest_train`,
+:meth:`IdentityFrames.train_pairs`) never mix them."""
+
+
+def merge_people(parts: list[IdentityFrames], name: str) -> tuple[IdentityFrames, np.ndarray]:
+    """Several identities' frames (same size) as one set: the training frames of each in turn, then the held-out
+    frames of each in turn, so that frames [0, n_train) train as for one identity.
+
+    Args:
+        parts: each person's frames (their own split).
+        name: the set's name (a conversation id, or the people joined).
+
+    Returns:
+        The merged frames (:attr:`IdentityFrames.people`, :attr:`IdentityFrames.person`,
+        :attr:`IdentityFrames.backgrounds` set; depth bounds the union of the people's) and ``order`` (int64 [N, 2]:
+        each merged frame's person and row in that person's frames), for aligning per-frame inputs read per person.
+
+    Raises:
+        DataError: no parts, parts of different sizes, or one identity twice.
+    """
+    if not parts:
+        raise DataError(f"{name}: no identities to merge")
+    names = [p.identity for p in parts]
+    if len(set(names)) != len(names):
+        raise DataError(f"{name}: an identity is named twice ({', '.join(names)})")
+    if len({p.size for p in parts}) != 1:
+        raise DataError(f"{name}: frames of different sizes ({', '.join(f'{p.identity} {p.size}px' for p in parts)})")
+    train = [np.stack([np.full(p.n_train, k), np.arange(p.n_train)], -1) for k, p in enumerate(parts)]
+    held = [np.stack([np.full(p.n_frames - p.n_train, k), np.arange(p.n_train, p.n_frames)], -1)
+            for k, p in enumerate(parts)]
+    order = np.concatenate(train + held).astype(np.int64)
+
+    def cat(attr: str) -> np.ndarray:
+        return np.concatenate([getattr(parts[k], attr)[i][None] for k, i in order]) if len(order) else \
+            getattr(parts[0], attr)[:0]
+
+    clip_ids = [f"{parts[k].identity}{PERSON_SEP}{parts[k].clip_ids[i]}" for k, i in order]
+    coeffs = parts[0].identity_coeffs if len(parts) == 1 else None
+    merged = IdentityFrames(
+        identity=name, size=parts[0].size, images=cat("images"), labels=cat("labels"), poses=cat("poses"),
+        intrinsics=cat("intrinsics"), audio=cat("audio"), eye=cat("eye"), lips_rect=cat("lips_rect"),
+        face_rect=cat("face_rect"), landmarks=cat("landmarks"), background=parts[0].background,
+        near=min(p.near for p in parts), far=max(p.far for p in parts), clip_ids=clip_ids,
+        frame_index=cat("frame_index"), n_train=sum(p.n_train for p in parts),
+        open_eye=float(np.mean([p.open_eye for p in parts])), identity_coeffs=coeffs,
+        version="+".join(p.version for p in parts) if all(p.version for p in parts) else "",
+        people=tuple(names), person=order[:, 0].copy(), backgrounds=np.stack([p.background for p in parts]))
+    return merged, order
 
 
 def normalise_eye(eye_raw: np.ndarray) -> tuple[np.ndarray, float]:

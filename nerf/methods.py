@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from nerf.config import ExperimentConfig, TrainerConfig
     from nerf.model import AvatarModel
 
-BUILTIN = {"radnerf": "nerf.radnerf", "jean": "nerf.jean"}
+BUILTIN = {"radnerf": "nerf.radnerf", "jean": "nerf.jean", "dialogue": "nerf.dialogue"}
 """Built-in method -> the module that registers it on import."""
 ENTRY_POINTS = "parley.methods"
 """Entry point group of methods from other packages."""

@@ -109,6 +109,10 @@ class AvatarModel(nn.Module):
     """Per-frame inputs beyond :class:`nerf.data.IdentityFrames` that the caller reads from the dataset, aligned to
     the frames, and hands to :meth:`prepare` (e.g. ``expression_features``; the caller knows how to read each)."""
 
+    several_people: bool = False
+    """The model trains on several identities at once (:func:`nerf.data.merge_people`): a job's identity names a
+    conversation, or identities joined by ``+`` (DialogueNeRF)."""
+
     # building ----------------------------------------------------------------------------------------------------
     @classmethod
     def for_training(cls, config: ExperimentConfig, data: IdentityFrames, store: FrameStore) -> AvatarModel:

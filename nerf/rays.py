@@ -87,6 +87,10 @@ class FrameStore:
         self.lips_rect = torch.from_numpy(data.lips_rect).to(dev)
         self._lips_rect_host = torch.from_numpy(data.lips_rect)  # the lips patch is placed on the host
         self.background = torch.from_numpy(data.background).to(dev).float() / 255.0  # [S, S, 3]
+        # frames of several people (nerf.data.merge_people): each frame's person and each person's background
+        self.person = torch.from_numpy(data.person_of()).to(dev)
+        self.backgrounds = torch.from_numpy(data.all_backgrounds()).to(dev).float() / 255.0  # [P, S, S, 3]
+        self._person_host = torch.from_numpy(data.person_of())
         self.n_train = data.n_train
 
     def mouth_point(self) -> Tensor:
@@ -114,7 +118,7 @@ class FrameStore:
         """
         x, y = pixels[:, 0], pixels[:, 1]
         rgb = self.images[frames, y, x].float() / 255.0
-        bg = self.background[y, x]
+        bg = self.background[y, x] if self.backgrounds.shape[0] == 1 else self.backgrounds[self.person[frames], y, x]
         lab = self.labels[frames, y, x]
         if head_only:
             body = (lab == TORSO) | (lab == NECK)
@@ -181,7 +185,8 @@ class FrameStore:
         target = torch.nn.functional.grid_sample(img, grid, align_corners=False)[0].permute(1, 2, 0)
         fid = torch.full((pix.shape[0],), f, dtype=torch.long, device=self.device)
         o, d = pixel_rays(self.poses[fid], self.intrinsics[fid], pix)
-        bg_grid = torch.nn.functional.grid_sample(self.background.permute(2, 0, 1)[None], grid, align_corners=False)
+        bg_img = self.backgrounds[int(self._person_host[f])].permute(2, 0, 1)[None]
+        bg_grid = torch.nn.functional.grid_sample(bg_img, grid, align_corners=False)
         face = torch.ones(pix.shape[0], dtype=torch.bool, device=self.device)
         label = torch.full((pix.shape[0],), HEAD, dtype=torch.uint8, device=self.device)
         rays = RayBatch(frame=fid, origins=o, directions=d, rgb=target.reshape(-1, 3),

@@ -89,14 +89,24 @@ class HeadFieldConfig:
 class HeadField(nn.Module):
     """The audio-spatial decomposed head field of RAD-NeRF (or its implicit-MLP baseline)."""
 
-    def __init__(self, config: HeadFieldConfig):
+    def __init__(self, config: HeadFieldConfig, density_latent: int | None = None):
+        """Args:
+            config: the field's shape.
+            density_latent: how many leading dimensions of the latent the density net sees (default: all of them
+                with ``latent_in_density``, else none); the colour net sees the whole latent. A method whose latent
+                is a GRAF-style (shape, appearance) pair puts the shape part first.
+        """
         super().__init__()
         self.config = config
         c = config
+        self.density_latent = (c.latent_dim if c.latent_in_density else 0) if density_latent is None \
+            else density_latent
+        if not 0 <= self.density_latent <= c.latent_dim:
+            raise ValueError(f"head field: density_latent {density_latent} must be in [0, latent_dim={c.latent_dim}]")
         self.audio_net: nn.Module = AudioEncoder(c.audio) if not c.audio.source else \
             AudioLipEncoder(AudioLipConfig(n_mels=c.audio.n_mels, window=c.audio.window))
         self.audio_dim = int(self.audio_net.out_dim)  # type: ignore[arg-type]
-        cond_dim = (1 if c.use_eye else 0) + (c.latent_dim if c.latent_in_density else 0)  # density's per-frame
+        cond_dim = (1 if c.use_eye else 0) + self.density_latent  # density's per-frame
         self.spatial: PlaneEncoder | FrequencyEncoder
         if c.audio_gate > 0:
             self.register_buffer("mouth_centre", torch.zeros(3))  # world position, set from the data
@@ -165,8 +175,8 @@ class HeadField(nn.Module):
             parts.append(audio_feat)
         if self.config.use_eye:
             parts.append(eye[:, None])
-        if self.config.latent_in_density:
-            parts.append(latent)
+        if self.density_latent:
+            parts.append(latent if self.density_latent == latent.shape[-1] else latent[:, : self.density_latent])
         h = self.sigma_net(torch.cat(parts, -1))
         out["sigma"] = trunc_exp(h[:, 0] - 1.0)
         if with_color:

@@ -73,7 +73,7 @@ class RadNerf(AvatarModel):
         self.config = config
         self.image_size = image_size
         self.near, self.far = near, far
-        self.head = HeadField(config.head)
+        self.head = HeadField(config.head, self.head_density_latent(config))
         self.torso = TorsoField(config.torso)
         self.grid = OccupancyGrid(config.grid, config.head.bound)
         self.head_latents = nn.Parameter(torch.zeros(n_frames, config.head.latent_dim))
@@ -86,7 +86,16 @@ class RadNerf(AvatarModel):
         self.with_torso = True
         """Render the torso with new input (False when the recipe trains no torso)."""
 
+    def head_density_latent(self, config: RadNerfConfig) -> int | None:
+        """How many leading latent dimensions the head's density net sees (:class:`HeadField`; None: its default)."""
+        return None
+
     # conditions ------------------------------------------------------------------------------------------
+    def head_features(self, cond: FrameConditions) -> Tensor:
+        """[B, A] what drives the head's audio coordinate in each frame of ``cond``: RAD-NeRF's audio features (a
+        method with other conditions, e.g. DialogueNeRF's listener expression, maps them into the same slot)."""
+        return self.head.encode_audio(cond.audio)
+
     def train_conditions(self, frames: Tensor, audio: Tensor, eye: Tensor, pose: Tensor) -> FrameConditions:
         """Conditions of training frames (their own latents). ``frames`` [B] ids, the rest per frame."""
         delta = None if self.pose_deltas is None else self.pose_deltas.index_select(0, frames)
@@ -147,7 +156,7 @@ class RadNerf(AvatarModel):
         dev = origins.device
         if cond.pose_delta is not None:
             origins, directions = steps.correct_rays(origins, directions, cond.pose_delta, ray_frame)
-        audio_feat = self.head.encode_audio(cond.audio)  # [B, A]
+        audio_feat = self.head_features(cond)  # [B, A]
         samples = sample_rays(origins, directions, self.near, self.far, self.grid, self.config.sampler, generator)
         rgb = torch.zeros(r, 3, device=dev)
         acc = torch.zeros(r, device=dev)

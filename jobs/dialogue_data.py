@@ -46,8 +46,9 @@ def resolve_people(ds: Dataset, subject: str) -> tuple[list[str], str | None]:
     known = set(ds.identities().column("identity").to_pylist())
     missing = [p for p in people if p not in known]
     if not people or missing:
+        unknown = ", ".join(missing) if missing else repr(subject)
         raise KeyError(f"{ds.storage.uri}: {subject!r} is neither a conversation ({', '.join(conversations) or 'none'})"
-                       f" nor identities joined by '{SEPARATOR}' (unknown: {', '.join(missing) or subject!r}; "
+                       f" nor identities joined by '{SEPARATOR}' (unknown: {unknown}; "
                        f"identities: {', '.join(sorted(known)) or 'none'})")
     return people, None
 

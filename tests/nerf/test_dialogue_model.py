@@ -1,0 +1,163 @@
+"""DialogueNeRF's model on the method contract: two real identities' frames merged into one set, their per-frame
+inputs, one network with a code pair per person, the role-gated condition, and the motion forecasters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.dialogue_data import frame_inputs, resolve_people
+from jobs.train import load_frames
+from nerf.data import PERSON_SEP, DataError, merge_people
+from nerf.dialogue.forecast import ForecastConfig, ForecastTrain, Sequences, rollout, train_forecaster
+from nerf.dialogue.model import EXPRESSION, HEAD_POSE, SPEAKING, VOICE, Dialogue
+from nerf.methods import preset
+from nerf.rays import FrameStore
+from nerf.trainer import Trainer
+from pipelines.dataset import Dataset
+from tests.nerf.helpers import with_steps
+
+pytestmark = pytest.mark.timeout(300)
+PEOPLE = ("RD_Radio2_000", "WDA_BobMenendez_000")
+SUBJECT = "+".join(PEOPLE)
+
+
+@pytest.fixture(scope="module")
+def frames(two_identity_dataset):
+    cfg = preset("debug", "dialogue")
+    data = load_frames("dialogue", str(two_identity_dataset), SUBJECT, cfg.trainer.size)
+    return data, frame_inputs(str(two_identity_dataset), data)
+
+
+def recipe():  # the head stage and the torso (no LPIPS module needed)
+    return with_steps(preset("debug", "dialogue"), 8, torso=4)
+
+
+def test_people_merge_into_one_set_training_frames_first(two_identity_dataset, frames):
+    data, _ = frames
+    singles = [load_frames("radnerf", str(two_identity_dataset), p, 64) for p in PEOPLE]
+    assert data.people == PEOPLE and data.n_people == 2
+    assert data.n_train == sum(s.n_train for s in singles) and data.n_frames == sum(s.n_frames for s in singles)
+    person = data.person_of()
+    # training frames of each person in turn, then each person's held-out frames
+    assert (person[: singles[0].n_train] == 0).all() and (person[singles[0].n_train : data.n_train] == 1).all()
+    assert (person[data.n_train :][: singles[0].n_frames - singles[0].n_train] == 0).all()
+    np.testing.assert_array_equal(data.images[data.n_train], singles[0].images[singles[0].n_train])
+    assert all(c.startswith(PEOPLE[p] + PERSON_SEP) for c, p in zip(data.clip_ids, person, strict=True))
+    # a held-out frame borrows latents from its own person's training frames only
+    held = int(data.val_ids[-1])
+    assert (person[data.nearest_train(held, 3)] == person[held]).all()
+    assert data.near == min(s.near for s in singles) and data.far == max(s.far for s in singles)
+    # each frame's rays see its own person's background
+    store = FrameStore(data)
+    for f in (0, data.n_train - 1):
+        rays = store.rays(torch.tensor([f]), torch.tensor([[0, 0]]), head_only=False)
+        want = torch.from_numpy(data.all_backgrounds()[person[f], 0, 0]).float() / 255
+        assert torch.allclose(rays.background[0], want)
+    assert not np.array_equal(data.all_backgrounds()[0], data.all_backgrounds()[1])
+
+
+def test_frame_inputs_are_each_frames_own(frames):
+    data, inputs = frames
+    n = data.n_frames
+    assert inputs[SPEAKING].shape == (n,) and inputs[EXPRESSION].shape == (n, 57)
+    assert inputs[HEAD_POSE].shape == (n, 6) and inputs[VOICE].shape == (n, 2)
+    assert np.isfinite(inputs[HEAD_POSE]).all() and float(inputs[EXPRESSION].std(0).max()) > 0.01
+    assert float(inputs[VOICE][:, 1].max()) > 0  # RMS of real speech
+    # the two people's head poses differ (their own tracks, not one copied)
+    person = data.person_of()
+    assert abs(inputs[HEAD_POSE][person == 0, 3:].mean(0) - inputs[HEAD_POSE][person == 1, 3:].mean(0)).max() > 1e-3
+
+
+def test_one_network_for_both_people(frames):
+    data, inputs = frames
+    cfg = recipe()
+    state = Dialogue.prepare(cfg, data, inputs, {})
+    assert any(k.startswith("pose_forecaster.") for k in state) and state["pose_stats"].shape == (2, 2, 6)
+    trainer = Trainer(cfg, data, pretrained=state)
+    model = trainer.model
+    assert isinstance(model, Dialogue)
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("pose_forecaster.")}
+    trainer.train()
+    # the forecasters are frozen while the field trains; both people's codes were trained apart
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not torch.allclose(model.shape_codes[0], model.shape_codes[1])
+    c = cfg.model
+    assert model.head.density_latent == c.shape_dim + c.frame_latent_dim
+    assert model.head_latents.shape == (data.n_frames, c.frame_latent_dim)
+    n_params = sum(p.numel() for p in model.parameters())
+    codes = sum(p.numel() for p in (model.shape_codes, model.appearance_codes, model.torso_codes))
+    assert codes < 0.05 * n_params  # a person costs a few codes, not a network
+    for f in (int(data.val_ids[0]), int(data.val_ids[-1])):  # a held-out frame of each person renders
+        img = trainer.render_frame(f)
+        assert img.shape == (64, 64, 3) and torch.isfinite(img).all()
+
+
+def test_the_role_picks_the_condition(frames):
+    data, inputs = frames
+    cfg = recipe()
+    trainer = Trainer(cfg, data, pretrained=Dialogue.prepare(cfg, data, inputs, {}))
+    trainer.train()
+    model = trainer.model
+    assert isinstance(model, Dialogue)
+    a = torch.rand(2, *model.audio_shape)
+    e = torch.randn(2, cfg.model.expression_dim)
+    eye, pose = torch.ones(2), torch.eye(4).expand(2, 4, 4)
+    with torch.no_grad():
+        def feats(speaking: float, audio: torch.Tensor, expr: torch.Tensor) -> torch.Tensor:
+            cond = model.novel_conditions(audio, eye, pose, person=1, speaking=torch.full((2,), speaking),
+                                          expression=expr)
+            return model.head_features(cond)
+
+        # a speaker follows its audio, not its expression; a listener the other way round
+        assert torch.allclose(feats(1.0, a, e), feats(1.0, a, e.flip(0)))
+        assert not torch.allclose(feats(1.0, a, e), feats(1.0, a.flip(0), e))
+        assert torch.allclose(feats(0.0, a, e), feats(0.0, a.flip(0), e))
+        assert not torch.allclose(feats(0.0, a, e), feats(0.0, a, e.flip(0)))
+        # the person picks the codes
+        c0 = model.novel_conditions(a, eye, pose, person=0)
+        c1 = model.novel_conditions(a, eye, pose, person=1)
+        s = cfg.model.shape_dim
+        assert torch.equal(c0.head_latent[0, :s], model.shape_codes[0])
+        assert torch.equal(c1.head_latent[0, :s], model.shape_codes[1])
+
+
+def test_bad_inputs(two_identity_dataset, frames):
+    data, inputs = frames
+    cfg = recipe()
+    with pytest.raises(ValueError, match="input expression of shape"):
+        Dialogue.prepare(cfg, data, {**inputs, EXPRESSION: inputs[EXPRESSION][:, :10]}, {})
+    with pytest.raises(ValueError, match="input voice"):
+        Dialogue.prepare(cfg, data, {k: v for k, v in inputs.items() if k != VOICE}, {})
+    ds = Dataset(str(two_identity_dataset))
+    with pytest.raises(KeyError, match="neither a conversation .*unknown: nobody"):
+        resolve_people(ds, f"{PEOPLE[0]}+nobody")
+    with pytest.raises(DataError, match="named twice"):
+        merge_people([data, data], "twice")
+    trainer = Trainer(cfg, data, pretrained=Dialogue.prepare(cfg, data, inputs, {}))
+    model = trainer.model
+    with pytest.raises(ValueError, match="expression is"):
+        model.driving_inputs({EXPRESSION: np.zeros((3, 5))})
+
+
+def test_the_forecaster_learns_a_rhythm_and_keeps_moving():
+    """A state that follows its input's rhythm: the trained forecaster's rollout, driven by new input, follows it
+    (correlation) and keeps its spread (neither flat nor drifting off)."""
+    rng = np.random.default_rng(0)
+
+    def seq(n: int) -> tuple[np.ndarray, np.ndarray]:
+        drive = np.sin(np.arange(n) / 6.0 + rng.uniform(0, 6))
+        state = 0.8 * drive + 0.1 * rng.standard_normal(n)
+        return drive[:, None].astype(np.float32), state[:, None].astype(np.float32)
+
+    pairs = [seq(200) for _ in range(6)]
+    model = train_forecaster(Sequences([p[0] for p in pairs], [p[1] for p in pairs]),
+                             ForecastConfig(levels=3, channels=16, dropout=0.0),
+                             ForecastTrain(steps=300, batch=16, window=64, lr=3e-3), seed=0)
+    drive, truth = seq(300)
+    out = rollout([model], lambda t, last: drive[t][None], [truth[:1]], 300, torch.Generator().manual_seed(0),
+                  bounds=(np.full((1, 1), -3.0), np.full((1, 1), 3.0)))[:, 0, 0]
+    assert np.corrcoef(out, drive[:, 0])[0, 1] > 0.5
+    assert 0.5 < out.std() / truth.std() < 2.0
+    assert abs(out[-100:].mean()) < 0.5

@@ -60,24 +60,29 @@ class SyncEvaluator:
                                     np.zeros(MOUTH_SIZE[::-1], np.uint8))
             self.sharpness[name].append(cpbd(img))
 
-    def metrics(self, audio: np.ndarray, clip_of_row: np.ndarray) -> dict[str, float]:
+    def metrics(self, audio: np.ndarray, clip_of_row: np.ndarray, keep: np.ndarray | None = None) -> dict[str, float]:
         """``cpbd``/``cpbd_gt`` and, with a scorer, ``lse_c``/``lse_d``/``sync_offset`` for prediction and ground
-        truth (``_gt``) of the collected frames, against the identity's audio rows (``audio [N, 16, 80]``)."""
+        truth (``_gt``) of the collected frames (those ``keep``, bool over the rows, marks), against the identity's
+        audio rows (``audio [N, 16, 80]``)."""
         from nerf.audio_lip.scoring import MAX_OFFSET, SyncScoreError, stretch_sync_score
         from workers.mouth import fill_missing
 
-        out = {"cpbd": float(np.mean(self.sharpness["pred"])), "cpbd_gt": float(np.mean(self.sharpness["gt"]))}
-        if self.scorer is None or not self.frames:
+        sel = [i for i, f in enumerate(self.frames) if keep is None or keep[f]]
+        if not sel:
+            return {}
+        out = {"cpbd": float(np.mean([self.sharpness["pred"][i] for i in sel])),
+               "cpbd_gt": float(np.mean([self.sharpness["gt"][i] for i in sel]))}
+        if self.scorer is None:
             return out
-        rows = np.asarray(self.frames)
+        rows = np.asarray(self.frames)[sel]
         # held-out frames end their clip: offset +k has audio under only n - k of them. Offsets go up to n / 2, so
         # each mean rests on at least half the frames: on 19 frames, offsets resting on 4 won by noise (prediction
         # and ground truth both detected at +15). Recorded as sync_max_offset.
         max_offset = int(min(MAX_OFFSET, max(1, len(rows) // 2)))
         out["sync_max_offset"] = float(max_offset)
         for name, suffix in (("pred", ""), ("gt", "_gt")):
-            found = np.asarray(self.found[name])
-            crops = fill_missing(np.stack(self.crops[name]), found)
+            found = np.asarray(self.found[name])[sel]
+            crops = fill_missing(np.stack(self.crops[name])[sel], found)
             try:
                 s = stretch_sync_score(self.scorer, crops, found, audio, rows, np.ones(len(audio), bool), max_offset,
                                        MIN_FRAMES, frame_clip=clip_of_row[rows], audio_clip=clip_of_row)

@@ -11,6 +11,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from jobs import learnt_audio
 from jobs.errors import fail
 from jobs.eval_sync import SyncEvaluator, resolve_scorer
 from jobs.fanout_config import apply_overrides, parse_sets
+from jobs.method_eval import method_metrics
 from nerf import methods
 from nerf.avatar import EvalResult, evaluate, side_by_side
 from nerf.checkpoint import CheckpointError, load_checkpoint, require_method
@@ -209,7 +211,7 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
         trainer.save_checkpoint(ckpt)
         return result
     if job.evaluate:
-        res = _evaluate(trainer, lips, out)
+        res = _evaluate(trainer, lips, out, extra=method_metrics(cfg.method, job.dataset, job.s3_endpoint))
         result["metrics"] = res.metrics
     return result
 
@@ -257,7 +259,8 @@ def read_extra_inputs(names: tuple[str, ...], job: TrainJob, cfg: ExperimentConf
 
 
 def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path, align_poses: bool = False,
-              sync: SyncEvaluator | None = None) -> EvalResult:
+              sync: SyncEvaluator | None = None, extra: Callable[[Trainer], dict[str, float]] | None = None
+              ) -> EvalResult:
     import cv2
 
     from workers.video_writer import VideoWriter
@@ -287,6 +290,10 @@ def _evaluate(trainer: Trainer, lips: LPIPS | None, out: Path, align_poses: bool
     clip_of_row = np.unique(np.asarray(d.clip_ids), return_inverse=True)[1] if len(d.clip_ids) == len(d.audio) \
         else np.zeros(len(d.audio), np.int64)
     res.metrics.update(sync.metrics(d.audio, clip_of_row))
+    for group, mask in trainer.model.evaluation_groups(d).items():  # e.g. a dialogue's speaker frames
+        res.metrics.update({f"{k}_{group}": v for k, v in sync.metrics(d.audio, clip_of_row, mask).items()})
+    if extra is not None:
+        res.metrics.update(extra(trainer))
     (out / EVAL_JSON).write_text(json.dumps({"identity": d.identity, "metrics": res.metrics, "frames": res.per_frame,
                                              "protocol": sync.protocol(d.size, len(res.per_frame))}, indent=2))
     return res
@@ -315,7 +322,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, output: str | Path
     trainer.load_checkpoint(checkpoint)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    return _evaluate(trainer, lips, out, align_poses, sync)
+    return _evaluate(trainer, lips, out, align_poses, sync, method_metrics(cfg.method, dataset, s3_endpoint))
+
 
 
 # CLI -----------------------------------------------------------------------------------------------------------

@@ -96,6 +96,12 @@ def evaluate(trainer: Trainer, frames: np.ndarray | None = None, lpips: LPIPS | 
         if on_frame is not None:
             on_frame(int(f), pred_u8, gt_u8)
     metrics = {k: float(np.mean([r[k] for r in per])) for k in per[0] if k != "frame"}
+    for group, mask in trainer.model.evaluation_groups(trainer.data).items():
+        rows = [r for r in per if mask[int(r["frame"])]]
+        metrics[f"n_frames_{group}"] = float(len(rows))
+        for k in ("psnr", "ssim", "lpips"):
+            if rows and k in rows[0]:
+                metrics[f"{k}_{group}"] = float(np.mean([r[k] for r in rows]))
     metrics["lmd"] = float("nan")
     metrics["lmd_frames"] = 0.0
     if lm_pred:

@@ -178,6 +178,11 @@ class AvatarModel(nn.Module):
         """
         raise NotImplementedError
 
+    def evaluation_groups(self, data: IdentityFrames) -> dict[str, np.ndarray]:
+        """Named groups of frames (bool [N] each) whose metrics an evaluation also reports apart (e.g. DialogueNeRF's
+        speaker and listener frames, and each person's); none by default."""
+        return {}
+
     def validation_options(self, reached: Sequence[str]) -> dict[str, Any]:
         """:meth:`render_frame` options under which a model trained up to the stages ``reached`` is compared with
         its frames during training (e.g. the parts trained so far over the ground truth's other parts)."""

@@ -63,6 +63,8 @@ class Dialogue(RadNerf):
     pose_means: Tensor
     pose_stats: Tensor
     """[P, 2, 6] each person's 6-D pose mean and spread (the pose forecaster's normalisation)."""
+    expression_bounds: Tensor
+    """[2, E] normalised low and high of the training frames' expressions (the rollout's safety net)."""
     pose_bounds: Tensor
     """[P, 2, 6] normalised low and high of each person's training poses, widened (the rollout's safety net)."""
 
@@ -301,6 +303,13 @@ class Dialogue(RadNerf):
                    expression_mean=t(e_mean), expression_scale=t(e_scale), pose_stats=t(stats),
                    pose_bounds=t(bounds), expression_bounds=t(np.stack([e_lo, e_hi]).astype(np.float32)))
         return out
+
+    def evaluation_groups(self, data: IdentityFrames) -> dict[str, np.ndarray]:
+        """Speaker and listener frames (Table III's columns), and each person's frames."""
+        speaking = self.frame_speaking.cpu().numpy() > 0.5
+        person = self.frame_person.cpu().numpy()
+        people = data.people or (data.identity,)
+        return {"speaker": speaking, "listener": ~speaking, **{name: person == k for k, name in enumerate(people)}}
 
     def driving_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, Tensor]:
         """``expression`` [T, E] raw coefficients (a real listener track) -> normalised ``expression``."""

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_args.add_evaluate_arguments(ev)
     rn = sub.add_parser("render", help="render a trained avatar speaking an audio file (mp4 with sound)")
     train_args.add_render_arguments(rn)
+    rd = sub.add_parser("render-dialogue", help="render a conversation of a dialogue model from one audio file (both "
+                        "people side by side, head motion generated, mp4 with sound)")
+    train_args.add_render_dialogue_arguments(rd)
     ta = sub.add_parser("train-audio", help="train the dataset-wide audio-lip models and the lip-sync scorer on Ray "
                         "Train, tracked in MLflow and registered (audio-lip, lip-sync-scorer)")
     train_args.add_train_audio_arguments(ta)
@@ -129,6 +132,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from jobs.render import run_render_cli
 
         return run_render_cli(args)
+    if args.command == "render-dialogue":
+        from jobs.render_dialogue import run_cli as render_dialogue_cli
+
+        return render_dialogue_cli(args)
     if args.command in ("train", "evaluate"):
         from jobs import train as train_job
 

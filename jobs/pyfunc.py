@@ -25,8 +25,9 @@ class AvatarModel(PythonModel):
     """A trained avatar as an MLflow pyfunc model, for people who call MLflow themselves.
 
     ``predict(model_input, params)``: ``model_input`` is an audio path, a list of them, or a DataFrame with
-    an ``audio`` column (and optionally ``out``, the mp4 to write per row, and for JEAN ``expression``, a video of
-    the person whose expression and poses drive that row, as ``parley render --expression``); ``params`` may hold
+    an ``audio`` column (and optionally ``out``, the mp4 to write per row; for JEAN ``expression``, a video of
+    the person whose expression and poses drive that row, as ``parley render --expression``; for a DialogueNeRF
+    model ``script`` and ``listener_expression``, as ``parley render-dialogue``, whose conversation it renders); ``params`` may hold
     ``out_dir`` (default: a new temporary directory), ``size`` (default: the size it was trained at) and
     ``device`` (default ``cpu``), declared in the model's signature. Returns the list of mp4 paths.
 
@@ -36,10 +37,20 @@ class AvatarModel(PythonModel):
     """
 
     def load_context(self, context) -> None:  # noqa: ANN001
+        from nerf import methods
+        from nerf.checkpoint import load_checkpoint
+
         self.checkpoint = context.artifacts["checkpoint"]
+        self.conversation = methods.get(load_checkpoint(self.checkpoint)["method"]).model.several_people
 
     def render(self, audio: str, out: str, size: int | None = None, device: str = "cpu",
-               progress: bool = False, expression: str | None = None) -> dict[str, Any]:
+               progress: bool = False, expression: str | None = None, script: str | None = None,
+               listener_expression: str | None = None) -> dict[str, Any]:
+        if getattr(self, "conversation", False):  # a dialogue model: parley render-dialogue's inputs
+            from jobs.render_dialogue import render_dialogue
+
+            return render_dialogue(self.checkpoint, audio, out, script=script, size=size, device=device,
+                                   progress=progress, listener_expression=listener_expression)
         from jobs.render import render_audio
 
         return render_audio(self.checkpoint, audio, out, size=size, device=device, progress=progress,
@@ -62,9 +73,9 @@ class AvatarModel(PythonModel):
         videos = []
         for k, row in enumerate(rows):
             out = row.get("out") or str(out_dir / f"{Path(str(row['audio'])).stem}_{k}.mp4")
-            expr = row.get("expression")
+            opt = {k: str(row[k]) for k in ("expression", "script", "listener_expression") if row.get(k)}
             self.render(str(row["audio"]), str(out), size=int(size) if size else None,
-                        device=str(params.get("device", "cpu")), expression=str(expr) if expr else None)
+                        device=str(params.get("device", "cpu")), **opt)
             videos.append(str(out))
         return videos
 

@@ -9,8 +9,9 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jobs.errors import fail
 from jobs.train_args import MAX_RENDER_SECONDS
@@ -18,7 +19,11 @@ from nerf.avatar import AudioError, Avatar
 from nerf.checkpoint import CheckpointError, require_method
 from workers.errors import ClipError
 
+if TYPE_CHECKING:
+    from workers.audio import FrameAudio
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, size: int | None = None,
@@ -49,11 +54,32 @@ def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, siz
         AudioError: the audio has no samples, or is longer than ``max_seconds``; ValueError: ``out`` is a
         directory or its folder cannot be created.
     """
-    from workers.audio import frame_features
-    from workers.audio_decode import read_audio
-    from workers.config import AudioFeatureConfig
     from workers.video_writer import VideoWriter
 
+    out = output_path(out)
+    avatar = Avatar.from_checkpoint(checkpoint, device)
+    require_method(checkpoint, avatar.method, method)
+    if avatar.model.several_people:
+        raise ValueError(f"{checkpoint}: a {avatar.method} model of {len(avatar.people)} people renders "
+                         "conversations: use `parley render-dialogue`")
+    sound = driving_audio(audio, fps, max_seconds)
+    n, feats = sound.mel.shape[0], sound.mel
+    size = even_size(size or int(avatar.kit["size"]))
+    drive, info = expression_drive(avatar, expression, n, fps, poses_from) if expression else ({}, {})
+    t0 = time.perf_counter()
+    with VideoWriter(out, fps=fps, size=(size, size), audio=audio) as video:
+        for frame in progress_of(avatar.render(feats, size=size, **drive), n, progress):
+            video.write(frame)
+    secs = time.perf_counter() - t0
+    return {"video": str(out), "frames": n, "seconds": secs, "fps": n / secs if secs else float("inf"), **info}
+
+
+def output_path(out: str | Path) -> Path:
+    """The mp4 to write, its folder created.
+
+    Raises:
+        ValueError: ``out`` is a directory, or its folder cannot be created.
+    """
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out {out}: is a directory; give the mp4 file to write (e.g. {out / 'speech.mp4'})")
@@ -61,8 +87,20 @@ def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, siz
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"--out {out}: cannot create its folder ({exc.strerror})") from exc
-    avatar = Avatar.from_checkpoint(checkpoint, device)
-    require_method(checkpoint, avatar.method, method)
+    return out
+
+
+def driving_audio(audio: str | Path, fps: float, max_seconds: float | None) -> FrameAudio:
+    """The per-frame features of an audio file, one video frame per ``1 / fps`` s, computed as the dataset build
+    computes them (:func:`workers.audio.frame_features`).
+
+    Raises:
+        ClipError: no decodable audio; AudioError: no samples, or longer than ``max_seconds``.
+    """
+    from workers.audio import frame_features
+    from workers.audio_decode import read_audio
+    from workers.config import AudioFeatureConfig
+
     acfg = AudioFeatureConfig()
     samples = read_audio(audio, acfg.sample_rate)
     if samples.size == 0:
@@ -71,28 +109,32 @@ def render_audio(checkpoint: str | Path, audio: str | Path, out: str | Path, siz
         raise AudioError(f"{audio}: {samples.size / acfg.sample_rate:.0f} s of audio, more than the "
                          f"{max_seconds:.0f} s limit (--max-seconds); cut it or raise the limit")
     n = int(math.ceil(samples.size / acfg.sample_rate * fps))
-    feats = frame_features(samples, n, fps, acfg).mel
-    size = size or int(avatar.kit["size"])
+    return frame_features(samples, n, fps, acfg)
+
+
+def even_size(size: int) -> int:
+    """Raises ValueError for an odd side (H.264 needs even ones)."""
     if size % 2:
         raise ValueError(f"size must be even for H.264 video, got {size}")
-    drive, info = expression_drive(avatar, expression, n, fps, poses_from) if expression else ({}, {})
-    # on a terminal one line updated every second; in a log (ray job logs, CI) a line every 10 s
+    return size
+
+
+def progress_of(frames: Iterable[T], n: int, progress: bool) -> Iterator[T]:
+    """``frames`` passed through, with a progress line on stderr when ``progress``: on a terminal one line updated
+    every second; in a log (ray job logs, CI) a line every 10 s."""
     tty = sys.stderr.isatty()
     every, start, end = (1.0, "\r", "") if tty else (10.0, "", "\n")
     t0 = last = time.perf_counter()
-    with VideoWriter(out, fps=fps, size=(size, size), audio=audio) as video:
-        for k, frame in enumerate(avatar.render(feats, size=size, **drive)):
-            video.write(frame)
-            done = k + 1
-            if progress and (time.perf_counter() - last > every or done == n):
-                last = time.perf_counter()
-                rate = done / (last - t0)
-                print(f"{start}render {done}/{n} frames ({rate:.1f} frames/s, "
-                      f"{(n - done) / rate:.0f} s left)", end=end, file=sys.stderr, flush=True)
+    for k, frame in enumerate(frames):
+        yield frame
+        done = k + 1
+        if progress and (time.perf_counter() - last > every or done == n):
+            last = time.perf_counter()
+            rate = done / (last - t0)
+            print(f"{start}render {done}/{n} frames ({rate:.1f} frames/s, "
+                  f"{(n - done) / rate:.0f} s left)", end=end, file=sys.stderr, flush=True)
     if progress and tty:
         print(file=sys.stderr)
-    secs = time.perf_counter() - t0
-    return {"video": str(out), "frames": n, "seconds": secs, "fps": n / secs if secs else float("inf"), **info}
 
 
 def expression_drive(avatar: Avatar, expression: str | Path, n: int, fps: float,

@@ -152,6 +152,29 @@ def add_render_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
+def add_render_dialogue_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", "-c", help="checkpoint.pt of a trained dialogue run")
+    src.add_argument("--model", "-m", help="a registered dialogue model: models:/dialogue-<conversation>@champion (or "
+                     "/<version>); only its checkpoint's tensors are loaded")
+    p.add_argument("--tracking-uri", default=None,
+                   help="with --model: MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--audio", "-a", required=True, help="the conversation's audio (wav, mp3, mp4, ...)")
+    p.add_argument("--out", "-o", required=True, help="output mp4 (both people side by side)")
+    p.add_argument("--script", default=None, metavar="CSV",
+                   help="who speaks when: a CSV with header start,end,speaker (seconds; an identity of the model, or "
+                        "none); default: the conversation's first speaker speaks throughout")
+    p.add_argument("--listener-expression", default=None, metavar="VIDEO",
+                   help="a video whose face's expression drives the listener instead of the generated one")
+    p.add_argument("--size", type=int, default=None, help="each person's side in pixels (default: the training size)")
+    p.add_argument("--seed", type=int, default=0, help="draws of the generated head motion")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="scale of the generated motion's random part (0: its most likely path, stiller)")
+    p.add_argument("--max-seconds", type=float, default=MAX_RENDER_SECONDS,
+                   help=f"longest audio accepted (default {MAX_RENDER_SECONDS:g}; 0: no limit)")
+    p.add_argument("--device", default="cpu")
+
+
 def add_train_audio_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", "-d", required=True, help="dataset root (directory or s3://...)")
     p.add_argument("--tracking-uri", default=None,

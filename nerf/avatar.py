@@ -157,13 +157,29 @@ class Avatar:
     def method(self) -> str:
         return self.config.method
 
-    def driving_frames(self, n: int) -> np.ndarray:
-        """int64 [n]: the training frames walked back and forth, whose poses and eyes drive ``n`` frames."""
-        return pingpong(n, int(self.kit["n_train"]))
+    @property
+    def people(self) -> tuple[str, ...]:
+        """The people of a model of several (:attr:`nerf.model.AvatarModel.several_people`); else the identity."""
+        return tuple(self.kit.get("people") or (self.identity,))
 
-    def driving_track(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def training_frames(self, person: int | None = None) -> np.ndarray:
+        """int64: the training frames (of ``person``, for a model of several people)."""
+        rows = np.arange(int(self.kit["n_train"]))
+        if person is None or "person" not in self.kit:
+            return rows
+        if not 0 <= person < len(self.people):
+            raise ValueError(f"person {person}: the model has {len(self.people)} ({', '.join(self.people)})")
+        return rows[self.kit["person"].numpy()[rows] == person]
+
+    def driving_frames(self, n: int, person: int | None = None) -> np.ndarray:
+        """int64 [n]: the training frames (of ``person``) walked back and forth, whose poses and eyes drive ``n``
+        frames."""
+        rows = self.training_frames(person)
+        return rows[pingpong(n, len(rows))]
+
+    def driving_track(self, n: int, person: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Poses [n, 4, 4] and eye openness [n] for ``n`` frames (of :meth:`driving_frames`)."""
-        idx = self.driving_frames(n)
+        idx = self.driving_frames(n, person)
         return self.kit["poses"].numpy()[idx], self.kit["eye"].numpy()[idx]
 
     def check_audio(self, audio: np.ndarray) -> None:
@@ -178,7 +194,7 @@ class Avatar:
     @torch.no_grad()
     def render(self, audio: np.ndarray, size: int | None = None, poses: np.ndarray | None = None,
                eye: np.ndarray | None = None, chunk: int | None = None,
-               extra: dict[str, torch.Tensor] | None = None) -> Iterator[np.ndarray]:
+               extra: dict[str, torch.Tensor] | None = None, person: int | None = None) -> Iterator[np.ndarray]:
         """Render one frame per audio window.
 
         Args:
@@ -190,6 +206,8 @@ class Avatar:
             chunk: rays per forward pass (default: :func:`nerf.rendering.default_chunk` of the device).
             extra: method-specific conditions per frame, [T, ...] each (:meth:`nerf.model.AvatarModel.driving_inputs`,
                 e.g. JEAN's ``expression``).
+            person: which person of a model of several people (:attr:`people`): its background, camera and
+                training frames (the model's own conditions pick the person from ``extra``).
 
         Yields:
             uint8 [size, size, 3] RGB frames.
@@ -202,17 +220,19 @@ class Avatar:
         short = {k: int(v.shape[0]) for k, v in (extra or {}).items() if v.shape[0] < n}
         if short:
             raise ValueError(f"driving conditions for fewer frames than the audio's {n}: {short}")
-        track_poses, track_eye = self.driving_track(n)
-        source = torch.from_numpy(self.driving_frames(n)).to(self.device) if poses is None else None
+        track_poses, track_eye = self.driving_track(n, person)
+        source = torch.from_numpy(self.driving_frames(n, person)).to(self.device) if poses is None else None
         poses = track_poses if poses is None else poses
         eye = track_eye if eye is None else eye
         train_size = int(self.kit["size"])
         size = size or train_size
         scale = size / train_size
-        bg = self.kit["background"].permute(2, 0, 1)[None].float() / 255.0
+        bg_img = self.kit["backgrounds"][person] if person is not None and "backgrounds" in self.kit \
+            else self.kit["background"]
+        bg = bg_img.permute(2, 0, 1)[None].float() / 255.0
         bg = torch.nn.functional.interpolate(bg, size=(size, size), mode="bilinear", align_corners=False)
         bg = bg[0].permute(1, 2, 0).reshape(-1, 3).to(self.device)
-        intr = self.kit["intrinsics"][: int(self.kit["n_train"])].mean(0) * scale
+        intr = self.kit["intrinsics"][torch.from_numpy(self.training_frames(person))].mean(0) * scale
         ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
         pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).float().add(0.5).to(self.device)
         for t in range(n):

@@ -35,6 +35,7 @@ def render_kit(d: IdentityFrames) -> dict[str, Any]:
         "intrinsics": torch.from_numpy(d.intrinsics.copy()),
         "eye": torch.from_numpy(d.eye.copy()),
         "n_train": d.n_train,
+        "frame_index": torch.from_numpy(d.frame_index.astype("int64")),
         "near": d.near,
         "far": d.far,
         **({} if d.person is None else {"people": list(d.people), "person": torch.from_numpy(d.person.copy()),

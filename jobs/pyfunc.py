@@ -27,8 +27,9 @@ class AvatarModel(PythonModel):
     ``predict(model_input, params)``: ``model_input`` is an audio path, a list of them, or a DataFrame with
     an ``audio`` column (and optionally ``out``, the mp4 to write per row; for JEAN ``expression``, a video of
     the person whose expression and poses drive that row, as ``parley render --expression``; for a DialogueNeRF
-    model ``script`` and ``listener_expression``, as ``parley render-dialogue``, whose conversation it renders); ``params`` may hold
-    ``out_dir`` (default: a new temporary directory), ``size`` (default: the size it was trained at) and
+    model ``script`` and ``listener_expression``, as ``parley render-dialogue``, whose conversation it renders);
+    ``params`` may hold ``out_dir`` (default: a new temporary directory), ``size`` (default: the size it was
+    trained at) and
     ``device`` (default ``cpu``), declared in the model's signature. Returns the list of mp4 paths.
 
     Trusted registries only: ``mlflow.pyfunc.load_model`` unpickles the version's ``python_model.pkl``, so it runs

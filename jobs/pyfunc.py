@@ -74,7 +74,8 @@ class AvatarModel(PythonModel):
         videos = []
         for k, row in enumerate(rows):
             out = row.get("out") or str(out_dir / f"{Path(str(row['audio'])).stem}_{k}.mp4")
-            opt = {k: str(row[k]) for k in ("expression", "script", "listener_expression") if row.get(k)}
+            opt: dict[str, Any] = {k: str(row[k]) for k in ("expression", "script", "listener_expression")
+                                   if row.get(k)}
             self.render(str(row["audio"]), str(out), size=int(size) if size else None,
                         device=str(params.get("device", "cpu")), **opt)
             videos.append(str(out))

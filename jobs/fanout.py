@@ -63,14 +63,37 @@ def _check_inputs(job: FanoutJob) -> list[str]:
     if not known:
         raise FanoutError(f"{job.dataset}: the dataset has no identities with frames (did every clip fail? see "
                           "clips/ and qc/)")
-    wanted = known if not job.identities or job.identities == ["all"] else list(dict.fromkeys(job.identities))
-    missing = [i for i in wanted if i not in known]
-    if missing:
-        raise FanoutError(f"{job.dataset}: no identity {', '.join(map(repr, missing))} "
-                          f"(identities: {', '.join(known)})")
     from nerf import methods
 
+    every = not job.identities or job.identities == ["all"]
+    if methods.get(job.method).model.several_people:  # a trial per conversation (or per set of identities)
+        wanted = _check_subjects(ds, job, every)
+    else:
+        wanted = known if every else list(dict.fromkeys(job.identities or []))
+        missing = [i for i in wanted if i not in known]
+        if missing:
+            raise FanoutError(f"{job.dataset}: no identity {', '.join(map(repr, missing))} "
+                              f"(identities: {', '.join(known)})")
+
     apply_overrides(methods.preset(job.preset, job.method), {k: example_value(v) for k, v in job.space.items()})
+    return wanted
+
+
+def _check_subjects(ds: Any, job: FanoutJob, every: bool) -> list[str]:
+    """The subjects of a method of several people: every conversation of the dataset, or those given (a conversation
+    id, or identities joined by ``+``), each checked (:func:`jobs.dialogue_data.resolve_people`)."""
+    from jobs.dialogue_data import resolve_people
+    from pipelines.conversations import list_conversations
+
+    wanted = [c.conversation_id for c in list_conversations(ds)] if every else list(dict.fromkeys(job.identities or []))
+    if not wanted:
+        raise FanoutError(f"{job.dataset}: no conversations (clips of two people) to train a {job.method} model on; "
+                          "name identities to train together with --identities A+B")
+    for subject in wanted:
+        try:
+            resolve_people(ds, subject)
+        except (KeyError, ValueError) as exc:
+            raise FanoutError(str(exc.args[0] if exc.args else exc)) from None
     return wanted
 
 

@@ -57,7 +57,7 @@ def read_script(path: str | Path, people: tuple[str, ...], n: int, fps: float) -
         if who.lower() not in NOBODY and who not in people:
             raise ValueError(f"--script {p} line {k}: speaker {who!r} is not in the model (people: "
                              f"{', '.join(people)}; or none)")
-        a, b = int(round(start * fps)), min(int(round(end * fps)), n)
+        a, b = (min(int(np.ceil(x * fps - 1e-6)), n) for x in (start, end))  # frames t with start <= t / fps < end
         if taken[a:b].any():
             raise ValueError(f"--script {p} line {k}: the stretch {start}-{end} s overlaps an earlier one")
         taken[a:b] = True

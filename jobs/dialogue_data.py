@@ -9,6 +9,7 @@ A **subject** names the people: a conversation id (``parley dataset conversation
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,11 @@ from workers.pose import pose_to_6d
 INPUTS = (SPEAKING, EXPRESSION, HEAD_POSE, VOICE)
 COLUMNS = ["clip_id", "frame_index", "speaking", "expression", "zcr", "rms"]
 SEPARATOR = "+"
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from nerf.config import ExperimentConfig
 
 
 def resolve_people(ds: Dataset, subject: str) -> tuple[list[str], str | None]:
@@ -102,3 +108,37 @@ def frame_inputs(dataset: str, data: IdentityFrames, s3_endpoint: str | None = N
             raise DataError(f"{dataset}: identity {name!r} has no row for clip {clip} frame {frame} any more "
                             f"({len(want)} frames missing); the dataset changed under the run")
     return out
+
+
+def warm_start_weights(cfg: ExperimentConfig, n_people: int, tracking_uri: str | None = None) -> dict[str, Tensor]:
+    """The weights a recipe's ``model.warm_start`` gives a new model of ``n_people``
+    (:meth:`nerf.dialogue.model.Dialogue.shared_weights`).
+
+    Raises:
+        CheckpointError: not a readable dialogue checkpoint; RegistryError: no such registered version;
+        ValueError: a model of another shape (its recipe's fields differ from this one's).
+    """
+    import tempfile
+
+    from jobs import tracking
+    from jobs.registry import fetch_checkpoint
+    from nerf.checkpoint import CheckpointError, load_checkpoint
+    from nerf.config import config_from_json
+    from nerf.dialogue.model import Dialogue
+
+    source = str(getattr(cfg.model, "warm_start", ""))
+    with tempfile.TemporaryDirectory(prefix="parley-warm-") as tmp:
+        path = fetch_checkpoint(tracking.resolve_tracking_uri(tracking_uri), source, tmp)[0] \
+            if source.startswith("models:/") else source
+        ckpt = load_checkpoint(path)
+    if ckpt["method"] != "dialogue":
+        raise CheckpointError(f"warm start {source}: a {ckpt['method']} model; a dialogue model starts from another "
+                              "dialogue model")
+    theirs = config_from_json(ckpt["config"]).model
+    mine = cfg.model
+    diff = [f for f in ("head", "torso", "grid", "shape_dim", "appearance_dim", "torso_code_dim", "expression_dim",
+                        "expression_hidden") if getattr(theirs, f) != getattr(mine, f)]
+    if diff:
+        raise ValueError(f"warm start {source}: its model differs from this recipe's in {', '.join(diff)} (train "
+                         "with the preset it was trained with)")
+    return Dialogue.shared_weights(ckpt["model"], n_people, seed=cfg.trainer.seed)

@@ -182,6 +182,10 @@ def train_identity(job: TrainJob, on_step=None, on_checkpoint=None, should_stop=
         raise ValueError(f"the {cfg.method} method takes no learnt audio encoder (model.head.audio.source)")
     data = load_frames(cfg.method, job.dataset, job.identity, cfg.trainer.size, job.s3_endpoint,
                        cfg.trainer.max_frames)
+    if getattr(cfg.model, "warm_start", "") and not resumed:  # a dialogue model starting from a joint network
+        from jobs.dialogue_data import warm_start_weights
+
+        pretrained = {**(pretrained or {}), **warm_start_weights(cfg, data.n_people, job.tracking_uri)}
     if model_cls.extra_inputs and not resumed:  # parts a method trains before its field (JEAN's transformer)
         inputs = read_extra_inputs(model_cls.extra_inputs, job, cfg, data)
         pretrained = model_cls.prepare(cfg, data, inputs, pretrained or {})

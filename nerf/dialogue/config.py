@@ -43,6 +43,12 @@ class DialogueConfig(RadNerfConfig):
     expression_forecast: ForecastConfig = field(default_factory=lambda: ForecastConfig(levels=5, channels=64))
     """The listener-expression TCN (spec 1.5-1b)."""
     expression_train: ForecastTrain = field(default_factory=ForecastTrain)
+    warm_start: str = ""
+    """A trained model of several people (a checkpoint file, or a registered ``models:/dialogue-<name>@<alias>``)
+    whose shared network this one starts from: its fields, occupancy grid and condition projections; each new
+    person's codes start at the mean of its people's (:meth:`nerf.dialogue.model.Dialogue.shared_weights`). A joint
+    network over many people is the prior a new person fine-tunes from, as few-shot avatars pretrain on several
+    identities. Empty: from scratch."""
     ABSENT_IN_OLD_CONFIGS: ClassVar[dict[str, object]] = {}
 
     @property

@@ -35,7 +35,8 @@ from nerf.rendering import gather
 SPEAKING, EXPRESSION, HEAD_POSE, VOICE = "speaking", "expression", "head_pose", "voice"
 """The extra per-frame inputs (one row per frame): speaking (1/0) [N], the 57 ICT expression coefficients [N, 57],
 the 6-D head pose (:mod:`workers.pose`) [N, 6], and the clip audio's (ZCR, RMS) [N, 2]."""
-FROZEN = ("pose_forecaster.", "expression_forecaster.")
+SHARED = ("head", "torso", "grid", "audio_proj", "expression_proj", "role_embedding")
+"""State-dict prefixes of what every person shares (what a warm start carries over)."""
 
 
 @dataclass
@@ -310,6 +311,25 @@ class Dialogue(RadNerf):
         person = self.frame_person.cpu().numpy()
         people = data.people or (data.identity,)
         return {"speaker": speaking, "listener": ~speaking, **{name: person == k for k, name in enumerate(people)}}
+
+    @classmethod
+    def shared_weights(cls, state: dict[str, Tensor], n_people: int, seed: int = 0) -> dict[str, Tensor]:
+        """The part of a trained model's ``state`` another set of people starts from (:attr:`DialogueConfig.
+        warm_start`): the fields, occupancy grid and condition projections as they are, and ``n_people`` codes at
+        the mean of its people's codes (plus a small seeded spread, so the new people can part). Per-frame and
+        per-person state (latents, pose statistics) and the forecasters are left to the new model.
+
+        Raises:
+            ValueError: not a dialogue model's state.
+        """
+        if "shape_codes" not in state:
+            raise ValueError("warm start: not the state of a dialogue model (no shape_codes)")
+        g = torch.Generator().manual_seed(seed)
+        out = {k: v for k, v in state.items() if k.split(".", 1)[0] in SHARED}
+        for key in ("shape_codes", "appearance_codes", "torso_codes"):
+            mean = state[key].float().mean(0, keepdim=True)
+            out[key] = mean.expand(n_people, -1) + 0.01 * torch.randn(n_people, mean.shape[1], generator=g)
+        return out
 
     def driving_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, Tensor]:
         """``expression`` [T, E] raw coefficients (a real listener track) -> normalised ``expression``."""

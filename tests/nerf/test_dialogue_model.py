@@ -161,3 +161,32 @@ def test_the_forecaster_learns_a_rhythm_and_keeps_moving():
     assert np.corrcoef(out, drive[:, 0])[0, 1] > 0.5
     assert 0.5 < out.std() / truth.std() < 2.0
     assert abs(out[-100:].mean()) < 0.5
+
+
+def test_a_new_person_warm_starts_from_the_joint_network(two_identity_dataset, frames, tmp_path):
+    from dataclasses import replace
+
+    from jobs.dialogue_data import warm_start_weights
+    from jobs.train import TrainJob, train_identity
+
+    base = dict(dataset=str(two_identity_dataset), method="dialogue", preset="debug", evaluate=False)
+    prior = train_identity(TrainJob(identity=SUBJECT, output=tmp_path / "joint", **base))
+    from nerf.checkpoint import load_checkpoint
+
+    joint = load_checkpoint(prior["checkpoint"])["model"]
+    cfg = preset("debug", "dialogue")
+    cfg = replace(cfg, model=replace(cfg.model, warm_start=prior["checkpoint"]))
+    weights = warm_start_weights(cfg, 1)
+    # the shared network as it is; the new person's codes at the mean of the joint network's people's
+    assert torch.equal(weights["head.sigma_net.0.weight"], joint["head.sigma_net.0.weight"])
+    assert weights["shape_codes"].shape == (1, cfg.model.shape_dim)
+    assert torch.allclose(weights["shape_codes"][0], joint["shape_codes"].mean(0), atol=0.05)
+    assert not any(k.startswith(("head_latents", "pose_forecaster", "frame_")) for k in weights)
+    # a one-person model of RD_Radio2_000 trains from it (the recipe key, as `--set model.warm_start=...`)
+    res = train_identity(TrainJob(identity=PEOPLE[0], output=tmp_path / "warm",
+                                  overrides={"model.warm_start": prior["checkpoint"]}, **base))
+    assert res["steps"] > 0 and load_checkpoint(res["checkpoint"])["model"]["shape_codes"].shape[0] == 1
+    # a joint network of another shape is refused, naming what differs
+    other = replace(cfg, model=replace(cfg.model, shape_dim=8))
+    with pytest.raises(ValueError, match="differs from this recipe's in head, shape_dim"):
+        warm_start_weights(other, 1)

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jobs.dataset_check import add_arguments as add_check_arguments
 
     add_check_arguments(ds_sub.add_parser("check", help="orphans, rows without files, schema, counts (--fix)"))
+    from jobs.dataset_check import add_conversations_arguments
+
+    add_conversations_arguments(ds_sub.add_parser("conversations", help="the two-person clips: ids, people, turns"))
 
     exp = sub.add_parser("export", help="write one identity in another tool's layout")
     exp_sub = exp.add_subparsers(dest="format", required=True)
@@ -150,8 +153,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return sync_score_cli(args)
     if args.command == "dataset":
         from jobs.dataset_check import run_cli as check_cli
+        from jobs.dataset_check import run_conversations_cli
 
-        return check_cli(args)
+        return check_cli(args) if args.dataset_command == "check" else run_conversations_cli(args)
     if args.command == "export":
         from jobs.export import run_cli as export_cli
 

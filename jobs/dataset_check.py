@@ -55,3 +55,30 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     print(f"{len(report.problems)} problem(s); `parley dataset check {args.dataset} --fix` repairs them")
     return 1
+
+
+def add_conversations_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``dataset conversations``."""
+    p.add_argument("dataset", metavar="DIR|s3://bucket/prefix", help="dataset root")
+    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
+
+
+def run_conversations_cli(args: argparse.Namespace) -> int:
+    """``parley dataset conversations``: one line per two-person clip (its id, the people, who speaks how much)."""
+    from jobs.errors import fail
+    from pipelines.dataset import Dataset
+    from pipelines.storage import S3Options
+
+    try:
+        rows = Dataset(args.dataset, S3Options(endpoint_url=args.s3_endpoint)).require().conversations().to_pylist()
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        return fail("dataset conversations", exc)
+    if not rows:
+        print(f"{args.dataset}: no conversations (clips of exactly two people)", file=sys.stderr)
+        return 0
+    print(f"{'conversation':<32} {'left (a)':<24} {'right (b)':<24} {'frames':>6} {'turns':>5} speaking a / b")
+    for r in rows:
+        print(f"{r['conversation_id']:<32} {r['identity_a']:<24} {r['identity_b']:<24} {r['n_frames']:>6} "
+              f"{sum(1 for s in r['segments'] if s['speaker']):>5} {r['speaking_share_a']:.0%} / "
+              f"{r['speaking_share_b']:.0%}")
+    return 0

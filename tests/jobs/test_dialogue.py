@@ -168,3 +168,11 @@ def test_bad_inputs_are_named(conversations, fanned, server, tmp_path, capsys):
 
         path, _ = registry.fetch_checkpoint(server.url, f"models:/dialogue-{conv}/1", tmp_path)
         render_audio(path, SHARED / "data" / "audio" / "RD_Radio31_000.wav", tmp_path / "z.mp4")
+
+
+def test_dataset_conversations_lists_them(conversations, capsys):
+    dataset, conv, silent = conversations
+    assert main(["dataset", "conversations", str(dataset)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith(conv) and "pair_p0" in line and "pair_p1" in line for line in lines)
+    assert any(line.startswith(silent) and " 0% / 0%" in line for line in lines)

@@ -56,12 +56,12 @@ DRIFT_SECONDS = 60.0
 
 def faces_in(clip: Path) -> int:
     """Faces MediaPipe finds in the clip's middle frame."""
-    from workers.landmarks import MediaPipeLandmarker
+    from workers.face_search import make_backend
     from workers.media import iter_frames, probe
 
     info = probe(str(clip))
     frame = list(iter_frames(str(clip), info, max_frames=int(info.video_duration_s * 25 / 2) + 1))[-1]
-    lm = MediaPipeLandmarker(max_faces=4)
+    lm = make_backend("mediapipe", max_faces=4)  # small faces of wide shots too, as the build finds them
     try:
         return len(lm.detect(frame, 0))
     finally:

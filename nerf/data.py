@@ -285,9 +285,10 @@ def merge_people(parts: list[IdentityFrames], name: str) -> tuple[IdentityFrames
             for k, p in enumerate(parts)]
     order = np.concatenate(train + held).astype(np.int64)
 
-    def cat(attr: str) -> np.ndarray:
-        return np.concatenate([getattr(parts[k], attr)[i][None] for k, i in order]) if len(order) else \
-            getattr(parts[0], attr)[:0]
+    runs = [(k, part.train_ids) for k, part in enumerate(parts)] + [(k, part.val_ids) for k, part in enumerate(parts)]
+
+    def cat(attr: str) -> np.ndarray:  # one fancy-indexed copy per person and split, in ``order``'s order
+        return np.concatenate([getattr(parts[k], attr)[rows] for k, rows in runs])
 
     clip_ids = [f"{parts[k].identity}{PERSON_SEP}{parts[k].clip_ids[i]}" for k, i in order]
     coeffs = parts[0].identity_coeffs if len(parts) == 1 else None

@@ -86,9 +86,8 @@ class RadNerf(AvatarModel):
         self.with_torso = True
         """Render the torso with new input (False when the recipe trains no torso)."""
 
-    def head_density_latent(self, config: RadNerfConfig) -> int | None:
-        """How many leading latent dimensions the head's density net sees (:class:`HeadField`; None: its default)."""
-        return None
+    def head_density_latent(self, config: RadNerfConfig) -> int | None:  # noqa: ARG002
+        return None  # the leading latent dimensions the head's density net sees (HeadField's; None: its default)
 
     # conditions ------------------------------------------------------------------------------------------
     def head_features(self, cond: FrameConditions) -> Tensor:

@@ -14,7 +14,8 @@ network of many people against training from scratch, and the generated head pos
   parameter counts. ``joint_vs_single_db`` = mean over the two people of (joint - single) held-out PSNR.
 * **Table III.** Every conversation's joint model evaluated as ``parley evaluate`` does: held-out PSNR/SSIM/LPIPS
   of speaker and listener frames, CPBD, and the lip-sync score of speaker frames beside the ground truth's (the
-  ``lip-sync-scorer`` champion of ``--tracking-uri``; left out when there is none).
+  ``lip-sync-scorer`` champion of ``--tracking-uri``; without one, ``parley train-audio`` trains it on the corpus
+  dataset first, unless ``--no-sync``).
 * **Warm start.** A prior: one ``dialogue`` network over the people of ``../shared/data/corpus`` (``--prior-frames``
   frames of each clip, ``--prior-minutes`` of training). The first conversation's first person alone, from
   scratch and from the prior, ``--minutes`` each. ``warm_start_speedup`` = the from-scratch run's time to its final
@@ -233,6 +234,24 @@ def pose_unit(root: Path, conversation: str, args: argparse.Namespace) -> dict[s
             "generated_pitch_std_deg": float(np.degrees(motion.poses[:, :, 0].std(0)).mean())}
 
 
+def ensure_scorer(uri: str, dataset: Path, work: Path) -> None:
+    """Train the audio-lip models and the lip-sync scorer on ``dataset`` (the corpus: people the conversations'
+    are not) when ``uri`` has no ``lip-sync-scorer`` champion."""
+    from jobs.registry import RegistryError, resolve
+
+    try:
+        resolve(uri, "models:/lip-sync-scorer@champion")
+        return
+    except (RegistryError, LookupError):
+        pass
+    print(f"no lip-sync-scorer champion in {uri}: training it on {dataset}", flush=True)
+    cmd = [sys.executable, "-m", "jobs.cli", "train-audio", "--dataset", str(dataset), "--tracking-uri", uri,
+           "--storage", str(work / "ray"), "--cache-dir", str(work / "audio_cache")]
+    if subprocess.run(cmd).returncode:
+        raise SystemExit("dialogue.py: parley train-audio failed; pass --tracking-uri of a registry with a "
+                         "lip-sync-scorer champion (benchmarks/sync.py trains one)")
+
+
 def warm_speedup(scratch: dict[str, Any], warm: dict[str, Any]) -> float:
     """From-scratch time to its final head PSNR over the warm start's time to reach it (NaN when never)."""
     from benchmarks.train import time_to_reach
@@ -337,6 +356,7 @@ def main() -> int:
     ap.add_argument("--parallel", action="store_true", help="two runs at a time")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run")
     ap.add_argument("--tracking-uri", default=None, help="where the lip-sync-scorer champion is (default: none)")
+    ap.add_argument("--no-sync", action="store_true", help="no lip-sync scorer trained when none is registered")
     ap.add_argument("--skip", nargs="*", default=[], choices=("single", "warm", "pose"), help="leave parts out")
     ap.add_argument("--work", type=Path, default=Path("/tmp/parley_bench_dialogue"))
     ap.add_argument("--one", nargs="+", default=None, help=argparse.SUPPRESS)
@@ -356,6 +376,8 @@ def main() -> int:
             (args.work / f"dialogue_{unit}.json").write_text(json.dumps(run_one(unit, args), indent=2, default=float))
         return 0
     root, convs = conversation_dataset(args.clips, args.work)
+    if not args.no_sync:
+        ensure_scorer(args.tracking_uri, prior_dataset(args.work, args.prior_frames)[0], args.work)
     # runs compared with each other share a round (the same load on the machine)
     rounds = [[[f"joint_{c}"] for c in convs[:2]]] + [[[f"joint_{c}"]] for c in convs[2:]]
     if "single" not in args.skip:

@@ -190,3 +190,23 @@ def test_a_new_person_warm_starts_from_the_joint_network(two_identity_dataset, f
     other = replace(cfg, model=replace(cfg.model, shape_dim=8))
     with pytest.raises(ValueError, match="differs from this recipe's in head, shape_dim"):
         warm_start_weights(other, 1)
+
+
+def test_pose_metrics_count_nods_and_flag_a_still_head():
+    from nerf.dialogue.generate import nods_per_minute, pose_metrics
+
+    fps, n = 25.0, 1500  # a minute
+    t = np.arange(n) / fps
+    nodding = np.radians(3.0) * np.sin(2 * np.pi * 0.6 * t)  # 0.6 nods a second: 36 a minute
+    assert abs(nods_per_minute(nodding, fps) - 36) <= 2
+    assert nods_per_minute(np.zeros(n), fps) == 0.0
+    truth = np.zeros((n, 6))
+    truth[:, 0] = nodding
+    still = np.zeros((n, 6))
+    m = pose_metrics(still, truth, fps)
+    assert m["motion_var_ratio"] < 1e-6 and m["pitch_corr"] == 0.0 and m["nods_per_min"] == 0.0
+    assert abs(m["pose_rmse_pitch_deg"] - 3.0 / np.sqrt(2)) < 0.05 and m["pose_rmse_yaw_deg"] == 0.0
+    same = pose_metrics(truth, truth, fps)
+    assert abs(same["motion_var_ratio"] - 1.0) < 1e-9 and same["pitch_corr"] > 0.999 and same["pose_rmse_deg"] == 0
+    with pytest.raises(ValueError, match="must both be"):
+        pose_metrics(still[:, :3], truth, fps)

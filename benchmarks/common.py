@@ -131,3 +131,25 @@ def run_variants(script: str, clip: Path, variants: list[str], work: Path, run: 
 def report_path(work: Path, script: str, clip: Path, variant: str) -> Path:
     """Where :func:`run_variants` leaves a variant's report row: ``<script stem>_<clip stem>_<variant>.json``."""
     return work / f"{Path(script).stem}_{clip.stem}_{variant}.json"
+
+
+def ensure_audio_models(uri: str, dataset: Path, work: Path, script: str,
+                        models: tuple[str, ...] = ("audio-lip", "lip-sync-scorer")) -> None:
+    """Train the audio-lip models and the lip-sync scorer on ``dataset`` (``parley train-audio``) when ``uri`` lacks
+    a champion of one of ``models``; a failed training stops ``script`` with a one-line error."""
+    import subprocess
+
+    from jobs.registry import RegistryError, resolve
+
+    try:
+        for name in models:
+            resolve(uri, f"models:/{name}@champion")
+        return
+    except (RegistryError, LookupError):
+        pass
+    print(f"no {' / '.join(models)} champion in {uri}: training them on {dataset}", flush=True)
+    cmd = [sys.executable, "-m", "jobs.cli", "train-audio", "--dataset", str(dataset), "--tracking-uri", uri,
+           "--storage", str(work / "ray"), "--cache-dir", str(work / "audio_cache")]
+    if subprocess.run(cmd, cwd=ROOT).returncode:
+        raise SystemExit(f"{Path(script).name}: parley train-audio failed; pass --tracking-uri of a registry with the "
+                         f"{' and '.join(models)} champions (benchmarks/sync.py trains them over many people)")

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import SHARED, with_steps  # noqa: E402
+from benchmarks.common import SHARED, ensure_audio_models, with_steps  # noqa: E402
 
 CLIPS = [SHARED / "data" / "clips" / "RD_Radio2_000.mp4", SHARED / "data" / "clips" / "WDA_BobMenendez_000.mp4",
          SHARED / "data" / "conversation" / "video_call_interview.mp4"]
@@ -234,24 +234,6 @@ def pose_unit(root: Path, conversation: str, args: argparse.Namespace) -> dict[s
             "generated_pitch_std_deg": float(np.degrees(motion.poses[:, :, 0].std(0)).mean())}
 
 
-def ensure_scorer(uri: str, dataset: Path, work: Path) -> None:
-    """Train the audio-lip models and the lip-sync scorer on ``dataset`` (the corpus: people the conversations'
-    are not) when ``uri`` has no ``lip-sync-scorer`` champion."""
-    from jobs.registry import RegistryError, resolve
-
-    try:
-        resolve(uri, "models:/lip-sync-scorer@champion")
-        return
-    except (RegistryError, LookupError):
-        pass
-    print(f"no lip-sync-scorer champion in {uri}: training it on {dataset}", flush=True)
-    cmd = [sys.executable, "-m", "jobs.cli", "train-audio", "--dataset", str(dataset), "--tracking-uri", uri,
-           "--storage", str(work / "ray"), "--cache-dir", str(work / "audio_cache")]
-    if subprocess.run(cmd).returncode:
-        raise SystemExit("dialogue.py: parley train-audio failed; pass --tracking-uri of a registry with a "
-                         "lip-sync-scorer champion (benchmarks/sync.py trains one)")
-
-
 def warm_speedup(scratch: dict[str, Any], warm: dict[str, Any]) -> float:
     """From-scratch time to its final head PSNR over the warm start's time to reach it (NaN when never)."""
     from benchmarks.train import time_to_reach
@@ -377,7 +359,8 @@ def main() -> int:
         return 0
     root, convs = conversation_dataset(args.clips, args.work)
     if not args.no_sync:
-        ensure_scorer(args.tracking_uri, prior_dataset(args.work, args.prior_frames)[0], args.work)
+        ensure_audio_models(args.tracking_uri, prior_dataset(args.work, args.prior_frames)[0], args.work, __file__,
+                            ("lip-sync-scorer",))
     # runs compared with each other share a round (the same load on the machine)
     rounds = [[[f"joint_{c}"] for c in convs[:2]]] + [[[f"joint_{c}"]] for c in convs[2:]]
     if "single" not in args.skip:

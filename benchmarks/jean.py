@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -51,7 +50,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import DEFAULT_CLIP, SHARED, build_dataset, report_path, run_variants, with_steps  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DEFAULT_CLIP,
+    SHARED,
+    build_dataset,
+    ensure_audio_models,
+    report_path,
+    run_variants,
+    with_steps,
+)
 
 VARIANTS = ("jean", "no_ssl", "no_transformer", "radnerf")
 OPTIONAL = ("jean_crop",)
@@ -70,24 +77,6 @@ def recipe(variant: str, size: int, features: str | None = None) -> Any:
     elif variant == "no_transformer":
         cfg = replace(cfg, model=replace(cfg.model, expression_mode="features"))
     return replace(cfg, trainer=replace(cfg.trainer, size=size))
-
-
-def ensure_audio_models(uri: str, dataset: Path, work: Path) -> None:
-    """Train the audio-lip models on ``dataset`` when ``uri`` has no champion of them."""
-    from jobs.registry import RegistryError, resolve
-
-    try:
-        resolve(uri, SOURCE)
-        resolve(uri, "models:/lip-sync-scorer@champion")
-        return
-    except (RegistryError, LookupError):
-        pass
-    print(f"no audio-lip champion in {uri}: training them on {dataset}", flush=True)
-    cmd = [sys.executable, "-m", "jobs.cli", "train-audio", "--dataset", str(dataset), "--tracking-uri", uri,
-           "--storage", str(work / "ray"), "--cache-dir", str(work / "audio_cache")]
-    if subprocess.run(cmd).returncode:
-        raise SystemExit("jean.py: parley train-audio failed; pass --tracking-uri of a registry with the "
-                         "audio-lip and lip-sync-scorer champions (benchmarks/sync.py trains them)")
 
 
 def render_set(trainer: Any, frames: list[int], **options: Any) -> list[np.ndarray]:
@@ -319,11 +308,11 @@ def main() -> int:
         if not args.identity:
             raise SystemExit("jean.py: --dataset needs --identity")
         clip = Path(args.identity)  # names the reports
-        ensure_audio_models(args.tracking_uri, Path(args.dataset), args.work)
+        ensure_audio_models(args.tracking_uri, Path(args.dataset), args.work, __file__)
     else:
         if not clip.is_file():
             raise SystemExit(f"jean.py: {clip}: no such clip")
-        ensure_audio_models(args.tracking_uri, build_dataset(clip, args.work), args.work)
+        ensure_audio_models(args.tracking_uri, build_dataset(clip, args.work), args.work, __file__)
     command = None
     if args.parallel:
         threads = args.threads or max(1, (os.cpu_count() or 2) // 2)

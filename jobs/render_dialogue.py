@@ -22,7 +22,7 @@ from jobs.errors import fail
 from jobs.render import driving_audio, even_size, output_path, progress_of
 from jobs.train_args import MAX_RENDER_SECONDS
 from nerf.avatar import AudioError, Avatar
-from nerf.checkpoint import CheckpointError
+from nerf.checkpoint import CheckpointError, require_method
 from workers.errors import ClipError
 
 NOBODY = ("none", "")
@@ -81,7 +81,7 @@ def first_speaker(avatar: Avatar) -> int:
 def render_dialogue(checkpoint: str | Path, audio: str | Path, out: str | Path, script: str | Path | None = None,
                     size: int | None = None, fps: float = 25.0, device: str = "cpu", progress: bool = False,
                     max_seconds: float | None = MAX_RENDER_SECONDS, seed: int = 0, temperature: float = 1.0,
-                    listener_expression: str | Path | None = None) -> dict[str, Any]:
+                    listener_expression: str | Path | None = None, method: str | None = None) -> dict[str, Any]:
     """Render a conversation of a DialogueNeRF model's two people (side by side, the first person on the left)
     speaking and listening to an audio file: an mp4 with the audio muxed in.
 
@@ -91,6 +91,7 @@ def render_dialogue(checkpoint: str | Path, audio: str | Path, out: str | Path, 
         seed, temperature: the draws of the generated motion (:func:`nerf.dialogue.generate.generate`).
         listener_expression: a video whose face's expression drives whoever listens, instead of the generated one
             (a real listener track); it plays back and forth when shorter than the audio.
+        method: the method the checkpoint must be of (None: any method of several people).
 
     Returns:
         ``video``, ``frames``, ``seconds``, ``fps`` (rendered conversation frames per second), ``people``,
@@ -110,6 +111,7 @@ def render_dialogue(checkpoint: str | Path, audio: str | Path, out: str | Path, 
 
     out = output_path(out)
     avatar = Avatar.from_checkpoint(checkpoint, device)
+    require_method(checkpoint, avatar.method, method)
     model = avatar.model
     if not isinstance(model, Dialogue):
         raise CheckpointError(f"{checkpoint}: a {avatar.method} model of one person; render-dialogue renders "
@@ -161,7 +163,8 @@ def run_cli(args: argparse.Namespace) -> int:
             r = render_dialogue(checkpoint, args.audio, args.out, script=args.script, size=args.size,
                                 device=args.device, progress=True,
                                 max_seconds=args.max_seconds if args.max_seconds > 0 else None, seed=args.seed,
-                                temperature=args.temperature, listener_expression=args.listener_expression)
+                                temperature=args.temperature, listener_expression=args.listener_expression,
+                                method=args.method)
     except (CheckpointError, ClipError, AudioError, ValueError, LookupError, RuntimeError) as exc:
         return fail("render-dialogue", exc)
     shares = ", ".join(f"{p} speaks {s:.0%}" for p, s in zip(r["people"], r["speaking_share"], strict=True))

@@ -153,12 +153,7 @@ def add_render_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_render_dialogue_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", "-c", help="checkpoint.pt of a trained dialogue run")
-    src.add_argument("--model", "-m", help="a registered dialogue model: models:/dialogue-<conversation>@champion (or "
-                     "/<version>); only its checkpoint's tensors are loaded")
-    p.add_argument("--tracking-uri", default=None,
-                   help="with --model: MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    _add_model_arguments(p)  # --model models:/dialogue-<conversation>@champion
     p.add_argument("--audio", "-a", required=True, help="the conversation's audio (wav, mp3, mp4, ...)")
     p.add_argument("--out", "-o", required=True, help="output mp4 (both people side by side)")
     p.add_argument("--script", default=None, metavar="CSV",

@@ -9,8 +9,10 @@ import argparse
 MAX_RENDER_SECONDS = 600.0
 """Longest audio ``parley render`` takes by default (``--max-seconds``): 10 minutes is 15,000 frames, hours on a
 CPU, and a mistaken input (a whole podcast) should be a clear error, not a job that runs until it is killed."""
-METHOD_HELP = ("avatar method: radnerf (default) or jean (audio code + expression code; needs the audio-lip "
-               "champion); packages may add their own through the parley.methods entry point")
+METHOD_HELP = ("avatar method: radnerf (default), jean (audio code + expression code; needs the audio-lip "
+               "champion) or dialogue (the two people of a conversation in one network: --identity/--identities "
+               "name conversations, or identities joined by +); packages may add their own through the "
+               "parley.methods entry point")
 AUDIO_SOURCE_HELP = ("drive the avatar's audio with a registered audio-lip encoder (models:/audio-lip@champion; "
                      "`parley train-audio` trains it) instead of an audio net learnt from this identity alone")
 PRESET_HELP = "training recipe of the method (radnerf: cpu (default), debug, paper)"
@@ -19,7 +21,7 @@ PRESET_HELP = "training recipe of the method (radnerf: cpu (default), debug, pap
 TRAIN_HELP = """Two modes:
   on Ray (default): one Tune trial per identity (--identities a,b or all), GPU per trial when the cluster
     has GPUs, tracked in MLflow and registered as avatar-<identity> (<method>-<identity> for --method other
-    than radnerf);
+    than radnerf; --method dialogue: one trial per conversation, or per set of identities joined by +);
   local (--output DIR): one identity (--identity) on this machine, no Ray or MLflow."""
 
 

@@ -142,7 +142,7 @@ def test_cli_help_does_not_import_torch():
 def test_unknown_method_or_preset_is_a_clear_error(small_dataset, tmp_path):
     p = _parley("train", "-d", str(small_dataset), "--identity", "x", "--output", str(tmp_path / "r"),
                 "--method", "nope")
-    assert p.returncode == 2 and "no method 'nope' (methods: jean, radnerf)" in p.stderr, p.stderr
+    assert p.returncode == 2 and "no method 'nope' (methods: dialogue, jean, radnerf)" in p.stderr, p.stderr
     p = _parley("train", "-d", str(small_dataset), "--identity", "x", "--output", str(tmp_path / "r"),
                 "--preset", "huge")
     assert p.returncode == 2 and "method radnerf has no preset 'huge' (presets: debug, cpu, paper)" in p.stderr

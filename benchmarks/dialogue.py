@@ -152,6 +152,9 @@ def train_unit(unit: str, method: str, root: Path, subject: str, minutes: float,
     overrides: dict[str, Any] = {"model.warm_start": warm_start} if warm_start else {}
     if max_frames is not None:
         overrides["trainer.max_frames"] = max_frames
+    if method == "dialogue" and args.forecast_steps is not None:  # the pose units keep the preset's
+        overrides.update({"model.pose_train.steps": args.forecast_steps,
+                          "model.expression_train.steps": args.forecast_steps})
     job = TrainJob(dataset=str(root), identity=subject, output=args.work / unit, preset="cpu", method=method,
                    overrides={**overrides, "trainer.size": args.size})
     cfg = recipe(job)
@@ -176,8 +179,9 @@ def train_unit(unit: str, method: str, root: Path, subject: str, minutes: float,
     print(f"[{unit}] {data.n_people} people, {data.n_train} train + {len(data.val_ids)} held-out frames, prepared "
           f"in {prepare_s:.0f} s; " + ", ".join(f"{s} {per_step[s]:.2f} s/step x {n}" for s, n in steps.items()),
           flush=True)
-    trainer = train_with_curve(run, data, lips, budget_s / 10, replan_to_budget(per_step, budget_s, SHARES, cap),
-                               pretrained=pretrained or None)
+    points = 10 if unit in ("scratch", "warm") else 2  # a curve where a time to reach is read off it
+    trainer = train_with_curve(run, data, lips, budget_s / points,
+                               replan_to_budget(per_step, budget_s, SHARES, cap), pretrained=pretrained or None)
     ckpt = args.work / f"dialogue_{unit}.pt"
     trainer.save_checkpoint(ckpt)
     scorer, source = resolve_scorer(None, None, args.tracking_uri, required=False)
@@ -283,6 +287,8 @@ def run_rounds(rounds: list[list[list[str]]], args: argparse.Namespace) -> list[
             cmd = [sys.executable, __file__, "--minutes", str(args.minutes), "--prior-minutes", str(args.prior_minutes),
                    "--prior-frames", str(args.prior_frames), "--size", str(args.size), "--work", str(args.work),
                    "--tracking-uri", args.tracking_uri, "--threads", str(threads), "--clips", *map(str, args.clips)]
+            if args.forecast_steps is not None:
+                cmd += ["--forecast-steps", str(args.forecast_steps)]
             procs = [subprocess.Popen([*cmd, "--one", *slot]) for slot in slots]
             if any(p.wait() for p in procs):
                 raise SystemExit(f"dialogue.py: a run of {slots} failed")
@@ -338,6 +344,9 @@ def main() -> int:
     ap.add_argument("--parallel", action="store_true", help="two runs at a time")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run")
     ap.add_argument("--tracking-uri", default=None, help="where the lip-sync-scorer champion is (default: none)")
+    ap.add_argument("--forecast-steps", type=int, default=None,
+                    help="steps of the forecasters inside the trained models' budgets (default: the preset's; the "
+                         "pose figures always use the preset's)")
     ap.add_argument("--no-sync", action="store_true", help="no lip-sync scorer trained when none is registered")
     ap.add_argument("--skip", nargs="*", default=[], choices=("single", "warm", "pose"), help="leave parts out")
     ap.add_argument("--work", type=Path, default=Path("/tmp/parley_bench_dialogue"))

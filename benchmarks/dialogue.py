@@ -179,10 +179,21 @@ def train_unit(unit: str, method: str, root: Path, subject: str, minutes: float,
     print(f"[{unit}] {data.n_people} people, {data.n_train} train + {len(data.val_ids)} held-out frames, prepared "
           f"in {prepare_s:.0f} s; " + ", ".join(f"{s} {per_step[s]:.2f} s/step x {n}" for s, n in steps.items()),
           flush=True)
-    points = 10 if unit in ("scratch", "warm") else 2  # a curve where a time to reach is read off it
-    trainer = train_with_curve(run, data, lips, budget_s / points,
-                               replan_to_budget(per_step, budget_s, SHARES, cap), pretrained=pretrained or None)
+    replan = replan_to_budget(per_step, budget_s, SHARES, cap)
     ckpt = args.work / f"dialogue_{unit}.pt"
+    if unit == "prior":  # only its weights matter: no curve, no evaluation (hundreds of held-out frames)
+        from nerf.trainer import Trainer
+
+        trainer = Trainer(run.config, data, lpips=lips, pretrained=pretrained or None)
+        while (r := trainer.step()) is not None:
+            run.train_s += r.seconds
+            replan(trainer, run, r)
+        trainer.save_checkpoint(ckpt)
+        return {"unit": unit, "method": method, "subject": subject, "people": list(data.people), "prepare_s": prepare_s,
+                "train_s": run.train_s, "curve": [], "metrics": {}, "checkpoint": str(ckpt),
+                "parameters": sum(p.numel() for p in trainer.model.parameters()), "steps": trainer.global_step}
+    points = 10 if unit in ("scratch", "warm") else 2  # a curve where a time to reach is read off it
+    trainer = train_with_curve(run, data, lips, budget_s / points, replan, pretrained=pretrained or None)
     trainer.save_checkpoint(ckpt)
     scorer, source = resolve_scorer(None, None, args.tracking_uri, required=False)
     res = evaluate_checkpoint(ckpt, str(root), args.work / unit, sync=SyncEvaluator(scorer, source))
@@ -279,9 +290,17 @@ def first_person(root: Path, conversation: str) -> str:
 
 def run_rounds(rounds: list[list[list[str]]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Each unit's report row. A round's slots run side by side in subprocesses with ``--parallel`` (a slot's
-    units one after the other), else everything here in turn."""
-    rows = []
+    units one after the other), else everything here in turn. A unit whose report an earlier run left in ``--work``
+    is not run again (unless ``--fresh``)."""
+    def report(u: str) -> Path:
+        return args.work / f"dialogue_{u}.json"
+
+    units = [u for slots in rounds for slot in slots for u in slot]
     for slots in rounds:
+        if not args.fresh:
+            slots = [s for s in ([u for u in slot if not report(u).is_file()] for slot in slots) if s]
+        if not slots:
+            continue
         if args.parallel:
             threads = max(1, (os.cpu_count() or 2) // len(slots))
             cmd = [sys.executable, __file__, "--minutes", str(args.minutes), "--prior-minutes", str(args.prior_minutes),
@@ -294,9 +313,8 @@ def run_rounds(rounds: list[list[list[str]]], args: argparse.Namespace) -> list[
                 raise SystemExit(f"dialogue.py: a run of {slots} failed")
         else:
             for u in (u for slot in slots for u in slot):
-                (args.work / f"dialogue_{u}.json").write_text(json.dumps(run_one(u, args), indent=2, default=float))
-        rows += [json.loads((args.work / f"dialogue_{u}.json").read_text()) for slot in slots for u in slot]
-    return rows
+                report(u).write_text(json.dumps(run_one(u, args), indent=2, default=float))
+    return [json.loads(report(u).read_text()) for u in units]
 
 
 def summary(rows: dict[str, dict[str, Any]], convs: list[str]) -> None:
@@ -349,6 +367,7 @@ def main() -> int:
                          "pose figures always use the preset's)")
     ap.add_argument("--no-sync", action="store_true", help="no lip-sync scorer trained when none is registered")
     ap.add_argument("--skip", nargs="*", default=[], choices=("single", "warm", "pose"), help="leave parts out")
+    ap.add_argument("--fresh", action="store_true", help="run every unit again (default: reuse the reports in --work)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/parley_bench_dialogue"))
     ap.add_argument("--one", nargs="+", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -17,12 +17,13 @@ FPS = 25.0
 
 
 def held_out_motion(model: Dialogue, data: IdentityFrames, inputs: dict[str, np.ndarray], samples: int = SAMPLES,
-                    fps: float = FPS, seed: int = 0) -> dict[str, float]:
+                    fps: float = FPS, seed: int = 0, temperature: float = 1.0) -> dict[str, float]:
     """Pose metrics of generated motion on the held-out stretches, weighted by their lengths.
 
     Each stretch is one person's consecutive held-out frames of one clip: the forecaster starts from the person's
     last training poses before it, hears the stretch's audio and roles, and (in a conversation) sees the partner's
-    real poses. ``pitch_corr_control`` is the pitch correlation with the audio's frames shuffled.
+    real poses. ``pitch_corr_control`` is the pitch correlation with the audio's frames shuffled. ``temperature``
+    scales the draws (:func:`nerf.dialogue.generate.generate`).
 
     Returns:
         :func:`nerf.dialogue.generate.pose_metrics`' keys plus ``pitch_corr_control`` and ``pose_frames``; empty
@@ -49,7 +50,8 @@ def held_out_motion(model: Dialogue, data: IdentityFrames, inputs: dict[str, np.
         for s in range(samples):
             shuffled = voice[rows][rng.permutation(n)]
             for key, v in ((False, voice[rows]), (True, shuffled)):
-                m = generate(model, v, speaking[rows, None], [run.person], seeds, partner, seed=seed + s)
+                m = generate(model, v, speaking[rows, None], [run.person], seeds, partner, temperature,
+                             seed=seed + s)
                 got = pose_metrics(m.poses[:, 0], pose6[rows], fps)
                 if key:
                     got = {"pitch_corr_control": got["pitch_corr"]}

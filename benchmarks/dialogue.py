@@ -185,8 +185,14 @@ def train_unit(unit: str, method: str, root: Path, subject: str, minutes: float,
         from nerf.trainer import Trainer
 
         trainer = Trainer(run.config, data, lpips=lips, pretrained=pretrained or None)
-        while (r := trainer.step()) is not None:
-            run.train_s += r.seconds
+        while True:
+            t = time.perf_counter()
+            if (r := trainer.step()) is None:
+                break
+            dt = time.perf_counter() - t
+            run.train_s += dt
+            run.stage_s[r.stage] = run.stage_s.get(r.stage, 0.0) + dt
+            run.results.append(r)
             replan(trainer, run, r)
         trainer.save_checkpoint(ckpt)
         return {"unit": unit, "method": method, "subject": subject, "people": list(data.people), "prepare_s": prepare_s,

@@ -278,20 +278,13 @@ def run_one(unit: str, args: argparse.Namespace) -> dict[str, Any]:
     if unit == "prior":
         proot, subject = prior_dataset(args.work, args.prior_frames)
         return train_unit(unit, "dialogue", proot, subject, args.prior_minutes, args)
-    first = first_person(root, convs[0])
+    first = conversation_people(root, convs[0])[0]
     if unit == "scratch":
         return train_unit(unit, "dialogue", root, first, args.minutes, args)
     if unit == "warm":
         return train_unit(unit, "dialogue", root, first, args.minutes, args,
                           warm_start=str(args.work / "dialogue_prior.pt"))
     raise SystemExit(f"dialogue.py: unknown unit {unit}")
-
-
-def first_person(root: Path, conversation: str) -> str:
-    from jobs.dialogue_data import resolve_people
-    from pipelines.dataset import Dataset
-
-    return resolve_people(Dataset(str(root)), conversation)[0][0]
 
 
 def run_rounds(rounds: list[list[list[str]]], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -398,7 +391,7 @@ def main() -> int:
     # runs compared with each other share a round (the same load on the machine)
     rounds = [[[f"joint_{c}"] for c in convs[:2]]] + [[[f"joint_{c}"]] for c in convs[2:]]
     if "single" not in args.skip:
-        rounds.append([[f"single_{p}"] for p in first_person_pair(root, convs[0])])
+        rounds.append([[f"single_{p}"] for p in conversation_people(root, convs[0])])
     poses = [f"pose_{c}" for c in convs] if "pose" not in args.skip else []
     if "warm" not in args.skip:
         prior_dataset(args.work, args.prior_frames)  # built here, once, before the runs that read it
@@ -411,7 +404,8 @@ def main() -> int:
     return 0
 
 
-def first_person_pair(root: Path, conversation: str) -> list[str]:
+def conversation_people(root: Path, conversation: str) -> list[str]:
+    """The people of a conversation of the dataset at ``root``, left to right."""
     from jobs.dialogue_data import resolve_people
     from pipelines.dataset import Dataset
 

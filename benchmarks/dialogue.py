@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import SHARED, ensure_audio_models, with_steps  # noqa: E402
+from benchmarks.common import SHARED, ensure_audio_models, parse_variant, with_steps  # noqa: E402
 
 CLIPS = [SHARED / "data" / "clips" / "RD_Radio2_000.mp4", SHARED / "data" / "clips" / "WDA_BobMenendez_000.mp4",
          SHARED / "data" / "conversation" / "video_call_interview.mp4"]
@@ -149,7 +149,9 @@ def train_unit(unit: str, method: str, root: Path, subject: str, minutes: float,
     from nerf import methods
 
     torch.manual_seed(0)
-    overrides: dict[str, Any] = {"model.warm_start": warm_start} if warm_start else {}
+    overrides: dict[str, Any] = dict(args.sets) if method == "dialogue" else {}
+    if warm_start:
+        overrides["model.warm_start"] = warm_start
     if max_frames is not None:
         overrides["trainer.max_frames"] = max_frames
     if method == "dialogue" and args.forecast_steps is not None:  # the pose units keep the preset's
@@ -307,6 +309,7 @@ def run_rounds(rounds: list[list[list[str]]], args: argparse.Namespace) -> list[
                    "--tracking-uri", args.tracking_uri, "--threads", str(threads), "--clips", *map(str, args.clips)]
             if args.forecast_steps is not None:
                 cmd += ["--forecast-steps", str(args.forecast_steps)]
+            cmd += [f"--set={item}" for item in args.set]
             procs = [subprocess.Popen([*cmd, "--one", *slot]) for slot in slots]
             if any(p.wait() for p in procs):
                 raise SystemExit(f"dialogue.py: a run of {slots} failed")
@@ -364,6 +367,9 @@ def main() -> int:
     ap.add_argument("--forecast-steps", type=int, default=None,
                     help="steps of the forecasters inside the trained models' budgets (default: the preset's; the "
                          "pose figures always use the preset's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a recipe field of every DialogueNeRF model (a lever; repeatable), e.g. "
+                         "model.head.spatial.features_per_level=3")
     ap.add_argument("--no-sync", action="store_true", help="no lip-sync scorer trained when none is registered")
     ap.add_argument("--skip", nargs="*", default=[], choices=("single", "warm", "pose"), help="leave parts out")
     ap.add_argument("--fresh", action="store_true", help="run every unit again (default: reuse the reports in --work)")
@@ -371,6 +377,7 @@ def main() -> int:
     ap.add_argument("--one", nargs="+", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.prior_minutes = args.prior_minutes or 2 * args.minutes
+    args.sets = {k: v for item in args.set for k, v in parse_variant(f"set={item}", option="--set")[1].items()}
     args.work.mkdir(parents=True, exist_ok=True)
     args.tracking_uri = args.tracking_uri or f"sqlite:///{(args.work / 'mlflow.db').resolve()}"
     missing = [c for c in args.clips if not c.is_file()]

@@ -2,7 +2,8 @@
 network of many people against training from scratch, and the generated head poses.
 
     PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/dialogue.py [--clips A.mp4 B.mp4 ...]
-        [--minutes 30] [--prior-minutes 60] [--prior-frames 100] [--parallel] [--tracking-uri URI] [--work DIR]
+        [--minutes 30] [--prior-minutes 60] [--prior-frames 100] [--parallel] [--set KEY=VALUE]
+        [--tracking-uri URI] [--work DIR]
 
 * **Conversations.** Of ``--clips`` (default: two shared solo clips and the shared video call), a clip with two
   faces is a conversation as it is; the solo clips are paired in order into constructed ones (side by side, their
@@ -26,7 +27,10 @@ network of many people against training from scratch, and the generated head pos
   audio looped (``drift_sd``: the largest distance, in training spreads, of the last 30 s' mean pose from the
   training mean; ``in_range``: that mean inside the training range).
 
-Writes ``dialogue_<unit>.json`` per run and ``dialogue.json`` in ``--work``. The last line:
+With ``--parallel`` two runs train at a time, each beside one other, so that the runs compared (joint and the
+first single, the second single and the prior, scratch and warm) train under the same load. ``--set KEY=VALUE``
+sets a recipe field of every DialogueNeRF model (a lever). Writes ``dialogue_<unit>.json`` per run and
+``dialogue.json`` in ``--work``. The last line:
 
     speaker_psnr= listener_psnr= speaker_lse_c= speaker_lse_c_gt= pose_rmse_deg= motion_var_ratio=
     joint_vs_single_db= warm_start_speedup=
@@ -289,6 +293,13 @@ def run_one(unit: str, args: argparse.Namespace) -> dict[str, Any]:
     raise SystemExit(f"dialogue.py: unknown unit {unit}")
 
 
+def pair_up(slots: list[list[str]]) -> list[list[list[str]]]:
+    """Slots two to a round, in order: every timed run has one run beside it, so runs compared with each other
+    (joint and single, scratch and warm) trained under the same load; the prior comes a round before the warm
+    start that reads it (``prior, scratch, warm`` in that order)."""
+    return [slots[i:i + 2] for i in range(0, len(slots), 2)]
+
+
 def run_rounds(rounds: list[list[list[str]]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Each unit's report row. A round's slots run side by side in subprocesses with ``--parallel`` (a slot's
     units one after the other), else everything here in turn. A unit whose report an earlier run left in ``--work``
@@ -395,16 +406,13 @@ def main() -> int:
     if not args.no_sync:
         ensure_audio_models(args.tracking_uri, prior_dataset(args.work, args.prior_frames)[0], args.work, __file__,
                             ("lip-sync-scorer",))
-    # runs compared with each other share a round (the same load on the machine)
-    rounds = [[[f"joint_{c}"] for c in convs[:2]]] + [[[f"joint_{c}"]] for c in convs[2:]]
-    if "single" not in args.skip:
-        rounds.append([[f"single_{p}"] for p in conversation_people(root, convs[0])])
-    poses = [f"pose_{c}" for c in convs] if "pose" not in args.skip else []
+    people = conversation_people(root, convs[0])
+    queue = [f"joint_{convs[0]}"] + ([f"single_{p}" for p in people] if "single" not in args.skip else [])
     if "warm" not in args.skip:
         prior_dataset(args.work, args.prior_frames)  # built here, once, before the runs that read it
-        rounds += [[["prior"]] + ([poses] if poses else []), [["scratch"], ["warm"]]]
-    elif poses:
-        rounds.append([poses])
+        queue += ["prior", "scratch", "warm"]
+    poses = [f"pose_{c}" for c in convs] if "pose" not in args.skip else []
+    rounds = pair_up([[u] for u in queue + [f"joint_{c}" for c in convs[1:]]] + ([poses] if poses else []))
     rows = {r["unit"]: r for r in run_rounds(rounds, args)}
     (args.work / "dialogue.json").write_text(json.dumps(rows, indent=2, default=float))
     summary(rows, convs)

@@ -89,6 +89,8 @@ class IdentityFrames:
     """int64 [N] each frame's index into :attr:`people` (None: one identity, every frame its own)."""
     backgrounds: np.ndarray | None = None
     """uint8 [P, S, S, 3] each person's background (None: :attr:`background` for every frame)."""
+    depth_bounds: np.ndarray | None = None
+    """float32 [P, 2] each person's near and far (None: :attr:`near`, :attr:`far` for every frame)."""
 
     @property
     def n_people(self) -> int:
@@ -267,7 +269,8 @@ def merge_people(parts: list[IdentityFrames], name: str) -> tuple[IdentityFrames
 
     Returns:
         The merged frames (:attr:`IdentityFrames.people`, :attr:`IdentityFrames.person`,
-        :attr:`IdentityFrames.backgrounds` set; depth bounds the union of the people's) and ``order`` (int64 [N, 2]:
+        :attr:`IdentityFrames.backgrounds` and :attr:`IdentityFrames.depth_bounds` set; :attr:`IdentityFrames.near`
+        and :attr:`IdentityFrames.far` the union of the people's) and ``order`` (int64 [N, 2]:
         each merged frame's person and row in that person's frames), for aligning per-frame inputs read per person.
 
     Raises:
@@ -300,7 +303,8 @@ def merge_people(parts: list[IdentityFrames], name: str) -> tuple[IdentityFrames
         frame_index=cat("frame_index"), n_train=sum(p.n_train for p in parts),
         open_eye=float(np.mean([p.open_eye for p in parts])), identity_coeffs=coeffs,
         version="+".join(p.version for p in parts) if all(p.version for p in parts) else "",
-        people=tuple(names), person=order[:, 0].copy(), backgrounds=np.stack([p.background for p in parts]))
+        people=tuple(names), person=order[:, 0].copy(), backgrounds=np.stack([p.background for p in parts]),
+        depth_bounds=np.array([[p.near, p.far] for p in parts], np.float32))
     return merged, order
 
 

@@ -168,7 +168,7 @@ class RaySamples:
     """[R', S, 3] world positions."""
 
 
-def sample_rays(origins: Tensor, directions: Tensor, near: float, far: float, grid: OccupancyGrid,
+def sample_rays(origins: Tensor, directions: Tensor, near: float | Tensor, far: float | Tensor, grid: OccupancyGrid,
                 config: SamplerConfig, generator: torch.Generator | None = None) -> RaySamples:
     """Place up to ``config.samples_per_ray`` samples on each ray, in its occupied cells only.
 
@@ -178,7 +178,7 @@ def sample_rays(origins: Tensor, directions: Tensor, near: float, far: float, gr
 
     Args:
         origins, directions: [R, 3] world rays (unit directions).
-        near, far: the identity's depth bounds.
+        near, far: the identity's depth bounds, or each ray's ([R]: rays of several people).
         grid: the occupancy grid.
         config: sample counts.
         generator: stratified jitter for training; ``None`` samples at the strata's midpoints (evaluation).

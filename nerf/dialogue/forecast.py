@@ -86,6 +86,10 @@ class Forecaster(nn.Module):
     """``cond`` [B, T, C] (known at each frame) and ``history`` [B, T, D] (the state one frame before) -> the
     Laplace location and log-scale [B, T, D] each of the step from ``history`` to the frame's state."""
 
+    noise_rho: Tensor
+    """[D] lag-1 autocorrelation of the training residuals (:func:`residual_correlation`): the rollout's draws
+    follow it, so that what the location misses comes back as slow sway, not as frame-to-frame jitter."""
+
     def __init__(self, cond_dim: int, state_dim: int, config: ForecastConfig):
         super().__init__()
         self.cond_dim, self.state_dim, self.config = cond_dim, state_dim, config
@@ -96,6 +100,11 @@ class Forecaster(nn.Module):
         self.out = nn.Conv1d(c.channels, 2 * state_dim, 1, bias=False)
         with torch.no_grad():  # start from "no step, unit scale"
             self.out.weight.zero_()
+        self.register_buffer("noise_rho", torch.zeros(state_dim))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        state_dict.setdefault(prefix + "noise_rho", torch.zeros(self.state_dim))  # saved before it existed: white
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, cond: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
         h = self.blocks(torch.cat([cond, history], -1).transpose(1, 2))
@@ -183,7 +192,30 @@ def train_forecaster(seqs: Sequences, config: ForecastConfig, train: ForecastTra
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-    return model.eval()
+    model.eval()
+    model.noise_rho.copy_(residual_correlation(model, seqs))
+    return model
+
+
+@torch.no_grad()
+def residual_correlation(model: Forecaster, seqs: Sequences) -> Tensor:
+    """[D] lag-1 autocorrelation, per dimension, of the standardised residuals (step - location) / scale of
+    ``model`` over whole sequences under their real history, pooled over them and kept in [0, 0.99] (a negative
+    one would only add jitter)."""
+    pairs = []
+    for cond, state in zip(seqs.cond, seqs.state, strict=True):
+        if len(state) < 3:
+            continue
+        st = torch.from_numpy(np.asarray(state, np.float32))
+        loc, log_scale = model(torch.from_numpy(np.asarray(cond, np.float32))[None, 1:], st[None, :-1])
+        z = ((st[1:] - st[:-1]) - loc[0]) * torch.exp(-log_scale[0])
+        pairs.append(torch.stack([z[1:], z[:-1]]))  # [2, T-2, D]
+    if not pairs:
+        return torch.zeros(model.state_dim)
+    a, b = torch.cat(pairs, 1)
+    a, b = a - a.mean(0), b - b.mean(0)
+    rho = (a * b).sum(0) / ((a.square().sum(0) * b.square().sum(0)).sqrt() + 1e-9)
+    return rho.clamp(0.0, 0.99)
 
 
 @torch.no_grad()
@@ -198,7 +230,8 @@ def rollout(models: list[Forecaster], cond_fn, seeds: list[np.ndarray], n: int, 
         seeds: per stream, [w, D] the history before frame 0 (at least one frame).
         n: frames to generate.
         generator: the draws of the steps.
-        temperature: scale of the sampled deviation from the step's location (0: the location alone).
+        temperature: scale of the sampled deviation from the step's location (0: the location alone); the
+            deviations are Laplace draws correlated in time as each model's ``noise_rho`` says.
         bounds: (low [S, D], high [S, D]): a state leaving them is pulled back to them (a safety net; the model
             itself is trained to stay near the data).
 
@@ -211,6 +244,7 @@ def rollout(models: list[Forecaster], cond_fn, seeds: list[np.ndarray], n: int, 
             for k, sd in enumerate(seeds)]
     conds: list[list[Tensor]] = [[] for _ in range(s_count)]  # the seed's frames take frame 0's conditions
     out = np.zeros((n, s_count, hist[0].shape[1]), np.float32)
+    gauss = [torch.randn(m.state_dim, generator=generator) for m in models]  # each stream's AR(1) draw
     for t in range(n):
         last = np.stack([h[-1].numpy() for h in hist])
         c_t = np.asarray(cond_fn(t, last), np.float32)
@@ -222,7 +256,9 @@ def rollout(models: list[Forecaster], cond_fn, seeds: list[np.ndarray], n: int, 
             if len(c) < len(h):
                 c = torch.cat([c[:1].expand(len(h) - len(c), -1), c])
             loc, log_scale = m(c[None], h[None])
-            noise = _laplace(loc[0, -1].shape, generator)
+            rho = m.noise_rho
+            gauss[k] = rho * gauss[k] + torch.sqrt(1 - rho.square()) * torch.randn(m.state_dim, generator=generator)
+            noise = _laplace_of(gauss[k])
             step = loc[0, -1] + temperature * torch.exp(log_scale[0, -1]) * noise
             new.append(hist[k][-1] + step)
         if bounds is not None:
@@ -234,7 +270,8 @@ def rollout(models: list[Forecaster], cond_fn, seeds: list[np.ndarray], n: int, 
     return out
 
 
-def _laplace(shape: torch.Size, generator: torch.Generator) -> Tensor:
-    """Standard Laplace draws from a seeded generator (inverse CDF)."""
-    u = torch.rand(shape, generator=generator) - 0.5
+def _laplace_of(gauss: Tensor) -> Tensor:
+    """Standard Laplace draws from standard normal ones (through the uniform of the normal's CDF): a draw keeps
+    the Laplace law whatever the normal draws' correlation in time."""
+    u = 0.5 * (1 + torch.erf(gauss / np.sqrt(2.0))) - 0.5
     return -torch.sign(u) * torch.log1p(-2 * u.abs().clamp(max=0.4999999))

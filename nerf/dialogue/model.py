@@ -68,6 +68,8 @@ class Dialogue(RadNerf):
     """[2, E] normalised low and high of the training frames' expressions (the rollout's safety net)."""
     pose_bounds: Tensor
     """[P, 2, 6] normalised low and high of each person's training poses, widened (the rollout's safety net)."""
+    depth_bounds: Tensor
+    """[P, 2] each person's near and far: a ray is sampled within its own person's."""
 
     def __init__(self, config: DialogueConfig, n_frames: int, image_size: int, near: float, far: float,
                  n_people: int):
@@ -98,6 +100,16 @@ class Dialogue(RadNerf):
         self.register_buffer("pose_stats", torch.zeros(n_people, 2, 6))
         self.register_buffer("pose_bounds", torch.zeros(n_people, 2, 6))
         self.register_buffer("expression_bounds", torch.zeros(2, c.expression_dim))
+        self.register_buffer("depth_bounds", torch.tensor([[near, far]] * n_people))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        state_dict.setdefault(prefix + "depth_bounds", self.depth_bounds.clone())  # saved before it: the union
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def ray_bounds(self, ray_frame: Tensor, cond: FrameConditions) -> tuple[Tensor, Tensor]:
+        assert isinstance(cond, DialogueConditions) and cond.person is not None
+        bounds = self.depth_bounds[cond.person[ray_frame]]  # [R, 2]
+        return bounds[:, 0], bounds[:, 1]
 
     def head_density_latent(self, config: Any) -> int:
         return int(config.shape_dim + config.frame_latent_dim)
@@ -238,6 +250,8 @@ class Dialogue(RadNerf):
         model.latent_pairs = torch.from_numpy(data.train_pairs())
         person = torch.from_numpy(data.person_of())
         model.frame_person.copy_(person)
+        if data.depth_bounds is not None:
+            model.depth_bounds.copy_(torch.from_numpy(data.depth_bounds))
         flat = torch.from_numpy(data.poses[:, :3, :4].reshape(-1, 12))
         n = data.n_train
         for k in range(data.n_people):

@@ -83,11 +83,13 @@ class RadNerf(AvatarModel):
         self.register_buffer("n_train", torch.zeros((), dtype=torch.long))
         self.register_buffer("latent_pairs", torch.zeros((0, 2), dtype=torch.long), persistent=False)
         self.audio_shape = (config.head.audio.window, config.head.audio.n_mels)
-        self.with_torso = True
-        """Render the torso with new input (False when the recipe trains no torso)."""
+        self.with_torso = True  # render the torso with new input (False when the recipe trains no torso)
 
     def head_density_latent(self, config: RadNerfConfig) -> int | None:  # noqa: ARG002
         return None  # the leading latent dimensions the head's density net sees (HeadField's; None: its default)
+
+    def ray_bounds(self, ray_frame: Tensor, cond: FrameConditions) -> tuple[float | Tensor, float | Tensor]:  # noqa: ARG002
+        return self.near, self.far  # each ray's depth bounds (floats: the identity's; a tensor [R]: per ray)
 
     # conditions ------------------------------------------------------------------------------------------
     def head_features(self, cond: FrameConditions) -> Tensor:
@@ -156,7 +158,8 @@ class RadNerf(AvatarModel):
         if cond.pose_delta is not None:
             origins, directions = steps.correct_rays(origins, directions, cond.pose_delta, ray_frame)
         audio_feat = self.head_features(cond)  # [B, A]
-        samples = sample_rays(origins, directions, self.near, self.far, self.grid, self.config.sampler, generator)
+        samples = sample_rays(origins, directions, *self.ray_bounds(ray_frame, cond), self.grid, self.config.sampler,
+                              generator)
         rgb = torch.zeros(r, 3, device=dev)
         acc = torch.zeros(r, device=dev)
         ambient = torch.zeros(r, device=dev)
@@ -277,21 +280,18 @@ class RadNerf(AvatarModel):
         return losses
 
     def latent_loss(self, stage: str, pairs: Tensor) -> Tensor:
-        """The weighted smoothness of the stage's latents over ``pairs`` [P, 2] of neighbouring training frames
-        (:attr:`nerf.radnerf.config.LossWeights.latent_smooth`)."""
+        """The weighted smoothness (``LossWeights.latent_smooth``) of the stage's latents over ``pairs`` [P, 2]."""
         latents = self.torso_latents if stage == "torso" else self.head_latents
         return self.config.losses.latent_smooth * latent_smoothness(latents, pairs)
 
     def pose_loss(self, pairs: Tensor) -> Tensor:
-        """The weighted smoothness of the head pose corrections over ``pairs`` [P, 2] of neighbouring training
-        frames (:attr:`nerf.radnerf.config.LossWeights.pose_smooth`); zero without :attr:`RadNerfConfig.pose_refine`."""
+        """The weighted smoothness of the head pose corrections over ``pairs`` [P, 2] (zero without pose_refine)."""
         if self.pose_deltas is None:
             return self.head_latents.sum() * 0.0
         return self.config.losses.pose_smooth * latent_smoothness(self.pose_deltas, pairs)
 
     def grid_loss(self) -> Tensor:
-        """The weighted total variation of the head's feature planes
-        (:attr:`nerf.radnerf.config.LossWeights.grid_tv`)."""
+        """The weighted total variation of the head's feature planes (``LossWeights.grid_tv``)."""
         tvs = [m.total_variation() for m in self.head.modules() if isinstance(m, PlaneEncoder)]
         if not tvs:  # the frequency-encoded (implicit MLP) head has no planes
             return self.head_latents.sum() * 0.0

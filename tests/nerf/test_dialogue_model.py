@@ -10,7 +10,15 @@ import torch
 from jobs.dialogue_data import frame_inputs, resolve_people
 from jobs.train import load_frames
 from nerf.data import PERSON_SEP, DataError, merge_people
-from nerf.dialogue.forecast import ForecastConfig, ForecastTrain, Sequences, rollout, train_forecaster
+from nerf.dialogue.forecast import (
+    ForecastConfig,
+    Forecaster,
+    ForecastTrain,
+    Sequences,
+    residual_correlation,
+    rollout,
+    train_forecaster,
+)
 from nerf.dialogue.model import EXPRESSION, HEAD_POSE, SPEAKING, VOICE, Dialogue
 from nerf.methods import preset
 from nerf.rays import FrameStore
@@ -49,6 +57,7 @@ def test_people_merge_into_one_set_training_frames_first(two_identity_dataset, f
     held = int(data.val_ids[-1])
     assert (person[data.nearest_train(held, 3)] == person[held]).all()
     assert data.near == min(s.near for s in singles) and data.far == max(s.far for s in singles)
+    np.testing.assert_allclose(data.depth_bounds, [[s.near, s.far] for s in singles], rtol=1e-6)
     # each frame's rays see its own person's background
     store = FrameStore(data)
     for f in (0, data.n_train - 1):
@@ -83,6 +92,11 @@ def test_one_network_for_both_people(frames):
     # the forecasters are frozen while the field trains; both people's codes were trained apart
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not torch.allclose(model.shape_codes[0], model.shape_codes[1])
+    # each ray is sampled within its own person's depth bounds
+    one = torch.zeros(1, dtype=torch.long)
+    ends = (0, data.n_train - 1)
+    nears = [float(model.ray_bounds(one, model.frame_conditions(trainer.store, f))[0][0]) for f in ends]
+    assert nears == pytest.approx(data.depth_bounds[:, 0].tolist())
     c = cfg.model
     assert model.head.density_latent == c.shape_dim + c.frame_latent_dim
     assert model.head_latents.shape == (data.n_frames, c.frame_latent_dim)
@@ -161,6 +175,40 @@ def test_the_forecaster_learns_a_rhythm_and_keeps_moving():
     assert np.corrcoef(out, drive[:, 0])[0, 1] > 0.5
     assert 0.5 < out.std() / truth.std() < 2.0
     assert abs(out[-100:].mean()) < 0.5
+
+
+def test_draws_follow_the_residuals_correlation_in_time():
+    """Steps the forecaster cannot explain that persist in time (slow sway) are measured on the training sequences,
+    and the rollout's draws carry the same persistence instead of white jitter."""
+    rng = np.random.default_rng(0)
+    model = Forecaster(1, 1, ForecastConfig(levels=2, channels=8, dropout=0.0)).eval()  # untrained: loc 0, scale 1
+
+    def walk(rho: float, n: int = 400) -> np.ndarray:
+        v = np.zeros(n)
+        for t in range(1, n):
+            v[t] = rho * v[t - 1] + np.sqrt(1 - rho**2) * rng.standard_normal()
+        return np.cumsum(v)[:, None].astype(np.float32)
+
+    def measured(rho: float) -> float:
+        states = [walk(rho) for _ in range(4)]
+        return float(residual_correlation(model, Sequences([np.zeros_like(s) for s in states], states))[0])
+
+    assert measured(0.9) == pytest.approx(0.9, abs=0.06)
+    assert measured(0.0) < 0.1
+
+    def lag1_of_steps(rho: float) -> float:
+        model.noise_rho.fill_(rho)
+        out = rollout([model], lambda t, last: np.zeros((1, 1)), [np.zeros((1, 1))], 600,
+                      torch.Generator().manual_seed(1))[:, 0, 0]
+        steps = np.diff(out)
+        return float(np.corrcoef(steps[1:], steps[:-1])[0, 1])
+
+    assert lag1_of_steps(0.9) > 0.75
+    assert abs(lag1_of_steps(0.0)) < 0.15
+    state = model.state_dict()
+    del state["noise_rho"]  # a checkpoint from before the field: white draws
+    model.load_state_dict(state)
+    assert float(model.noise_rho[0]) == 0.0
 
 
 def test_a_new_person_warm_starts_from_the_joint_network(two_identity_dataset, frames, tmp_path):

@@ -36,7 +36,7 @@ def held_out_motion(model: Dialogue, data: IdentityFrames, inputs: dict[str, np.
     rng = np.random.default_rng(seed)
     sums: dict[str, float] = {}
     total = 0
-    for run in motion.tracks(data, data.val_ids):
+    for run in motion.tracks(data, data.val_ids, partners=np.arange(data.n_frames)):
         rows, n = run.rows, len(run.rows)
         if n < 2:
             continue
@@ -44,8 +44,9 @@ def held_out_motion(model: Dialogue, data: IdentityFrames, inputs: dict[str, np.
         before = before[np.argsort(data.frame_index[before], kind="stable")]
         seeds = [pose6[before]] if len(before) else None
         partner = None
-        if (run.partner_rows >= 0).all():
-            pr = run.partner_rows
+        if (run.partner_rows >= 0).any():  # the real partner, its missing frames filled from the nearest it has
+            have = np.flatnonzero(run.partner_rows >= 0)
+            pr = run.partner_rows[have[np.abs(np.arange(n)[:, None] - have[None]).argmin(1)]]
             partner = Partner(int(person[pr[0]]), pose6[pr], speaking[pr])
         for s in range(samples):
             shuffled = voice[rows][rng.permutation(n)]

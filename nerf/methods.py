@@ -8,6 +8,7 @@ that is a :class:`Method`). Importing this module imports neither torch nor any 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import re
@@ -152,9 +153,23 @@ def registry_prefix(method: str) -> str:
     return REGISTRY_PREFIX.get(method, method)
 
 
+MAX_NAME = 200
+"""Longest registered model name parley makes (registry databases other than SQLite hold 256 characters)."""
+
+
 def registered_name(method: str, identity: str) -> str:
-    """The registered model of ``identity`` trained with ``method``: ``<prefix>-<identity>``."""
-    return f"{registry_prefix(method)}-{identity}"
+    """The registered model of ``identity`` trained with ``method``: ``<prefix>-<identity>``. A subject too long
+    for a registry (e.g. the 25 people of a warm-start prior joined by ``+``) is shortened to its first person and
+    a count, plus a hash of the whole, so two such subjects never share a name (the model's ``parley.identity``
+    tag keeps the whole subject)."""
+    prefix = registry_prefix(method)
+    if len(prefix) + 1 + len(identity) <= MAX_NAME:
+        return f"{prefix}-{identity}"
+    digest = hashlib.sha1(identity.encode()).hexdigest()[:8]
+    people = identity.split("+")
+    head = f"{people[0]}-and-{len(people) - 1}-more" if len(people) > 1 else people[0]
+    room = MAX_NAME - len(prefix) - 2 - len(digest)
+    return f"{prefix}-{head[:room]}-{digest}"
 
 
 def preset(name: str | None = None, method: str = "radnerf") -> ExperimentConfig:

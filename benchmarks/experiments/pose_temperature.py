@@ -1,8 +1,10 @@
-"""The draws' temperature of DialogueNeRF's pose forecaster: the held-out pose metrics (``jobs.dialogue_eval``) of
-one set of forecasters at several temperatures, on the conversations ``benchmarks/dialogue.py`` built.
+"""The draws of DialogueNeRF's pose forecaster: the held-out pose metrics (``jobs.dialogue_eval``) of one set of
+forecasters at several temperatures, with draws correlated in time as fitted (``Forecaster.noise_rho``) and white
+(``noise_rho`` zeroed), on the conversations ``benchmarks/dialogue.py`` built.
 
     PARLEY_ASSETS=../shared/assets .venv/bin/python benchmarks/experiments/pose_temperature.py \
         --dataset /tmp/parley_bench_dialogue/conversations --conversation ID [--temperatures 0 1 1.5 2 3]
+        [--draws fitted white]
 
 The forecasters train as the benchmark's pose units do (the ``cpu`` preset, the first 70% of each person's frames).
 """
@@ -21,6 +23,7 @@ def main() -> int:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--conversation", nargs="+", required=True)
     ap.add_argument("--temperatures", nargs="+", type=float, default=[0.0, 1.0, 1.5, 2.0, 3.0])
+    ap.add_argument("--draws", nargs="+", choices=("fitted", "white"), default=["fitted", "white"])
     ap.add_argument("--holdout", type=float, default=0.3)
     args = ap.parse_args()
     import torch
@@ -42,9 +45,13 @@ def main() -> int:
         model = Dialogue.for_training(cfg, data, FrameStore(data))
         model.load_state_dict(Dialogue.prepare(cfg, data, inputs, {}), strict=False)
         model.eval()
-        for t in args.temperatures:
-            h = held_out_motion(model, data, inputs, temperature=t)
-            print(f"{conv} T={t:g} " + " ".join(f"{k}={h[k]:.3f}" for k in keys), flush=True)
+        fitted = model.pose_forecaster.noise_rho.clone()
+        print(f"{conv} pose noise_rho={[round(float(r), 3) for r in fitted]}", flush=True)
+        for draws in args.draws:
+            model.pose_forecaster.noise_rho.copy_(fitted if draws == "fitted" else torch.zeros_like(fitted))
+            for t in args.temperatures:
+                h = held_out_motion(model, data, inputs, temperature=t)
+                print(f"{conv} {draws} T={t:g} " + " ".join(f"{k}={h[k]:.3f}" for k in keys), flush=True)
     return 0
 
 

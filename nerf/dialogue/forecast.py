@@ -86,6 +86,9 @@ class Forecaster(nn.Module):
     """``cond`` [B, T, C] (known at each frame) and ``history`` [B, T, D] (the state one frame before) -> the
     Laplace location and log-scale [B, T, D] each of the step from ``history`` to the frame's state."""
 
+    context: Tensor
+    """Frames of history the model was trained on (its training window; 0: the receptive field): generation feeds
+    it no more, so that every frame it sees is as in training (the convolutions' zero padding beyond the window)."""
     noise_rho: Tensor
     """[D] lag-1 autocorrelation of the training residuals (:func:`residual_correlation`): the rollout's draws
     follow it, so that what the location misses comes back as slow sway, not as frame-to-frame jitter."""
@@ -101,10 +104,19 @@ class Forecaster(nn.Module):
         with torch.no_grad():  # start from "no step, unit scale"
             self.out.weight.zero_()
         self.register_buffer("noise_rho", torch.zeros(state_dim))
+        self.register_buffer("context", torch.zeros((), dtype=torch.long))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        state_dict.setdefault(prefix + "noise_rho", torch.zeros(self.state_dim))  # saved before it existed: white
+        # saved before they existed: white draws, the whole receptive field
+        state_dict.setdefault(prefix + "noise_rho", torch.zeros(self.state_dim))
+        state_dict.setdefault(prefix + "context", torch.zeros((), dtype=torch.long))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def history_frames(self) -> int:
+        """Frames of history to feed it: its training window, at most its receptive field."""
+        rf = self.config.receptive_field
+        return min(int(self.context), rf) if int(self.context) > 0 else rf
 
     def forward(self, cond: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
         h = self.blocks(torch.cat([cond, history], -1).transpose(1, 2))
@@ -150,7 +162,7 @@ def _windows(seqs: Sequences, batch: int, window: int, rng: np.random.Generator
         s = int(rng.integers(0, n - take + 1))
         cond[b, -take:], state[b, -take:], mask[b, -take:] = seqs.cond[i][s:s + take], seqs.state[i][s:s + take], True
         cond[b, :-take], state[b, :-take] = seqs.cond[i][s], seqs.state[i][s]
-    mask[:, 0] = False  # the first frame has no history
+        mask[b, -take] = False  # a window's first real frame has no real history
     t = torch.from_numpy
     return t(cond[:, 1:]), t(state[:, 1:]), t(state[:, :-1]), t(mask[:, 1:])
 
@@ -193,6 +205,7 @@ def train_forecaster(seqs: Sequences, config: ForecastConfig, train: ForecastTra
         opt.step()
         sched.step()
     model.eval()
+    model.context.fill_(window)
     model.noise_rho.copy_(residual_correlation(model, seqs))
     return model
 
@@ -200,16 +213,19 @@ def train_forecaster(seqs: Sequences, config: ForecastConfig, train: ForecastTra
 @torch.no_grad()
 def residual_correlation(model: Forecaster, seqs: Sequences) -> Tensor:
     """[D] lag-1 autocorrelation, per dimension, of the standardised residuals (step - location) / scale of
-    ``model`` over whole sequences under their real history, pooled over them and kept in [0, 0.99] (a negative
-    one would only add jitter)."""
+    ``model`` over the sequences under their real history (cut into pieces of :attr:`Forecaster.history_frames`,
+    as it saw them in training), pooled over them and kept in [0, 0.99] (a negative one would only add jitter)."""
     pairs = []
-    for cond, state in zip(seqs.cond, seqs.state, strict=True):
-        if len(state) < 3:
-            continue
-        st = torch.from_numpy(np.asarray(state, np.float32))
-        loc, log_scale = model(torch.from_numpy(np.asarray(cond, np.float32))[None, 1:], st[None, :-1])
-        z = ((st[1:] - st[:-1]) - loc[0]) * torch.exp(-log_scale[0])
-        pairs.append(torch.stack([z[1:], z[:-1]]))  # [2, T-2, D]
+    span = model.history_frames + 1
+    for cond_all, state_all in zip(seqs.cond, seqs.state, strict=True):
+        for a in range(0, len(state_all), span):
+            state, cond = state_all[a:a + span], cond_all[a:a + span]
+            if len(state) < 3:
+                continue
+            st = torch.from_numpy(np.asarray(state, np.float32))
+            loc, log_scale = model(torch.from_numpy(np.asarray(cond, np.float32))[None, 1:], st[None, :-1])
+            z = ((st[1:] - st[:-1]) - loc[0]) * torch.exp(-log_scale[0])
+            pairs.append(torch.stack([z[1:], z[:-1]]))  # [2, T-2, D]
     if not pairs:
         return torch.zeros(model.state_dim)
     a, b = torch.cat(pairs, 1)
@@ -239,7 +255,7 @@ def rollout(models: list[Forecaster], cond_fn, seeds: list[np.ndarray], n: int, 
         float32 [n, S, D] the generated states.
     """
     s_count = len(models)
-    rf = max(m.config.receptive_field for m in models)
+    rf = max(m.history_frames for m in models)
     hist = [torch.as_tensor(np.asarray(sd, np.float32)).reshape(-1, models[k].state_dim)
             for k, sd in enumerate(seeds)]
     conds: list[list[Tensor]] = [[] for _ in range(s_count)]  # the seed's frames take frame 0's conditions

@@ -13,7 +13,8 @@ from nerf.dialogue.forecast import rollout
 from nerf.dialogue.model import Dialogue
 
 SEED_FRAMES = 8
-"""Frames of history a generation starts from when none is given (the person's mean pose / expression)."""
+"""Frames of history a generation starts from when none is given (the person's mean pose; for expressions, the
+training frames' mean)."""
 
 
 @dataclass

@@ -103,7 +103,8 @@ class Dialogue(RadNerf):
         self.register_buffer("depth_bounds", torch.tensor([[near, far]] * n_people))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        state_dict.setdefault(prefix + "depth_bounds", self.depth_bounds.clone())  # saved before it: the union
+        # saved before it: the bounds the model was built with (the union, from the render kit)
+        state_dict.setdefault(prefix + "depth_bounds", self.depth_bounds.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def ray_bounds(self, ray_frame: Tensor, cond: FrameConditions) -> tuple[Tensor, Tensor]:
@@ -145,11 +146,13 @@ class Dialogue(RadNerf):
                          expression: Tensor | None = None) -> DialogueConditions:
         """As RAD-NeRF's, for ``person`` (default: the person of ``latent_from``'s first frame, else 0): latents
         and pose corrections from ``latent_from`` (default: that person's training frames), the role ``speaking``
-        [B] (default: speaking) and the normalised ``expression`` [B, E] (default: the person's mean, zero)."""
+        [B] (default: speaking) and the normalised ``expression`` [B, E] (default: zero, the training frames' mean)."""
         if person is None:
             person = int(self.frame_person[latent_from[0]]) if latent_from is not None and latent_from.numel() else 0
         if latent_from is None or latent_from.numel() == 0:
             latent_from = self.person_rows(person)
+        if pose_from is None and self.config.pose_borrow == "mean":  # the person's mean correction, not everyone's
+            pose_from = self.person_rows(person)
         cond = super().novel_conditions(audio, eye, pose, latent_from, pose_from)
         b = audio.shape[0]
         who = torch.full((b,), person, dtype=torch.long, device=audio.device)
@@ -360,7 +363,7 @@ class Dialogue(RadNerf):
     def render_view(self, origins: Tensor, directions: Tensor, pixels: Tensor, background: Tensor,
                     drive: Driving, size: int, chunk: int | None = None) -> Tensor:
         """A frame of new input; ``drive.extra`` holds ``person`` [1] (default 0), ``speaking`` [1] (default 1) and
-        ``expression`` [1, E] normalised (default: the person's mean)."""
+        ``expression`` [1, E] normalised (default: zero, the training frames' mean)."""
         if drive.audio is None:
             raise ValueError("dialogue renders from audio: the driving frame has none")
         ex = drive.extra

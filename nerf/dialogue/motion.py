@@ -42,12 +42,15 @@ class Track:
     """int64 [T] the partner's row at the same frame of the clip, -1 where none."""
 
 
-def tracks(data: IdentityFrames, rows: np.ndarray) -> list[Track]:
+def tracks(data: IdentityFrames, rows: np.ndarray, partners: np.ndarray | None = None) -> list[Track]:
     """The runs of consecutive frames (at most :data:`MAX_GAP` apart) of each person and clip among ``rows``, each
-    with the other person's row of the same clip frame (a conversation's two people share their clip)."""
+    with the other person's row of the same clip frame (a conversation's two people share their clip) among
+    ``partners`` (default: ``rows``; an evaluation of held-out frames passes every frame, since each person's
+    split falls at its own moment of the clip)."""
     person = data.person_of()
     raw_clip = [c.split(PERSON_SEP, 1)[-1] for c in data.clip_ids]
-    where = {(raw_clip[r], int(data.frame_index[r]), int(person[r])): int(r) for r in rows}
+    pool = rows if partners is None else partners
+    where = {(raw_clip[r], int(data.frame_index[r]), int(person[r])): int(r) for r in pool}
     out = []
     order = sorted(rows.tolist(), key=lambda r: (int(person[r]), raw_clip[r], int(data.frame_index[r])))
     run: list[int] = []

@@ -44,6 +44,13 @@ def test_the_registry_names_methods_and_refuses_unknown_ones(plain):
                                         default_preset="tiny"))
     assert methods.registered_name("radnerf", "bob") == "avatar-bob"
     assert methods.registered_name("plain", "bob") == "plain-bob"
+    # a prior's 25 people: a name a registry database holds, distinct per set of people
+    many = "+".join(f"person_{k:02d}_with_a_long_manifest_name" for k in range(25))
+    other = many.replace("person_24", "person_99")
+    name = methods.registered_name("dialogue", many)
+    assert len(name) <= methods.MAX_NAME and name.startswith("dialogue-person_00_with_a_long_manifest_name-and-24")
+    assert name != methods.registered_name("dialogue", other)
+    assert len(methods.registered_name("dialogue", "x" * 400)) <= methods.MAX_NAME
 
 
 def test_a_second_method_trains_and_resumes_to_the_same_weights(plain, small_dataset, tmp_path):

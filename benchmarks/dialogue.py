@@ -358,6 +358,16 @@ def summary(rows: dict[str, dict[str, Any]], convs: list[str]) -> None:
               f", var ratio {h.get('motion_var_ratio', float('nan')):.2f}; 60 s: drift {p['drift_sd']:.2f} sd, "
               f"in range {p['in_range']}", flush=True)
     speedup = warm_speedup(rows["scratch"], rows["warm"]) if "scratch" in rows and "warm" in rows else float("nan")
+    if "scratch" in rows and "warm" in rows:
+        from benchmarks.train import time_to_reach
+
+        target = rows["scratch"]["curve"][-1]["head_psnr"]
+        t_s, t_w = (time_to_reach(rows[u]["curve"], target) for u in ("scratch", "warm"))
+        print(f"warm start: scratch's final head PSNR {target:.2f} dB, first reached by scratch at "
+              f"{t_s or float('nan'):.0f} s, by warm at {t_w or float('nan'):.0f} s, of a "
+              f"{rows['scratch']['train_s']:.0f}-s budget; final held-out PSNR scratch "
+              f"{rows['scratch']['metrics'].get('psnr', float('nan')):.2f}, warm "
+              f"{rows['warm']['metrics'].get('psnr', float('nan')):.2f}", flush=True)
     print(f"speaker_psnr={mean('psnr_speaker', tables):.3f} listener_psnr={mean('psnr_listener', tables):.3f} "
           f"speaker_lse_c={mean('lse_c_speaker', tables):.4f} speaker_lse_c_gt={mean('lse_c_gt_speaker', tables):.4f} "
           f"pose_rmse_deg={mean('pose_rmse_deg', held):.3f} motion_var_ratio={mean('motion_var_ratio', held):.3f} "

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import SHARED, ensure_audio_models, parse_variant, with_steps  # noqa: E402
+from benchmarks.common import SHARED, apply_sets, ensure_audio_models, parse_variant, with_steps  # noqa: E402
 
 CLIPS = [SHARED / "data" / "clips" / "RD_Radio2_000.mp4", SHARED / "data" / "clips" / "WDA_BobMenendez_000.mp4",
          SHARED / "data" / "conversation" / "video_call_interview.mp4"]
@@ -399,6 +399,10 @@ def main() -> int:
     args = ap.parse_args()
     args.prior_minutes = args.prior_minutes or 2 * args.minutes
     args.sets = {k: v for item in args.set for k, v in parse_variant(f"set={item}", option="--set")[1].items()}
+    if args.set:  # a bad key stops here, not after the datasets are built
+        from nerf.methods import preset
+
+        apply_sets(preset("cpu", "dialogue"), args.set)
     args.work.mkdir(parents=True, exist_ok=True)
     args.tracking_uri = args.tracking_uri or f"sqlite:///{(args.work / 'mlflow.db').resolve()}"
     missing = [c for c in args.clips if not c.is_file()]

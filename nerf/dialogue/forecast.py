@@ -47,9 +47,10 @@ class ForecastTrain:
     steps: int = 800
     batch: int = 16
     window: int = 128
-    """Frames per training window (shorter sequences are padded at the start and masked). Shorter than the
-    receptive field: a window's later frames see all of it, and steps cost a third of 32 x 256's (~0.1 s on 2
-    cores, so both forecasters train in ~3 min of a 30-min budget)."""
+    """Frames per training window (shorter sequences are padded at the start and masked), and so the history
+    generation feeds the model (:attr:`Forecaster.context`). Shorter than the receptive field (253 at the
+    defaults), so steps cost a third of 32 x 256's (~0.1 s on 2 cores: both forecasters train in ~3 min of a
+    30-min budget)."""
     lr: float = 1e-3
     """Adam's rate (the paper: 5e-5 for 200 epochs of its 2200 s; a few minutes of frames need fewer, larger steps)."""
     sampled_passes: int = 2

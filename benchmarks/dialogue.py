@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import SHARED, apply_sets, ensure_audio_models, parse_variant, with_steps  # noqa: E402
+from benchmarks.common import SHARED, apply_sets, ensure_audio_models, with_steps  # noqa: E402
 
 CLIPS = [SHARED / "data" / "clips" / "RD_Radio2_000.mp4", SHARED / "data" / "clips" / "WDA_BobMenendez_000.mp4",
          SHARED / "data" / "conversation" / "video_call_interview.mp4"]
@@ -188,18 +188,7 @@ def train_unit(unit: str, method: str, root: Path, subject: str, minutes: float,
     replan = replan_to_budget(per_step, budget_s, SHARES, cap)
     ckpt = args.work / f"dialogue_{unit}.pt"
     if unit == "prior":  # only its weights matter: no curve, no evaluation (hundreds of held-out frames)
-        from nerf.trainer import Trainer
-
-        trainer = Trainer(run.config, data, lpips=lips, pretrained=pretrained or None)
-        while True:
-            t = time.perf_counter()
-            if (r := trainer.step()) is None:
-                break
-            dt = time.perf_counter() - t
-            run.train_s += dt
-            run.stage_s[r.stage] = run.stage_s.get(r.stage, 0.0) + dt
-            run.results.append(r)
-            replan(trainer, run, r)
+        trainer = train_with_curve(run, data, lips, float("inf"), replan, pretrained=pretrained or None, curve=False)
         trainer.save_checkpoint(ckpt)
         return {"unit": unit, "method": method, "subject": subject, "people": list(data.people), "prepare_s": prepare_s,
                 "train_s": run.train_s, "curve": [], "metrics": {}, "checkpoint": str(ckpt),
@@ -398,11 +387,11 @@ def main() -> int:
     ap.add_argument("--one", nargs="+", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.prior_minutes = args.prior_minutes or 2 * args.minutes
-    args.sets = {k: v for item in args.set for k, v in parse_variant(f"set={item}", option="--set")[1].items()}
-    if args.set:  # a bad key stops here, not after the datasets are built
+    args.sets = {}
+    if args.set:  # parsed and checked here: a bad key stops before any dataset is built
         from nerf.methods import preset
 
-        apply_sets(preset("cpu", "dialogue"), args.set)
+        args.sets = apply_sets(preset("cpu", "dialogue"), args.set)[1]
     args.work.mkdir(parents=True, exist_ok=True)
     args.tracking_uri = args.tracking_uri or f"sqlite:///{(args.work / 'mlflow.db').resolve()}"
     missing = [c for c in args.clips if not c.is_file()]

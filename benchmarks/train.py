@@ -160,15 +160,19 @@ def curve_point(trainer: Trainer, frames: list[int], t: float, stage: str, step:
 
 def train_with_curve(run: Run, data: IdentityFrames, lips: LPIPS | None, eval_every: float,
                      replan: Callable[[Trainer, Run, StepResult], None] | None = None,
-                     early: tuple[float, ...] = (), pretrained: dict[str, torch.Tensor] | None = None) -> Trainer:
+                     early: tuple[float, ...] = (), pretrained: dict[str, torch.Tensor] | None = None,
+                     curve: bool = True) -> Trainer:
     """Train ``run.config`` to the end, adding a curve point at t=0, at each of the ``early`` times (s of training
     time), every ``eval_every`` s of training time, at the end of each stage and at the end.
     ``replan(trainer, run, result)`` is called after every step (a stage's last step comes before the next stage's
-    optimiser exists), to resize the stages to a budget; ``pretrained`` goes to the trainer (a learnt audio net)."""
+    optimiser exists), to resize the stages to a budget; ``pretrained`` goes to the trainer (a learnt audio net).
+    ``curve=False`` adds no point (a run whose weights alone matter)."""
     trainer = Trainer(run.config, data, lpips=lips if run.config.trainer.lips.steps else None, pretrained=pretrained)
     frames = [int(f) for f in data.val_ids[::2]]
 
     def point(stage: str, step: int) -> None:
+        if not curve:
+            return
         t = time.perf_counter()
         p = curve_point(trainer, frames, run.train_s, stage, step)
         run.eval_s += time.perf_counter() - t
